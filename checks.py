@@ -1,0 +1,75 @@
+"""`main.py --check`: configuration, database, query plan and API key, without sending anything."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from db_connection import DatabaseConnection, DatabaseError, RowSource
+from iterable_client import IterableAuthError, RequestStats
+from logger_config import mask_email
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def check_database(settings: Settings) -> list[str]:
+    """Connect, run Query 2 with LIMIT 1 and EXPLAIN it; lines for the report."""
+    from main import connection_settings
+
+    with DatabaseConnection(connection_settings(settings)) as db:
+        source = RowSource(db, settings.plan_type, settings.lookback_days)
+        first = source.first_row()
+        plan = source.explain()
+    sample = (
+        "no qualifying rows"
+        if first is None
+        else f"first row: customer {first['customer_id']} ({mask_email(first.get('email'))})"
+    )
+    tables = ", ".join(
+        f"{row.get('table')}: {row.get('type')} via {row.get('key') or 'no index'}" for row in plan
+    )
+    return [
+        f"connected to {settings.mysql_host}:{settings.mysql_port}/{settings.mysql_database}",
+        f"Query 2 runs; {sample}",
+        f"plan: {tables}",
+    ]
+
+
+def check_api_key(settings: Settings) -> list[str]:
+    """Read one user through the API: proves the key and the data center without a write."""
+    from main import make_client
+
+    client = make_client(settings, threading.Event(), RequestStats())
+    with client:
+        call = client.check_key()
+    if not call.ok:
+        raise CheckFailed(
+            f"Iterable at {settings.iterable_base_url} answered {call.error or call.http_status}"
+        )
+    return [f"Iterable at {settings.iterable_base_url} accepts the key"]
+
+
+class CheckFailed(Exception):
+    """A check did not pass; the message says why in one line."""
+
+
+def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Print one line per check; 0 only when every check passes."""
+    steps: list[tuple[str, Callable[[Settings], list[str]]]] = [("database", check_database)]
+    if not settings.dry_run:
+        steps.append(("iterable", check_api_key))
+    out.write("configuration: ok\n")
+    passed = True
+    for name, step in steps:
+        try:
+            for line in step(settings):
+                out.write(f"{name}: ok: {line}\n")
+        except (DatabaseError, IterableAuthError, CheckFailed) as exc:
+            passed = False
+            out.write(f"{name}: FAILED: {exc}\n")
+    out.write("all checks passed\n" if passed else "some checks failed\n")
+    return 0 if passed else 3

@@ -1,0 +1,224 @@
+"""MySQL access: one connection, UTC session, Query 2 read from sql/ and streamed row by row."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mysql.connector
+from mysql.connector import errorcode
+
+log = logging.getLogger(__name__)
+
+QUERIES_FILE = Path(__file__).resolve().parent / "sql" / "phase2_queries.sql"
+SYNC_QUERY = "query2"
+FETCH_SIZE = 1000
+# MySQL drops a client that stops reading for net_write_timeout seconds (60 by default).
+# While Iterable is slow or rate limited we may not read for a while, so the session
+# asks for longer; the read-ahead buffer in the sync covers the usual pauses.
+SESSION_NET_WRITE_TIMEOUT = 3600
+READ_TIMEOUT_SECONDS = 600
+
+_NAME_MARKER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+class DatabaseError(Exception):
+    """The database could not be reached or queried; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    connect_timeout: float = 10.0
+    ssl_ca: Path | None = None
+    ssl_verify_identity: bool = False
+
+    def where(self) -> str:
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+def load_query(name: str, path: Path = QUERIES_FILE) -> str:
+    """The text of one `-- name: X` block of the queries file, without its closing semicolon."""
+    text = path.read_text(encoding="utf-8")
+    markers = list(_NAME_MARKER.finditer(text))
+    for index, marker in enumerate(markers):
+        if marker.group(1) == name:
+            end = markers[index + 1].start() if index + 1 < len(markers) else len(text)
+            return text[marker.end() : end].strip().rstrip(";").strip()
+    raise DatabaseError(f"query {name!r} not found in {path}")
+
+
+class DatabaseConnection:
+    """A context-managed MySQL connection whose errors come out as one-line DatabaseErrors."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self._connection: Any = None
+
+    def __enter__(self) -> DatabaseConnection:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "host": s.host,
+            "port": s.port,
+            "user": s.user,
+            "password": s.password,
+            "database": s.database,
+            "connection_timeout": s.connect_timeout,
+            "read_timeout": READ_TIMEOUT_SECONDS,
+            "charset": "utf8mb4",
+            "collation": "utf8mb4_unicode_ci",
+            "time_zone": "+00:00",
+            "autocommit": True,
+            "use_pure": True,
+        }
+        if s.ssl_ca is not None:
+            options.update(
+                ssl_ca=str(s.ssl_ca),
+                ssl_verify_cert=True,
+                ssl_verify_identity=s.ssl_verify_identity,
+                ssl_disabled=False,
+            )
+        try:
+            self._connection = mysql.connector.connect(**options)
+        except mysql.connector.Error as exc:
+            raise DatabaseError(describe_error(exc, s)) from None
+        except (OSError, ValueError) as exc:
+            raise DatabaseError(f"cannot connect to MySQL at {s.where()}: {exc}") from None
+        if s.ssl_ca is not None:
+            self._require_tls()
+        self.execute("SET SESSION net_write_timeout = %s", (SESSION_NET_WRITE_TIMEOUT,))
+        log.debug("connected to MySQL at %s", s.where())
+
+    def _require_tls(self) -> None:
+        # Asking for verification is not enough on every connector build: a server that
+        # offers no TLS may still be talked to in plaintext. Check what was negotiated.
+        cipher = self.scalar("SHOW SESSION STATUS LIKE 'Ssl_cipher'", column=1)
+        if not cipher:
+            self.close()
+            raise DatabaseError(
+                f"MySQL at {self.settings.where()} did not negotiate TLS although MYSQL_SSL_CA "
+                "is set; refusing to send credentials or read data in plaintext"
+            )
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except mysql.connector.Error:
+                log.debug("error while closing the MySQL connection", exc_info=True)
+            self._connection = None
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        try:
+            cursor = self._connection.cursor()
+            cursor.execute(sql, params)
+            if cursor.with_rows:
+                cursor.fetchall()
+            cursor.close()
+        except mysql.connector.Error as exc:
+            raise DatabaseError(describe_error(exc, self.settings)) from None
+
+    def scalar(self, sql: str, params: tuple[Any, ...] = (), column: int = 0) -> Any:
+        try:
+            cursor = self._connection.cursor()
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            cursor.close()
+        except mysql.connector.Error as exc:
+            raise DatabaseError(describe_error(exc, self.settings)) from None
+        return rows[0][column] if rows else None
+
+    def bind_variables(self, variables: Mapping[str, Any]) -> None:
+        """Set the query file's @variables with bound parameters, never by formatting SQL."""
+        names = ", ".join(f"@{name} = %s" for name in variables)
+        self.execute(f"SET {names}", tuple(variables.values()))
+
+    def stream(self, sql: str, fetch_size: int = FETCH_SIZE) -> Iterator[dict[str, Any]]:
+        """Rows as dicts, fetched in chunks from an unbuffered cursor: memory stays flat."""
+        try:
+            cursor = self._connection.cursor(dictionary=True, buffered=False)
+            cursor.execute(sql)
+            while True:
+                chunk = cursor.fetchmany(fetch_size)
+                if not chunk:
+                    break
+                yield from chunk
+            cursor.close()
+        except mysql.connector.Error as exc:
+            raise DatabaseError(describe_error(exc, self.settings)) from None
+
+    def explain(self, sql: str) -> list[dict[str, Any]]:
+        try:
+            cursor = self._connection.cursor(dictionary=True)
+            cursor.execute(f"EXPLAIN {sql}")
+            rows = list(cursor.fetchall())
+            cursor.close()
+        except mysql.connector.Error as exc:
+            raise DatabaseError(describe_error(exc, self.settings)) from None
+        return rows
+
+
+class RowSource:
+    """Query 2 over a DatabaseConnection, with the plan and window bound as parameters."""
+
+    def __init__(self, db: DatabaseConnection, plan_type: str, lookback_days: int) -> None:
+        self.db = db
+        self.query = load_query(SYNC_QUERY)
+        db.bind_variables({"plan_type": plan_type, "lookback_days": lookback_days})
+
+    def count(self) -> int:
+        return int(self.db.scalar(f"SELECT COUNT(*) FROM ({self.query}) AS qualifying") or 0)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        return self.db.stream(self.query)
+
+    def first_row(self) -> dict[str, Any] | None:
+        return next(self.db.stream(f"{self.query} LIMIT 1"), None)
+
+    def explain(self) -> list[dict[str, Any]]:
+        return self.db.explain(self.query)
+
+
+def describe_error(exc: mysql.connector.Error, settings: ConnectionSettings) -> str:
+    """One line that says what went wrong and where, for the errors people actually hit."""
+    where = settings.where()
+    errno = getattr(exc, "errno", None)
+    messages = {
+        errorcode.CR_CONN_HOST_ERROR: f"cannot reach MySQL at {settings.host}:{settings.port}",
+        errorcode.CR_UNKNOWN_HOST: f"unknown MySQL host {settings.host!r}",
+        errorcode.ER_ACCESS_DENIED_ERROR: (
+            f"MySQL refused user {settings.user!r} at {settings.host}:{settings.port}: "
+            "check MYSQL_USER and MYSQL_PASSWORD"
+        ),
+        errorcode.ER_DBACCESS_DENIED_ERROR: (
+            f"MySQL user {settings.user!r} may not use database {settings.database!r}"
+        ),
+        errorcode.ER_BAD_DB_ERROR: f"MySQL database {settings.database!r} does not exist",
+        errorcode.ER_NO_SUCH_TABLE: (
+            f"a table Query 2 needs is missing in {where}: load sql/database_setup.sql or "
+            "check MYSQL_DATABASE"
+        ),
+        errorcode.ER_TABLEACCESS_DENIED_ERROR: (
+            f"MySQL user {settings.user!r} lacks SELECT on the tables in {where}"
+        ),
+        errorcode.CR_SERVER_LOST: f"lost the connection to MySQL at {where}",
+        errorcode.CR_SERVER_GONE_ERROR: f"the MySQL server at {where} went away",
+    }
+    detail = str(getattr(exc, "msg", "") or exc).splitlines()[0]
+    message = messages.get(errno) if errno is not None else None
+    return f"{message} ({detail})" if message else f"MySQL error at {where}: {detail}"

@@ -1,0 +1,353 @@
+"""The Iterable API client: one session, timeouts, retries with backoff, pacing, typed results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from rate_limit import RateLimiters
+
+log = logging.getLogger(__name__)
+
+USERS_UPDATE = "users/update"
+EVENTS_TRACK = "events/track"
+USERS_BULK_UPDATE = "users/bulkUpdate"
+EVENTS_TRACK_BULK = "events/trackBulk"
+GET_USER = "users/getByEmail"
+
+# 429 and gateway-style failures are worth another try; other 4xx never are.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+AUTH_STATUSES = frozenset({401, 403})
+CONNECT_TIMEOUT = 5.0
+_HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry: exponential backoff with jitter, Retry-After honoured.
+
+    Retrying a POST is safe here because both writes are idempotent: users/update merges
+    the same fields, and events/track with the same id updates the same event.
+    """
+
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+    jitter: float = 0.25
+
+    def should_retry(self, status: int | None, attempt: int) -> bool:
+        """status None means no response at all (timeout or connection error)."""
+        if attempt >= self.max_attempts:
+            return False
+        return status is None or status in RETRY_STATUSES
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before attempt+1: base * 2**(attempt-1), capped, plus up to `jitter` of it."""
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return delay + delay * self.jitter * (rng or random).random()
+
+    def delay(
+        self, attempt: int, retry_after: str | None, rng: random.Random | None = None
+    ) -> float:
+        wait = parse_retry_after(retry_after)
+        if wait is not None:
+            return min(wait, self.retry_after_max)
+        return self.backoff(attempt, rng)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What one API call came to, after every retry."""
+
+    endpoint: str
+    ok: bool
+    http_status: int | None
+    code: str | None
+    msg: str | None
+    attempts: int
+    elapsed_seconds: float
+    body: Mapping[str, Any] | None = field(default=None, repr=False)
+    error: str | None = None
+    batch_size: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The part that goes into the results file."""
+        data: dict[str, Any] = {
+            "http_status": self.http_status,
+            "code": self.code,
+            "msg": self.msg,
+            "attempts": self.attempts,
+            "elapsed_seconds": round(self.elapsed_seconds, 4),
+        }
+        if self.error:
+            data["error"] = self.error
+        if self.batch_size is not None:
+            data["batch_size"] = self.batch_size
+        return data
+
+
+class IterableAuthError(Exception):
+    """Iterable rejected the API key (401) or its permissions (403): no call will succeed."""
+
+    def __init__(self, status: int, code: str | None, msg: str | None) -> None:
+        super().__init__(
+            f"Iterable rejected the API key: HTTP {status} {code or ''} {msg or ''}".strip()
+        )
+        self.status = status
+        self.code = code
+
+
+class RequestStats:
+    """Counts of requests by endpoint and outcome, for the summary and the metrics file."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.retries: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {}
+
+    def record(self, endpoint: str, status: int | None, seconds: float, retry: bool) -> None:
+        with self._lock:
+            self.requests[(endpoint, str(status) if status else "no_response")] += 1
+            self.seconds[endpoint] = self.seconds.get(endpoint, 0.0) + seconds
+            if retry:
+                self.retries[endpoint] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            by_endpoint: dict[str, dict[str, int]] = {}
+            for (endpoint, status), count in sorted(self.requests.items()):
+                by_endpoint.setdefault(endpoint, {})[status] = count
+            return {
+                "requests": by_endpoint,
+                "retries": dict(self.retries),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            }
+
+    def total_requests(self) -> int:
+        with self._lock:
+            return sum(self.requests.values())
+
+
+@dataclass
+class _Response:
+    status: int | None
+    code: str | None
+    msg: str | None
+    body: Mapping[str, Any] | None
+    retry_after: str | None
+    error: str | None
+    seconds: float = 0.0
+
+
+class IterableClient:
+    """Talks to Iterable's four endpoints over one pooled requests.Session."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        limiters: RateLimiters | None = None,
+        pool_size: int = 32,
+        stop: threading.Event | None = None,
+        stats: RequestStats | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
+        self.retry = retry or RetryPolicy()
+        self.limiters = limiters or RateLimiters({})
+        self.stop = stop or threading.Event()
+        self.stats = stats or RequestStats()
+        self.session = requests.Session()
+        self.session.headers.update(
+            {
+                "Api-Key": api_key,
+                "Content-Type": "application/json",
+                "User-Agent": "iterable-sync/0.1",
+            }
+        )
+        # Retries are ours (they must be paced and logged); the adapter only pools.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> IterableClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update_user(self, payload: Mapping[str, Any]) -> CallResult:
+        return self.call(USERS_UPDATE, payload)
+
+    def track_event(self, payload: Mapping[str, Any]) -> CallResult:
+        return self.call(EVENTS_TRACK, payload)
+
+    def bulk_update_users(self, users: list[Mapping[str, Any]]) -> CallResult:
+        return self.call(USERS_BULK_UPDATE, {"users": users})
+
+    def track_events_bulk(self, events: list[Mapping[str, Any]]) -> CallResult:
+        return self.call(EVENTS_TRACK_BULK, {"events": events})
+
+    def check_key(self, probe_email: str = "iterable-sync-check@example.com") -> CallResult:
+        """Reads one (normally absent) user: proves the key works without changing anything."""
+        return self.call(GET_USER, None, params={"email": probe_email}, method="GET")
+
+    def call(
+        self,
+        endpoint: str,
+        payload: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None = None,
+        method: str = "POST",
+        body: bytes | None = None,
+    ) -> CallResult:
+        """Send with retries; raise IterableAuthError on 401/403, otherwise return a CallResult."""
+        data = body if body is not None else encode(payload) if payload is not None else None
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            self.limiters.acquire(endpoint)
+            response = self._send(method, endpoint, data, params)
+            if response.status in AUTH_STATUSES:
+                raise IterableAuthError(response.status or 0, response.code, response.msg)
+            ok = self._is_success(endpoint, response)
+            retry = not ok and self.retry.should_retry(response.status, attempt)
+            if retry and self.stop.is_set():
+                retry = False
+                response.error = (response.error or "") + " (not retried: the run is stopping)"
+            self.stats.record(endpoint, response.status, response.seconds, retry)
+            if not retry:
+                return CallResult(
+                    endpoint=endpoint,
+                    ok=ok,
+                    http_status=response.status,
+                    code=response.code,
+                    msg=response.msg,
+                    attempts=attempt,
+                    elapsed_seconds=time.monotonic() - started,
+                    body=response.body,
+                    error=None if ok else response.error,
+                )
+            delay = self.retry.delay(attempt, response.retry_after, self._rng)
+            if response.status == 429:
+                self.limiters.penalize(endpoint, delay)
+            log.info(
+                "%s: %s, attempt %d of %d, retrying in %.2fs",
+                endpoint,
+                response.error or f"HTTP {response.status}",
+                attempt,
+                self.retry.max_attempts,
+                delay,
+            )
+            if self.stop.wait(delay):
+                log.info("%s: stop requested during backoff; giving up on this call", endpoint)
+
+    @staticmethod
+    def _is_success(endpoint: str, response: _Response) -> bool:
+        if response.status != 200 or response.body is None:
+            return False
+        if endpoint in (USERS_BULK_UPDATE, EVENTS_TRACK_BULK):
+            # Bulk answers carry counts, not a code; per-item failures are read by the caller.
+            return "failCount" in response.body or "successCount" in response.body
+        if endpoint == GET_USER:
+            return True
+        return response.code == "Success"
+
+    def _send(
+        self, method: str, endpoint: str, data: bytes | None, params: Mapping[str, str] | None
+    ) -> _Response:
+        url = f"{self.base_url}/api/{endpoint}"
+        started = time.monotonic()
+        try:
+            reply = self.session.request(
+                method, url, data=data, params=params, timeout=self.timeout
+            )
+        except requests.Timeout:
+            timeout = f"timed out after {self.timeout[1]:g}s"
+            return _Response(None, None, None, None, None, timeout, time.monotonic() - started)
+        except requests.ConnectionError as exc:
+            failure = f"connection failed: {_first_line(exc)}"
+            return _Response(None, None, None, None, None, failure, time.monotonic() - started)
+        body = parse_body(reply)
+        code = body.get("code") if isinstance(body.get("code"), str) else None
+        msg = body.get("msg") if isinstance(body.get("msg"), str) else None
+        if not body and reply.status_code != 200:
+            msg = _text_excerpt(reply)
+        error: str | None = None
+        if reply.status_code != 200:
+            error = f"HTTP {reply.status_code} {code or ''}".strip()
+        return _Response(
+            reply.status_code,
+            code,
+            msg,
+            body if body or reply.status_code == 200 else None,
+            reply.headers.get("Retry-After"),
+            error,
+            time.monotonic() - started,
+        )
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_body(reply: requests.Response) -> dict[str, Any]:
+    """The JSON object in a reply, or {} for anything else (plain-text 429s, HTML error pages)."""
+    if "json" not in reply.headers.get("Content-Type", "") and not reply.content.startswith(b"{"):
+        return {}
+    try:
+        body = reply.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _text_excerpt(reply: requests.Response, limit: int = 120) -> str:
+    """A short message from a non-JSON body: an HTML page's title, or the first line of text."""
+    text = reply.text.strip()
+    title = _HTML_TITLE.search(text)
+    if title:
+        return title.group(1).strip()[:limit]
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,90 @@
+"""Logging: console at the chosen level, a rotating file at DEBUG, UTC times, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+MAX_LOG_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
+REDACTED = "[REDACTED]"
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+
+
+def mask_email(email: str | None) -> str:
+    """j***@example.com: enough to tell users apart in a log, not enough to contact them."""
+    if not email:
+        return "<none>"
+    local, at, domain = email.partition("@")
+    if not at:
+        return local[:1] + "***"
+    return f"{local[:1]}***@{domain}"
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces known secrets and masks email addresses in every record before it is written."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        cleaned = self.clean(message)
+        if record.exc_text:
+            record.exc_text = self.clean(record.exc_text)
+        record.msg, record.args = cleaned, None
+        return True
+
+    def clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return _EMAIL.sub(r"\1***@\2", text)
+
+
+def setup_logging(level: str, log_file: Path | None, secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once: console (stderr) at level, file at DEBUG."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.DEBUG)
+    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    formatter.converter = time.gmtime
+    redactor = RedactingFilter(secrets)
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(formatter)
+    console.addFilter(redactor)
+    root.addHandler(console)
+
+    if log_file is not None:
+        _create_private(log_file)
+        file_handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=MAX_LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(formatter)
+        file_handler.addFilter(redactor)
+        root.addHandler(file_handler)
+    # Third-party chatter (connection pool lines) stays in the file, not on the console.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _create_private(path: Path) -> None:
+    """Create the file owner-only, and tighten it if an older run left it readable by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)

@@ -1,0 +1,287 @@
+"""iterable-sync: send recently active customers from MySQL to Iterable.
+
+`main()` wires settings -> rows -> payloads -> client -> results, and is the only
+place that turns an error into an exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from db_connection import ConnectionSettings, DatabaseConnection, DatabaseError, RowSource
+from iterable_client import IterableAuthError, IterableClient, RequestStats, RetryPolicy
+from logger_config import setup_logging
+from progress import Progress
+from rate_limit import RateLimiters
+from read_ahead import ReadAhead
+from results import ResultsWriter, Summary
+from settings import ConfigError, Settings, load_settings
+from sync import Outcome, Syncer
+from sync_state import StateError, SyncState
+
+log = logging.getLogger("iterable_sync")
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ABORTED = 3
+EXIT_LOCKED = 4
+VERSION = "0.1.0"
+
+
+class LockHeld(Exception):
+    """Another run holds the lock file."""
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """A non-blocking exclusive OS lock: an overlapping cron run exits instead of sending twice."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(f"another run holds the lock {path}; not starting") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def graceful_stop(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the run to stop taking rows; in-flight work then finishes."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.warning(
+                "%s received: finishing in-flight work, then stopping", signal.Signals(signum).name
+            )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class RunReport:
+    path: Path
+    summary: Summary
+    outcome: Outcome
+    seconds: float
+
+
+def connection_settings(settings: Settings) -> ConnectionSettings:
+    return ConnectionSettings(
+        host=settings.mysql_host,
+        port=settings.mysql_port,
+        user=settings.mysql_user,
+        password=settings.mysql_password,
+        database=settings.mysql_database,
+        connect_timeout=settings.mysql_connect_timeout,
+        ssl_ca=settings.mysql_ssl_ca,
+        ssl_verify_identity=settings.mysql_ssl_verify_identity,
+    )
+
+
+def make_client(settings: Settings, stop: threading.Event, stats: RequestStats) -> IterableClient:
+    return IterableClient(
+        api_key=settings.iterable_api_key,
+        base_url=settings.iterable_base_url,
+        timeout=settings.request_timeout,
+        retry=RetryPolicy(max_attempts=settings.max_attempts),
+        limiters=RateLimiters(settings.rate_limits),
+        pool_size=max(settings.concurrency, 8),
+        stop=stop,
+        stats=stats,
+    )
+
+
+def open_state(settings: Settings) -> SyncState | None:
+    """The sync state; a dry run reads it when present but never creates one."""
+    if settings.dry_run and not settings.sync_state_path.exists():
+        return None
+    return SyncState(settings.sync_state_path)
+
+
+def run(settings: Settings, stop: threading.Event) -> RunReport:
+    """One sync run; always writes a results file once rows have started to flow."""
+    started_at = datetime.now(UTC)
+    clock = time.monotonic()
+    stats = RequestStats()
+    state = open_state(settings)
+    client = None if settings.dry_run else make_client(settings, stop, stats)
+    writer = ResultsWriter(settings.results_dir)
+    outcome = Outcome()
+    error: str | None = None
+    try:
+        with DatabaseConnection(connection_settings(settings)) as db:
+            source = RowSource(db, settings.plan_type, settings.lookback_days)
+            total = source.count()
+            log.info(
+                "%d %s customers active in the last %d days; mode %s%s",
+                total,
+                settings.plan_type,
+                settings.lookback_days,
+                settings.mode,
+                " (dry run)" if settings.dry_run else "",
+            )
+            progress = Progress(total)
+            syncer = Syncer(
+                client=client,
+                writer=writer,
+                state=state,
+                candidate=settings.candidate_name,
+                full_refresh=settings.full_refresh,
+                stop=stop,
+                on_row=progress.advance,
+            )
+            rows = ReadAhead(source.rows())
+            try:
+                if settings.mode == "bulk" and client is not None:
+                    outcome = syncer.run_bulk(
+                        rows, settings.bulk_batch_size, settings.events_batch_size
+                    )
+                else:
+                    outcome = syncer.run_single(rows, settings.concurrency)
+            finally:
+                rows.close()
+                progress.finish()
+                syncer.duplicates.close()
+    except DatabaseError as exc:
+        error = str(exc)
+        raise
+    finally:
+        if state is not None:
+            state.close()
+        if client is not None:
+            client.close()
+        run_info = run_details(settings, started_at, outcome, stats, error)
+        path = writer.finish(run_info, started_at)
+        log.info("results written to %s", path)
+    return RunReport(path, writer.summary, outcome, time.monotonic() - clock)
+
+
+def run_details(
+    settings: Settings,
+    started_at: datetime,
+    outcome: Outcome,
+    stats: RequestStats,
+    error: str | None,
+) -> dict[str, Any]:
+    finished_at = datetime.now(UTC)
+    return {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": finished_at.isoformat(timespec="seconds"),
+        "duration_seconds": round((finished_at - started_at).total_seconds(), 3),
+        "dry_run": settings.dry_run,
+        "mode": settings.mode,
+        "concurrency": settings.concurrency if settings.mode == "single" else None,
+        "full_refresh": settings.full_refresh,
+        "plan_type": settings.plan_type,
+        "lookback_days": settings.lookback_days,
+        "database": f"{settings.mysql_host}:{settings.mysql_port}/{settings.mysql_database}",
+        "iterable_base_url": settings.iterable_base_url,
+        "rows_read": outcome.rows_read,
+        "aborted": outcome.aborted or error,
+        "stopped_by_signal": outcome.stopped,
+        "api": stats.snapshot(),
+        "version": VERSION,
+    }
+
+
+def exit_code(report: RunReport) -> int:
+    if report.outcome.aborted or report.outcome.stopped:
+        return EXIT_ABORTED
+    return EXIT_ROWS_FAILED if report.summary.failed else EXIT_OK
+
+
+def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) -> None:
+    s = report.summary
+    label = "dry run" if dry_run else "sync"
+    out.write(
+        f"iterable-sync {label}: {s.total} users: {s.succeeded} succeeded, {s.failed} failed, "
+        f"{s.skipped} skipped in {report.seconds:.1f}s\n"
+    )
+    for reason, count in sorted(s.reasons.items()):
+        out.write(f"  {reason}: {count}\n")
+    if report.outcome.aborted:
+        out.write(f"  run aborted: {report.outcome.aborted}\n")
+    elif report.outcome.stopped:
+        out.write("  run stopped by a signal before every row was taken\n")
+    out.write(f"results: {report.path}\n")
+
+
+def fail(message: str, code: int) -> int:
+    """An expected failure: one line on stderr (and in the log), no traceback."""
+    log.debug("exiting with %d: %s", code, message)
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # results, logs, state and lock files: owner only
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from report import report_command
+
+        return report_command(argv[1:])
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
+    try:
+        setup_logging(settings.log_level, settings.log_file, settings.secrets())
+    except OSError as exc:
+        return fail(
+            f"configuration: cannot open LOG_FILE {settings.log_file}: {exc.strerror}", EXIT_CONFIG
+        )
+    if settings.check_only:
+        from checks import run_checks
+
+        return run_checks(settings)
+    stop = threading.Event()
+    try:
+        with run_lock(settings.lock_file), graceful_stop(stop):
+            report = run(settings, stop)
+    except LockHeld as exc:
+        return fail(str(exc), EXIT_LOCKED)
+    except StateError as exc:
+        return fail(str(exc), EXIT_CONFIG)
+    except DatabaseError as exc:
+        return fail(str(exc), EXIT_ABORTED)
+    except IterableAuthError as exc:
+        return fail(str(exc), EXIT_ABORTED)
+    except KeyboardInterrupt:
+        return fail("interrupted", EXIT_ABORTED)
+    except Exception:
+        log.exception("unexpected error; the run was aborted")
+        return fail("unexpected error, see the log for the traceback", EXIT_ABORTED)
+    print_summary(report, settings.dry_run)
+    code = exit_code(report)
+    if report.outcome.aborted:
+        sys.stderr.write(f"error: {report.outcome.aborted}\n")
+    log.info("finished with exit code %d", code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

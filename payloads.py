@@ -1,0 +1,171 @@
+"""Payloads: pure functions from one Query 2 row to Iterable request bodies. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+EVENT_NAME = "page_view"
+# Iterable accepts field values up to about 32k characters; longer ones are cut to this.
+MAX_FIELD_CHARS = 32_000
+MAX_EMAIL_CHARS = 254
+# Event ids must be letters, digits and hyphens, unique across the project's custom
+# events; the prefix keeps ours apart from ids other integrations choose.
+EVENT_ID_PREFIX = "page-view-"
+_EMAIL = re.compile(
+    r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
+)
+_EVENT_ID = re.compile(r"^[A-Za-z0-9\-]{1,512}$")
+
+INVALID_EMAIL = "invalid_email"
+MISSING_VIEW_TIME = "missing_viewed_at"
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One Query 2 row: a customer and their latest qualifying page view."""
+
+    customer_id: int
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    plan_type: str | None
+    page_view_id: int
+    page: str | None
+    device: str | None
+    location: str | None
+    viewed_at: datetime | None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> SourceRow:
+        return cls(
+            customer_id=int(row["customer_id"]),
+            email=_text(row.get("email")),
+            first_name=_text(row.get("first_name")),
+            last_name=_text(row.get("last_name")),
+            plan_type=_text(row.get("plan_type")),
+            page_view_id=int(row["page_view_id"]),
+            page=_text(row.get("page")),
+            device=_text(row.get("device")),
+            location=_text(row.get("location")),
+            viewed_at=row.get("viewed_at"),
+        )
+
+
+@dataclass(frozen=True)
+class Payloads:
+    """What one row sends: the profile update, the event, and notes on values we changed."""
+
+    email: str
+    user_update: dict[str, Any]
+    event: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that cannot be sent; reason is a stable code for the results file."""
+
+    reason: str
+    detail: str
+    email: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _text(value: Any) -> str | None:
+    """Database text as str; bytes that are not UTF-8 are decoded with replacement characters."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def normalize_email(raw: str | None) -> str | None:
+    """Trimmed and lower-cased, as Iterable matches addresses regardless of case."""
+    if raw is None:
+        return None
+    email = raw.strip().lower()
+    return email or None
+
+
+def is_valid_email(email: str | None) -> bool:
+    return bool(email) and len(email or "") <= MAX_EMAIL_CHARS and bool(_EMAIL.match(email or ""))
+
+
+def event_id(page_view_id: int) -> str:
+    """Derived from the page view's key, so a resend updates the same event in Iterable."""
+    return f"{EVENT_ID_PREFIX}{int(page_view_id)}"
+
+
+def is_valid_event_id(value: str) -> bool:
+    return bool(_EVENT_ID.match(value)) and len(value.encode()) <= 512
+
+
+def as_utc(value: datetime) -> datetime:
+    """The database holds UTC in DATETIME columns, which arrive naive."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iterable_timestamp(value: datetime) -> str:
+    """Iterable's date format, YYYY-MM-DD HH:MM:SS +00:00, with no fractional seconds."""
+    return as_utc(value).strftime("%Y-%m-%d %H:%M:%S +00:00")
+
+
+def _clip(name: str, value: str | None, warnings: list[str]) -> str | None:
+    if value is not None and len(value) > MAX_FIELD_CHARS:
+        warnings.append(f"{name} cut from {len(value)} to {MAX_FIELD_CHARS} characters")
+        return value[:MAX_FIELD_CHARS]
+    return value
+
+
+def _fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """NULL columns are left out, not sent as null: null would blank the profile field."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def build_payloads(row: SourceRow, candidate: str | None = None) -> Payloads | Rejection:
+    """The users/update and events/track bodies for one row, or why it cannot be sent."""
+    email = normalize_email(row.email)
+    if not is_valid_email(email):
+        return Rejection(INVALID_EMAIL, "missing or malformed email address", email)
+    assert email is not None
+    if row.viewed_at is None:
+        return Rejection(MISSING_VIEW_TIME, "the page view has no time", email)
+    warnings: list[str] = []
+    page = _clip("page", row.page, warnings)
+    user_fields = {
+        "first_name": _clip("first_name", row.first_name, warnings),
+        "last_name": _clip("last_name", row.last_name, warnings),
+        "plan_type": row.plan_type,
+        "recent_page_view": page,
+        "candidate": candidate,
+    }
+    viewed_at = as_utc(row.viewed_at)
+    event_fields = {
+        "page": page,
+        "device": _clip("device", row.device, warnings),
+        "location": _clip("location", row.location, warnings),
+        "timestamp": iterable_timestamp(viewed_at),
+        "candidate": candidate,
+    }
+    user_update = {"email": email, "dataFields": _fields(user_fields)}
+    event = {
+        "email": email,
+        "eventName": EVENT_NAME,
+        "id": event_id(row.page_view_id),
+        "createdAt": int(viewed_at.timestamp()),
+        "dataFields": _fields(event_fields),
+    }
+    return Payloads(email, user_update, event, tuple(warnings))
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """A stable digest of a payload: equal payloads, equal fingerprints, whatever the key order."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,152 @@
+"""Per-row results and the run's JSON results file, written without holding every row in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+SUCCESS = "success"
+FAILED = "failed"
+SKIPPED = "skipped"
+STATUSES = (SUCCESS, FAILED, SKIPPED)
+
+
+@dataclass
+class RowResult:
+    """What happened to one customer in this run."""
+
+    customer_id: int
+    email: str | None
+    status: str
+    reason: str | None = None
+    user_update: dict[str, Any] | None = None
+    event_track: dict[str, Any] | None = None
+    payloads: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "customer_id": self.customer_id,
+            "email": self.email,
+            "status": self.status,
+            "reason": self.reason,
+            "user_update": self.user_update,
+            "event_track": self.event_track,
+        }
+        if self.detail:
+            data["detail"] = self.detail
+        if self.warnings:
+            data["warnings"] = self.warnings
+        if self.payloads is not None:
+            data["payloads"] = self.payloads
+        return data
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, result: RowResult) -> None:
+        self.total += 1
+        if result.status == SUCCESS:
+            self.succeeded += 1
+        elif result.status == FAILED:
+            self.failed += 1
+        else:
+            self.skipped += 1
+        if result.reason:
+            self.reasons[f"{result.status}:{result.reason}"] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "by_reason": dict(sorted(self.reasons.items())),
+        }
+
+
+def results_filename(started_at: datetime) -> str:
+    return f"integration_results_{started_at:%Y%m%d_%H%M%S}.json"
+
+
+class ResultsWriter:
+    """Spools results as JSON lines in a private file, then writes the final file atomically.
+
+    The spool keeps memory flat for a million rows; the rename means a reader never
+    sees half a file, and a crash leaves at most a stray temporary file.
+    """
+
+    def __init__(self, results_dir: Path) -> None:
+        self.results_dir = results_dir
+        self.summary = Summary()
+        self._lock = threading.Lock()
+        fd, spool = tempfile.mkstemp(prefix=".results-", suffix=".jsonl", dir=results_dir)
+        os.fchmod(fd, 0o600)
+        self._spool_path = Path(spool)
+        self._spool = os.fdopen(fd, "w", encoding="utf-8")
+
+    def add(self, result: RowResult) -> None:
+        line = json.dumps(result.to_dict(), ensure_ascii=False, default=str)
+        with self._lock:
+            self.summary.add(result)
+            self._spool.write(line + "\n")
+
+    def finish(self, run: dict[str, Any], started_at: datetime) -> Path:
+        """Write {"run", "summary", "results"} to a new timestamped file; return its path."""
+        with self._lock:
+            self._spool.close()
+            target = self._free_target(started_at)
+            fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json.tmp", dir=self.results_dir)
+            os.fchmod(fd, 0o600)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    out.write('{"run": ' + json.dumps(run, ensure_ascii=False, default=str))
+                    out.write(',\n "summary": ' + json.dumps(self.summary.to_dict()))
+                    out.write(',\n "results": [')
+                    self._copy_spool(out)
+                    out.write("\n ]\n}\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            finally:
+                self._spool_path.unlink(missing_ok=True)
+            return target
+
+    def _free_target(self, started_at: datetime) -> Path:
+        """The timestamped name, with a counter if a run in the same second already used it."""
+        target = self.results_dir / results_filename(started_at)
+        counter = 1
+        while target.exists():
+            counter += 1
+            target = self.results_dir / results_filename(started_at).replace(
+                ".json", f"_{counter}.json"
+            )
+        return target
+
+    def _copy_spool(self, out: Any) -> None:
+        with self._spool_path.open(encoding="utf-8") as spool:
+            for index, line in enumerate(spool):
+                out.write(("\n  " if index == 0 else ",\n  ") + line.rstrip("\n"))
+
+    def discard(self) -> None:
+        with self._lock:
+            if not self._spool.closed:
+                self._spool.close()
+            self._spool_path.unlink(missing_ok=True)

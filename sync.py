@@ -1,0 +1,382 @@
+"""The sync: rows in, one result per row out, in single (per user) or bulk mode.
+
+Per customer the order is fixed: the profile update first, and the event only once
+Iterable has accepted that update (or already had it from an earlier run).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bulk import EventBatcher, UserBatcher, send_event_batch, send_user_batch
+from iterable_client import CallResult, IterableAuthError, IterableClient
+from logger_config import mask_email
+from payloads import Payloads, Rejection, SourceRow, build_payloads, fingerprint
+from results import FAILED, SKIPPED, SUCCESS, ResultsWriter, RowResult
+from row_checks import DuplicateEmails
+from sync_state import SyncState
+
+log = logging.getLogger(__name__)
+
+UNCHANGED = "unchanged"
+DRY_RUN = "dry_run"
+DUPLICATE_EMAIL = "duplicate_email"
+BAD_ROW = "bad_row"
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Work:
+    """One row on its way: its payloads, what still has to be sent, and its result so far."""
+
+    row: SourceRow
+    payloads: Payloads
+    send_user: bool
+    send_event: bool
+    user_fingerprint: str
+    row_fingerprint: str
+    result: RowResult = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.result = RowResult(
+            customer_id=self.row.customer_id,
+            email=self.payloads.email,
+            status=SUCCESS,
+            warnings=list(self.payloads.warnings),
+        )
+
+    @property
+    def event_id(self) -> str:
+        return str(self.payloads.event["id"])
+
+
+@dataclass
+class Outcome:
+    """How the run ended, beyond the per-row results."""
+
+    rows_read: int = 0
+    aborted: str | None = None
+    stopped: bool = False
+
+
+def call_failure_reason(call: CallResult) -> str:
+    """A stable reason for a failed call: Iterable's code, the HTTP status, or no_response."""
+    if call.code and call.code != "Success":
+        return call.code
+    if call.http_status is not None:
+        return f"http_{call.http_status}"
+    return "no_response"
+
+
+def is_permanent(call: CallResult) -> bool:
+    """A 4xx other than 429 will fail again with the same data; anything else may not."""
+    status = call.http_status
+    return status is not None and 400 <= status < 500 and status != 429
+
+
+class Syncer:
+    """Plans each row against the sync state and sends it; results go to the ResultsWriter."""
+
+    def __init__(
+        self,
+        *,
+        client: IterableClient | None,
+        writer: ResultsWriter,
+        state: SyncState | None = None,
+        candidate: str | None = None,
+        full_refresh: bool = False,
+        stop: threading.Event | None = None,
+        on_row: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.client = client
+        self.writer = writer
+        self.state = state
+        self.candidate = candidate
+        self.full_refresh = full_refresh
+        self.stop = stop or threading.Event()
+        self.on_row = on_row
+        self.outcome = Outcome()
+        self.duplicates = DuplicateEmails()
+        self._abort_lock = threading.Lock()
+
+    # -- planning -----------------------------------------------------------------
+
+    def plan(self, raw: Mapping[str, Any]) -> Work | None:
+        """Decide what a row needs; rows that need nothing are recorded here and give None."""
+        self.outcome.rows_read += 1
+        try:
+            row = SourceRow.from_mapping(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.record(RowResult(_customer_id(raw), None, FAILED, BAD_ROW, detail=str(exc)[:200]))
+            return None
+        built = build_payloads(row, self.candidate)
+        if isinstance(built, Rejection):
+            self._reject_locally(row, built)
+            return None
+        if not self.duplicates.first_time(built.email, row.customer_id):
+            first = self.duplicates.owner(built.email)
+            self.record(
+                RowResult(
+                    row.customer_id,
+                    built.email,
+                    FAILED,
+                    DUPLICATE_EMAIL,
+                    detail=f"customer {first} has the same email and was sent instead",
+                )
+            )
+            return None
+        return self._plan_sends(row, built)
+
+    def _reject_locally(self, row: SourceRow, rejection: Rejection) -> None:
+        row_fp = fingerprint({"row": _row_dict(row)})
+        result = RowResult(
+            row.customer_id,
+            rejection.email or row.email,
+            FAILED,
+            rejection.reason,
+            detail=rejection.detail,
+        )
+        if self.state is not None and not self.full_refresh:
+            previous = self.state.rejection(row.customer_id)
+            if previous and previous[0] == row_fp:
+                result.status, result.reason = SKIPPED, UNCHANGED
+                result.detail = f"rejected before ({previous[1]}) and unchanged since"
+        if self.state is not None and result.status == FAILED and self.client is not None:
+            self.state.rejected(row.customer_id, row_fp, rejection.reason)
+        self.record(result)
+
+    def _plan_sends(self, row: SourceRow, built: Payloads) -> Work | None:
+        user_fp = fingerprint(built.user_update)
+        row_fp = fingerprint({"user": built.user_update, "event": built.event})
+        send_user = send_event = True
+        if self.state is not None and not self.full_refresh:
+            known = self.state.known(row.customer_id, str(built.event["id"]))
+            if known.rejection and known.rejection[0] == row_fp:
+                self.record(
+                    RowResult(
+                        row.customer_id,
+                        built.email,
+                        SKIPPED,
+                        UNCHANGED,
+                        detail=f"rejected before ({known.rejection[1]}) and unchanged since",
+                    )
+                )
+                return None
+            send_user = known.user_fingerprint != user_fp
+            send_event = not known.event_accepted
+        work = Work(row, built, send_user, send_event, user_fp, row_fp)
+        if not (send_user or send_event):
+            work.result.status, work.result.reason = SKIPPED, UNCHANGED
+            self.record(work.result)
+            return None
+        if self.client is None:
+            work.result.status, work.result.reason = SKIPPED, DRY_RUN
+            work.result.payloads = {
+                "user_update": built.user_update if send_user else None,
+                "event_track": built.event if send_event else None,
+            }
+            self.record(work.result)
+            return None
+        return work
+
+    def record(self, result: RowResult) -> None:
+        self.writer.add(result)
+        self.on_row()
+        if result.status == FAILED:
+            log.warning(
+                "customer %s (%s): %s%s",
+                result.customer_id,
+                mask_email(result.email),
+                result.reason,
+                f" ({result.detail})" if result.detail else "",
+            )
+
+    # -- outcomes of calls, shared by both modes ---------------------------------
+
+    def user_done(self, work: Work, call: CallResult | None, failure: str | None = None) -> bool:
+        """Record the profile update's outcome; True when the event may follow."""
+        if call is not None:
+            work.result.user_update = call.summary()
+        if failure is None and call is not None and call.ok:
+            if self.state is not None:
+                self.state.user_accepted(work.row.customer_id, work.user_fingerprint)
+            return True
+        reason = failure or (call_failure_reason(call) if call else "no_response")
+        self._fail(
+            work, reason, permanent=call is None or is_permanent(call) or failure is not None
+        )
+        return False
+
+    def event_done(self, work: Work, call: CallResult | None, failure: str | None = None) -> None:
+        if call is not None:
+            work.result.event_track = call.summary()
+        if failure is None and call is not None and call.ok:
+            if self.state is not None:
+                self.state.event_accepted(work.event_id, work.row.customer_id)
+            self.record(work.result)
+            return
+        reason = failure or (call_failure_reason(call) if call else "no_response")
+        self._fail(
+            work, reason, permanent=call is None or is_permanent(call) or failure is not None
+        )
+
+    def _fail(self, work: Work, reason: str, permanent: bool) -> None:
+        work.result.status, work.result.reason = FAILED, reason
+        if permanent and self.state is not None and reason != INTERRUPTED:
+            self.state.rejected(work.row.customer_id, work.row_fingerprint, reason)
+        self.record(work.result)
+
+    def skip_user(self, work: Work) -> None:
+        work.result.user_update = {"skipped": UNCHANGED}
+
+    def skip_event(self, work: Work) -> None:
+        work.result.event_track = {"skipped": UNCHANGED}
+        self.record(work.result)
+
+    def abort(self, exc: IterableAuthError) -> None:
+        with self._abort_lock:
+            if self.outcome.aborted is None:
+                self.outcome.aborted = str(exc)
+                log.error("%s; stopping the run", exc)
+        self.stop.set()
+
+    # -- single mode ----------------------------------------------------------------
+
+    def run_single(self, rows: Iterable[Mapping[str, Any]], concurrency: int) -> Outcome:
+        """Each user's update then event; up to `concurrency` users in flight at once."""
+        slots = threading.BoundedSemaphore(concurrency * 2)
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync") as pool:
+            for work in self._planned(rows):
+                slots.acquire()
+                future = pool.submit(self._sync_one, work)
+                future.add_done_callback(lambda _f: slots.release())
+        return self.outcome
+
+    def _sync_one(self, work: Work) -> None:
+        assert self.client is not None
+        try:
+            if work.send_user:
+                if self.stop.is_set():
+                    self._fail(work, INTERRUPTED, permanent=False)
+                    return
+                if not self.user_done(work, self.client.update_user(work.payloads.user_update)):
+                    return
+            else:
+                self.skip_user(work)
+            if work.send_event:
+                self.event_done(work, self.client.track_event(work.payloads.event))
+            else:
+                self.skip_event(work)
+        except IterableAuthError as exc:
+            self._fail(work, exc.code or f"http_{exc.status}", permanent=False)
+            self.abort(exc)
+        except Exception:
+            log.exception("unexpected error for customer %s", work.row.customer_id)
+            self._fail(work, "internal_error", permanent=False)
+
+    def _planned(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Work]:
+        for raw in rows:
+            if self.stop.is_set():
+                self.outcome.stopped = True
+                break
+            work = self.plan(raw)
+            if work is not None:
+                yield work
+
+    # -- bulk mode ----------------------------------------------------------------
+
+    def run_bulk(
+        self, rows: Iterable[Mapping[str, Any]], batch_size: int, events_batch_size: int
+    ) -> Outcome:
+        """users/bulkUpdate in batches, then events/trackBulk for the users Iterable accepted."""
+        assert self.client is not None
+        client = self.client
+        in_flight = threading.BoundedSemaphore(4)
+        with (
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-users") as user_pool,
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-events") as event_pool,
+        ):
+            pending: list[Future[None]] = []
+            event_slots = threading.BoundedSemaphore(4)
+
+            def send_events(batch: list[Work]) -> None:
+                event_slots.acquire()
+                future = event_pool.submit(self._guarded, send_event_batch, client, self, batch)
+                future.add_done_callback(lambda _f: event_slots.release())
+
+            events = EventBatcher(events_batch_size, send_events)
+
+            def send_users(batch: list[Work]) -> None:
+                in_flight.acquire()
+
+                def task() -> None:
+                    try:
+                        accepted = self._guarded(send_user_batch, client, self, batch)
+                        events.add_many(accepted or [])
+                        events.flush()
+                    finally:
+                        in_flight.release()
+
+                pending.append(user_pool.submit(task))
+
+            users = UserBatcher(batch_size, send_users)
+            for work in self._planned(rows):
+                if work.send_user:
+                    users.add(work)
+                else:
+                    self.skip_user(work)
+                    if work.send_event:
+                        events.add(work)
+                    else:
+                        self.skip_event(work)
+            users.flush()
+            for future in pending:
+                future.result()
+            events.flush()
+        return self.outcome
+
+    def _guarded(
+        self, send: Callable[..., Any], client: IterableClient, syncer: Syncer, batch: list[Work]
+    ) -> Any:
+        """Run one batch; an auth failure aborts the run, anything else fails only this batch."""
+        try:
+            if self.stop.is_set():
+                for work in batch:
+                    self._fail(work, INTERRUPTED, permanent=False)
+                return []
+            return send(client, syncer, batch)
+        except IterableAuthError as exc:
+            for work in batch:
+                self._fail(work, exc.code or f"http_{exc.status}", permanent=False)
+            self.abort(exc)
+        except Exception:
+            log.exception("unexpected error in a batch of %d users", len(batch))
+            for work in batch:
+                self._fail(work, "internal_error", permanent=False)
+        return []
+
+
+def _customer_id(raw: Mapping[str, Any]) -> int:
+    try:
+        return int(raw.get("customer_id") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _row_dict(row: SourceRow) -> dict[str, Any]:
+    return {
+        "email": row.email,
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "plan_type": row.plan_type,
+        "page_view_id": row.page_view_id,
+        "page": row.page,
+        "device": row.device,
+        "location": row.location,
+        "viewed_at": str(row.viewed_at),
+    }
