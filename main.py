@@ -21,8 +21,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import monitoring
 from db_connection import ConnectionSettings, DatabaseConnection, DatabaseError, RowSource
-from iterable_client import IterableAuthError, IterableClient, RequestStats, RetryPolicy
+from iterable_client import IterableClient, RequestStats, RetryPolicy
 from logger_config import setup_logging
 from progress import Progress
 from rate_limit import RateLimiters
@@ -87,6 +88,7 @@ class RunReport:
     summary: Summary
     outcome: Outcome
     seconds: float
+    api: dict[str, Any]
 
 
 def connection_settings(settings: Settings) -> ConnectionSettings:
@@ -177,7 +179,7 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
         run_info = run_details(settings, started_at, outcome, stats, error)
         path = writer.finish(run_info, started_at)
         log.info("results written to %s", path)
-    return RunReport(path, writer.summary, outcome, time.monotonic() - clock)
+    return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
 
 
 def run_details(
@@ -238,7 +240,7 @@ def fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.umask(0o077)  # results, logs, state and lock files: owner only
+    os.umask(0o077)  # results, logs, state, metrics and lock files: owner only
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
         from report import report_command
@@ -251,36 +253,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setup_logging(settings.log_level, settings.log_file, settings.secrets())
     except OSError as exc:
-        return fail(
-            f"configuration: cannot open LOG_FILE {settings.log_file}: {exc.strerror}", EXIT_CONFIG
-        )
+        message = f"configuration: cannot open LOG_FILE {settings.log_file}: {exc.strerror}"
+        return fail(message, EXIT_CONFIG)
     if settings.check_only:
         from checks import run_checks
 
         return run_checks(settings)
+    monitoring.ping(settings.healthcheck_url, "start")
+    started = time.monotonic()
+    code, report = sync_and_report(settings)
+    monitoring.ping(settings.healthcheck_url, str(code))
+    if settings.metrics_file is not None:
+        publish_metrics(settings.metrics_file, code, time.monotonic() - started, report)
+    log.info("finished with exit code %d", code)
+    return code
+
+
+def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
+    """Run under the lock and map every outcome to an exit code."""
     stop = threading.Event()
     try:
         with run_lock(settings.lock_file), graceful_stop(stop):
             report = run(settings, stop)
     except LockHeld as exc:
-        return fail(str(exc), EXIT_LOCKED)
+        return fail(str(exc), EXIT_LOCKED), None
     except StateError as exc:
-        return fail(str(exc), EXIT_CONFIG)
+        return fail(str(exc), EXIT_CONFIG), None
     except DatabaseError as exc:
-        return fail(str(exc), EXIT_ABORTED)
-    except IterableAuthError as exc:
-        return fail(str(exc), EXIT_ABORTED)
+        return fail(str(exc), EXIT_ABORTED), None
     except KeyboardInterrupt:
-        return fail("interrupted", EXIT_ABORTED)
+        return fail("interrupted", EXIT_ABORTED), None
     except Exception:
         log.exception("unexpected error; the run was aborted")
-        return fail("unexpected error, see the log for the traceback", EXIT_ABORTED)
+        return fail("unexpected error, see the log for the traceback", EXIT_ABORTED), None
     print_summary(report, settings.dry_run)
-    code = exit_code(report)
     if report.outcome.aborted:
-        sys.stderr.write(f"error: {report.outcome.aborted}\n")
-    log.info("finished with exit code %d", code)
-    return code
+        fail(report.outcome.aborted, EXIT_ABORTED)
+    return exit_code(report), report
+
+
+def publish_metrics(path: Path, code: int, seconds: float, report: RunReport | None) -> None:
+    """Write the metrics file; a failure to write it is logged, never turned into a failed run."""
+    summary = report.summary.to_dict() if report else {}
+    last_success = time.time() if code == EXIT_OK else monitoring.previous_last_success(path)
+    text = monitoring.metrics_text(
+        exit_code=code,
+        duration=seconds,
+        summary=summary,
+        rows_read=report.outcome.rows_read if report else 0,
+        api=report.api if report else {},
+        last_success=last_success,
+    )
+    try:
+        monitoring.write_metrics(path, text)
+    except OSError as exc:
+        log.warning("could not write METRICS_FILE %s: %s", path, exc.strerror)
 
 
 if __name__ == "__main__":

@@ -278,9 +278,9 @@ class _Validator:
         raw = self.text(name)
         if not raw:
             return None
-        parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.problems.append(f"{name} must be an http(s) URL (got {raw!r})")
+        problem = url_problem(raw.rstrip("/"), name)
+        if problem:
+            self.problems.append(problem)
             return None
         return raw.rstrip("/")
 
@@ -362,8 +362,12 @@ def _parent_writable(path: Path) -> bool:
 def url_problem(url: str, name: str) -> str | None:
     """Why an Iterable base URL is unsafe or malformed, or None when it is fine."""
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"{name} has an invalid port (got {url!r})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{name} must be an https URL such as {DEFAULT_BASE_URL} (got {url!r})"
+        return f"{name} must be an https URL (got {url!r})"
     if parts.username or parts.password or parts.query or parts.fragment:
         return f"{name} must not carry credentials, a query or a fragment"
     if parts.scheme == "http" and not is_loopback(parts.hostname):

@@ -1,0 +1,106 @@
+"""Monitoring for scheduled runs: healthchecks-style pings and a Prometheus textfile."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_SECONDS = 5.0
+LAST_SUCCESS = "iterable_sync_last_success_timestamp_seconds"
+_LAST_SUCCESS_LINE = re.compile(rf"^{LAST_SUCCESS} ([0-9.e+]+)$", re.MULTILINE)
+
+
+def ping(url: str | None, suffix: str) -> None:
+    """GET <url>/<suffix> ("start", or the exit code); a failed ping never fails the run."""
+    if not url:
+        return
+    target = f"{url}/{suffix}" if suffix else url
+    try:
+        requests.get(target, timeout=PING_TIMEOUT_SECONDS)
+    except requests.RequestException as exc:
+        log.warning("health check ping %s failed: %s", suffix or "success", type(exc).__name__)
+
+
+def metrics_text(
+    exit_code: int,
+    duration: float,
+    summary: Mapping[str, int],
+    rows_read: int,
+    api: Mapping[str, Any],
+    last_success: float | None,
+) -> str:
+    """The run's numbers in the Prometheus text exposition format."""
+    lines = [
+        "# HELP iterable_sync_rows_read Rows Query 2 returned in the last run.",
+        "# TYPE iterable_sync_rows_read gauge",
+        f"iterable_sync_rows_read {rows_read}",
+        "# HELP iterable_sync_rows Rows of the last run by outcome.",
+        "# TYPE iterable_sync_rows gauge",
+    ]
+    for status in ("succeeded", "failed", "skipped"):
+        lines.append(f'iterable_sync_rows{{status="{status}"}} {summary.get(status, 0)}')
+    lines += [
+        "# HELP iterable_sync_requests API requests of the last run by endpoint and HTTP status.",
+        "# TYPE iterable_sync_requests gauge",
+    ]
+    for endpoint, statuses in sorted((api.get("requests") or {}).items()):
+        for status, count in sorted(statuses.items()):
+            lines.append(
+                f'iterable_sync_requests{{endpoint="{endpoint}",status="{status}"}} {count}'
+            )
+    lines += [
+        "# HELP iterable_sync_retries Retried API requests of the last run by endpoint.",
+        "# TYPE iterable_sync_retries gauge",
+    ]
+    for endpoint, count in sorted((api.get("retries") or {}).items()):
+        lines.append(f'iterable_sync_retries{{endpoint="{endpoint}"}} {count}')
+    lines += [
+        "# HELP iterable_sync_run_duration_seconds Wall time of the last run.",
+        "# TYPE iterable_sync_run_duration_seconds gauge",
+        f"iterable_sync_run_duration_seconds {duration:.3f}",
+        "# HELP iterable_sync_last_exit_code Exit code of the last run.",
+        "# TYPE iterable_sync_last_exit_code gauge",
+        f"iterable_sync_last_exit_code {exit_code}",
+        "# HELP iterable_sync_last_run_timestamp_seconds When the last run finished.",
+        "# TYPE iterable_sync_last_run_timestamp_seconds gauge",
+        f"iterable_sync_last_run_timestamp_seconds {time.time():.0f}",
+    ]
+    if last_success is not None:
+        lines += [
+            f"# HELP {LAST_SUCCESS} When a run last finished with exit code 0.",
+            f"# TYPE {LAST_SUCCESS} gauge",
+            f"{LAST_SUCCESS} {last_success:.0f}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def previous_last_success(path: Path) -> float | None:
+    """Carry the last success time over a failed run, from the file the last run wrote."""
+    try:
+        match = _LAST_SUCCESS_LINE.search(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return float(match.group(1)) if match else None
+
+
+def write_metrics(path: Path, text: str) -> None:
+    """Atomic: node_exporter never reads a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".tmp", dir=path.parent or Path("."))
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
