@@ -1,0 +1,263 @@
+"""Payload building: row in, request bodies out. Pure functions, so table-driven and property-based."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from payloads import (
+    INVALID_EMAIL,
+    MAX_FIELD_CHARS,
+    Payloads,
+    Rejection,
+    SourceRow,
+    build_payloads,
+    event_id,
+    fingerprint,
+    is_valid_event_id,
+    iterable_timestamp,
+)
+
+VIEWED = datetime(2026, 11, 28, 9, 30, 15)  # naive, as DATETIME columns arrive; holds UTC
+
+
+def row(**overrides):
+    values = dict(
+        customer_id=1,
+        email="alice@example.com",
+        first_name="Alice",
+        last_name="Smith",
+        plan_type="pro",
+        page_view_id=42,
+        page="/pricing",
+        device="desktop",
+        location="Berlin",
+        viewed_at=VIEWED,
+    )
+    values.update(overrides)
+    return SourceRow(**values)
+
+
+def payloads(**overrides) -> Payloads:
+    built = build_payloads(row(**overrides), candidate=overrides.pop("candidate", None))
+    assert isinstance(built, Payloads), built
+    return built
+
+
+def test_user_update_body_has_exactly_the_documented_fields():
+    built = build_payloads(row(), candidate="Jane Doe")
+    assert isinstance(built, Payloads)
+    assert built.user_update == {
+        "email": "alice@example.com",
+        "dataFields": {
+            "first_name": "Alice",
+            "last_name": "Smith",
+            "plan_type": "pro",
+            "recent_page_view": "/pricing",
+            "candidate": "Jane Doe",
+        },
+    }
+
+
+def test_event_body_has_exactly_the_documented_fields():
+    built = build_payloads(row(), candidate="Jane Doe")
+    assert isinstance(built, Payloads)
+    assert built.event == {
+        "email": "alice@example.com",
+        "eventName": "page_view",
+        "id": "page-view-42",
+        "createdAt": int(datetime(2026, 11, 28, 9, 30, 15, tzinfo=UTC).timestamp()),
+        "dataFields": {
+            "page": "/pricing",
+            "device": "desktop",
+            "location": "Berlin",
+            "timestamp": "2026-11-28 09:30:15 +00:00",
+            "candidate": "Jane Doe",
+        },
+    }
+    assert built.event["createdAt"] == 1795858215
+
+
+def test_candidate_left_out_when_not_set():
+    built = payloads()
+    assert "candidate" not in built.user_update["dataFields"]
+    assert "candidate" not in built.event["dataFields"]
+
+
+@pytest.mark.parametrize(
+    ("column", "user_field", "event_field"),
+    [
+        ("device", None, "device"),
+        ("location", None, "location"),
+        ("first_name", "first_name", None),
+        ("last_name", "last_name", None),
+        ("page", "recent_page_view", "page"),
+    ],
+)
+def test_null_columns_are_left_out_not_sent_as_null(column, user_field, event_field):
+    built = payloads(**{column: None})
+    if user_field:
+        assert user_field not in built.user_update["dataFields"]
+    if event_field:
+        assert event_field not in built.event["dataFields"]
+    assert None not in built.user_update["dataFields"].values()
+    assert None not in built.event["dataFields"].values()
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        ("  Alice@Example.COM ", "alice@example.com"),
+        ("bob.smith+tag@mail.example.co.uk", "bob.smith+tag@mail.example.co.uk"),
+    ],
+)
+def test_emails_are_trimmed_and_lower_cased(raw, sent):
+    built = payloads(email=raw)
+    assert built.user_update["email"] == sent
+    assert built.event["email"] == sent
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "",
+        "   ",
+        "not-an-email",
+        "a@b",
+        "a b@example.com",
+        "@example.com",
+        "a@@example.com",
+        "alice@",
+        "alice@example..com",
+        "x" * 250 + "@example.com",
+    ],
+)
+def test_missing_or_malformed_email_is_rejected_before_sending(bad):
+    built = build_payloads(row(email=bad))
+    assert isinstance(built, Rejection)
+    assert built.reason == INVALID_EMAIL
+
+
+def test_timestamp_format_is_iterables_and_utc():
+    assert iterable_timestamp(datetime(2026, 1, 2, 3, 4, 5, 999999)) == "2026-01-02 03:04:05 +00:00"
+    aware = datetime(2026, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone()
+    assert iterable_timestamp(aware) == "2026-01-02 05:04:05 +00:00"
+
+
+def test_event_id_is_stable_and_derived_from_the_page_view_key():
+    assert event_id(42) == "page-view-42"
+    assert payloads().event["id"] == payloads(page="/other").event["id"]
+    assert payloads(page_view_id=43).event["id"] != payloads().event["id"]
+
+
+def test_over_long_values_are_cut_to_iterables_field_limit_with_a_warning():
+    built = payloads(page="/p" + "x" * 40_000)
+    assert len(built.event["dataFields"]["page"]) == MAX_FIELD_CHARS
+    assert len(built.user_update["dataFields"]["recent_page_view"]) == MAX_FIELD_CHARS
+    assert built.warnings == ("page cut from 40002 to 32000 characters",)
+
+
+def test_non_ascii_values_pass_through_unchanged():
+    built = payloads(first_name="José", last_name="王", page="/docs/入门")
+    assert built.user_update["dataFields"]["first_name"] == "José"
+    assert built.event["dataFields"]["page"] == "/docs/入门"
+
+
+def test_bytes_that_are_not_utf8_are_replaced_not_crashed_on():
+    source = SourceRow.from_mapping(
+        {
+            "customer_id": 1,
+            "email": b"alice@example.com",
+            "first_name": b"Jos\xe9",
+            "page_view_id": 1,
+            "page": "/",
+            "viewed_at": VIEWED,
+        }
+    )
+    built = build_payloads(source)
+    assert isinstance(built, Payloads)
+    assert built.user_update["dataFields"]["first_name"] == "Jos\ufffd"
+
+
+def test_fingerprint_ignores_key_order_and_sees_every_change():
+    a = {"email": "a@example.com", "dataFields": {"x": 1, "y": "2"}}
+    b = {"dataFields": {"y": "2", "x": 1}, "email": "a@example.com"}
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint({**a, "dataFields": {"x": 1, "y": "3"}})
+
+
+# -- properties over arbitrary row values -----------------------------------------------
+
+optional_text = st.one_of(st.none(), st.text(max_size=300), st.binary(max_size=50))
+emails = st.one_of(st.none(), st.text(max_size=40), st.emails())
+times = st.one_of(
+    st.none(),
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2099, 12, 31)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    email=emails,
+    first=optional_text,
+    last=optional_text,
+    page=st.one_of(optional_text, st.integers(31_990, 32_010).map(lambda n: "/" + "p" * n)),
+    device=optional_text,
+    location=optional_text,
+    viewed_at=times,
+    page_view_id=st.integers(min_value=1, max_value=2**63 - 1),
+    candidate=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+)
+def test_any_row_gives_valid_payloads_or_a_stated_rejection(
+    email, first, last, page, device, location, viewed_at, page_view_id, candidate
+):
+    source = SourceRow.from_mapping(
+        {
+            "customer_id": 7,
+            "email": email,
+            "first_name": first,
+            "last_name": last,
+            "plan_type": "pro",
+            "page_view_id": page_view_id,
+            "page": page,
+            "device": device,
+            "location": location,
+            "viewed_at": viewed_at,
+        }
+    )
+    built = build_payloads(source, candidate)
+    if isinstance(built, Rejection):
+        assert built.reason in {"invalid_email", "missing_viewed_at"}
+        return
+    for body in (built.user_update, built.event):
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # always serialisable as UTF-8
+        assert None not in body["dataFields"].values()
+        assert all(
+            len(v) <= MAX_FIELD_CHARS for v in body["dataFields"].values() if isinstance(v, str)
+        )
+        assert body["email"] == body["email"].strip().lower()
+    event = built.event
+    assert is_valid_event_id(event["id"]) and len(event["id"].encode()) <= 512
+    assert isinstance(event["createdAt"], int)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+00:00", event["dataFields"]["timestamp"])
+    assert abs(event["createdAt"] - viewed_at.replace(tzinfo=UTC).timestamp()) < 1
+    assert build_payloads(source, candidate) == built  # pure: same row, same payloads
+    assert (candidate is None) == ("candidate" not in built.user_update["dataFields"])
+
+
+@given(st.integers(min_value=0, max_value=10**100))
+def test_event_ids_are_always_valid(page_view_id):
+    assert is_valid_event_id(event_id(page_view_id))
+
+
+def test_datetime_with_offset_is_converted_to_utc():
+    tz = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=2)))
+    built = payloads(viewed_at=tz)
+    assert built.event["dataFields"]["timestamp"] == "2026-01-01 12:00:00 +00:00"
