@@ -1,4 +1,4 @@
-"""Payload building: row in, request bodies out. Pure functions, so table-driven and property-based."""
+"""Payload building: row in, request bodies out; table-driven and property-based."""
 
 from __future__ import annotations
 
