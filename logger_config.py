@@ -80,7 +80,8 @@ def setup_logging(level: str, log_file: Path | None, secrets: Iterable[str] = ()
         file_handler.addFilter(redactor)
         root.addHandler(file_handler)
     # Third-party chatter (connection pool lines) stays in the file, not on the console.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for chatty in ("urllib3", "mysql.connector"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _create_private(path: Path) -> None:

@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitoring.ping(settings.healthcheck_url, str(code))
     if settings.metrics_file is not None:
         publish_metrics(settings.metrics_file, code, time.monotonic() - started, report)
-    log.info("finished with exit code %d", code)
+    log.debug("finished with exit code %d", code)
     return code
 
 

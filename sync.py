@@ -187,12 +187,15 @@ class Syncer:
     def record(self, result: RowResult) -> None:
         self.writer.add(result)
         self.on_row()
-        if result.status == FAILED:
-            log.warning(
-                "customer %s (%s): %s%s",
+        level = logging.WARNING if result.status == FAILED else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "customer %s (%s): %s%s%s",
                 result.customer_id,
                 mask_email(result.email),
-                result.reason,
+                result.status,
+                f" {result.reason}" if result.reason else "",
                 f" ({result.detail})" if result.detail else "",
             )
 

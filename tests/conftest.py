@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +94,126 @@ def app_user(mariadb: ServerHandle) -> Iterator[AppUserFactory]:
     yield make
     for name in created:
         mariadb.drop_user(name)
+
+
+# -- the local Iterable sandbox and the job as a user runs it ------------------------------
+
+from iterable_sandbox import SandboxServer  # noqa: E402
+
+API_KEY = "sandbox-key"
+SEED_QUALIFYING = {1: 2, 2: 7, 3: 9, 5: 15, 6: 17, 8: 20, 9: 23}  # customer id -> page view id
+SEED_MALFORMED_EMAIL_CUSTOMER = 8
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    with SandboxServer(latency=0.0) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
+    """The session's sandbox, emptied and reconfigured to its defaults for each test."""
+    sandbox_server.reset()
+    sandbox_server.configure(
+        {"latency": 0.0, "rate_limits": None, "retry_after": None, "api_keys": [API_KEY]}
+    )
+    yield sandbox_server
+    sandbox_server.clear_faults()
+
+
+@dataclass
+class JobRun:
+    """One `python main.py` run as cron would see it: exit code, output, results file."""
+
+    code: int
+    stdout: str
+    stderr: str
+    results_path: Path | None
+
+    @property
+    def results(self) -> dict[str, Any]:
+        assert self.results_path is not None, f"no results file; stderr: {self.stderr}"
+        return json.loads(self.results_path.read_text(encoding="utf-8"))
+
+    def by_customer(self) -> dict[int, dict[str, Any]]:
+        return {row["customer_id"]: row for row in self.results["results"]}
+
+
+class Job:
+    """Runs main.py in a subprocess with a clean environment pointing at the test's parts."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.results_dir = workdir / "results"
+        self.results_dir.mkdir(exist_ok=True)
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, str(PROJECT_ROOT / "main.py"), *args]
+
+    def environment(self, **overrides: str | None) -> dict[str, str]:
+        env = {**self.env, **{k: v for k, v in overrides.items() if v is not None}}
+        for name, value in overrides.items():
+            if value is None:
+                env.pop(name, None)
+        return env
+
+    def run(self, *args: str, timeout: float = 120, **overrides: str | None) -> JobRun:
+        before = set(self.results_dir.glob("integration_results_*.json"))
+        done = subprocess.run(
+            self.command(*args),
+            cwd=self.workdir,
+            env=self.environment(**overrides),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        created = sorted(set(self.results_dir.glob("integration_results_*.json")) - before)
+        return JobRun(done.returncode, done.stdout, done.stderr, created[-1] if created else None)
+
+    def start(self, *args: str, **overrides: str | None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            cwd=self.workdir,
+            env=self.environment(**overrides),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "sync.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.sqlite3"
+
+
+def job_environment(database: Database, base_url: str, workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env.update(
+        MYSQL_HOST=database.host,
+        MYSQL_PORT=str(database.port),
+        MYSQL_USER=database.user,
+        MYSQL_PASSWORD=database.password,
+        MYSQL_DATABASE=database.name,
+        ITERABLE_API_KEY=API_KEY,
+        ITERABLE_BASE_URL=base_url,
+        RESULTS_DIR=str(workdir / "results"),
+        LOG_FILE=str(workdir / "sync.log"),
+        LOCK_FILE=str(workdir / "sync.lock"),
+        SYNC_STATE_PATH=str(workdir / "state.sqlite3"),
+        REQUEST_TIMEOUT_SECONDS="2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def job(
+    seeded_db: Database, app_user: AppUserFactory, sandbox: SandboxServer, tmp_path: Path
+) -> Job:
+    """main.py as a SELECT-only user against a freshly seeded database and an empty sandbox."""
+    return Job(tmp_path, job_environment(app_user(seeded_db), sandbox.base_url, tmp_path))
