@@ -116,7 +116,14 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
     """The session's sandbox, emptied and reconfigured to its defaults for each test."""
     sandbox_server.reset()
     sandbox_server.configure(
-        {"latency": 0.0, "rate_limits": None, "retry_after": None, "api_keys": [API_KEY]}
+        {
+            "latency": 0.0,
+            "rate_limits": None,
+            "retry_after": None,
+            "api_keys": [API_KEY],
+            "disabled_keys": [],
+            "forbidden_keys": [],
+        }
     )
     yield sandbox_server
     sandbox_server.clear_faults()
