@@ -123,7 +123,20 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as a ConfigError instead of exiting on its own."""
 
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+        raise ConfigError(_without_values(message))
+
+
+def _without_values(message: str) -> str:
+    """argparse echoes unknown arguments; show only the flags, as a value may be a secret."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return message
+    tokens = message[len(prefix) :].split()
+    flags = [t.split("=", 1)[0] for t in tokens if t.startswith("-")]
+    shown = prefix + (" ".join(flags) if flags else "(values not shown)")
+    if any("key" in flag.lower() for flag in flags):
+        shown += "; the API key is read from ITERABLE_API_KEY only, never from the command line"
+    return shown
 
 
 def build_parser() -> argparse.ArgumentParser:
