@@ -791,7 +791,7 @@ class Sandbox:
             )
 
     def request_log(self) -> list[JsonObject]:
-        """Latest requests: {"t": unix time, "endpoint", "status" (None: no answer), "fault"}."""
+        """Latest requests: {"t", "endpoint", "status" (None: no answer), "fault", "emails"}."""
         with self._lock:
             return list(self._log)
 
@@ -908,7 +908,7 @@ class Sandbox:
             return self._control(request)
         endpoint = API_ROUTES.get((request.method, request.path))
         if endpoint is None:
-            self._record("unknown", NOT_FOUND, None)
+            self._record("unknown", NOT_FOUND, None, None)
             return NOT_FOUND
         if self._config.latency > 0:
             await asyncio.sleep(self._config.latency)
@@ -917,7 +917,7 @@ class Sandbox:
             response: Response | None = self._process(endpoint, request)
         else:
             response = await self._apply_fault(fault, endpoint, request, reader)
-        self._record(endpoint, response, fault)
+        self._record(endpoint, response, fault, request)
         return response
 
     def _take_fault(self, endpoint: str, request: Request) -> FaultRule | None:
@@ -958,7 +958,20 @@ class Sandbox:
             return None
         return applied if applied is not None else self._process(endpoint, request)
 
-    def _record(self, endpoint: str, response: Response | None, fault: FaultRule | None) -> None:
+    def _record(
+        self,
+        endpoint: str,
+        response: Response | None,
+        fault: FaultRule | None,
+        request: Request | None,
+    ) -> None:
+        # Single-user requests are small, so naming their email costs little and lets a
+        # test check per-user ordering; bulk bodies are too big to parse twice.
+        emails = (
+            sorted(request_emails(endpoint, request))
+            if request is not None and endpoint in ("users/update", "events/track")
+            else []
+        )
         if response is not None:
             outcome = str(response.status)
         else:
@@ -971,6 +984,7 @@ class Sandbox:
                     "endpoint": endpoint,
                     "status": None if response is None else response.status,
                     "fault": None if fault is None else fault.kind,
+                    "emails": emails,
                 }
             )
 

@@ -98,11 +98,9 @@ def app_user(mariadb: ServerHandle) -> Iterator[AppUserFactory]:
 
 # -- the local Iterable sandbox and the job as a user runs it ------------------------------
 
-from iterable_sandbox import SandboxServer  # noqa: E402
+from iterable_sandbox import DEFAULT_API_KEY, SandboxServer  # noqa: E402
 
-API_KEY = "sandbox-key"
-SEED_QUALIFYING = {1: 2, 2: 7, 3: 9, 5: 15, 6: 17, 8: 20, 9: 23}  # customer id -> page view id
-SEED_MALFORMED_EMAIL_CUSTOMER = 8
+API_KEY = DEFAULT_API_KEY
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import SEED_MALFORMED_EMAIL_CUSTOMER
+from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 
 
 def last_line(run) -> str:
@@ -23,7 +23,8 @@ def assert_clean_failure(run, code: int, message: str) -> None:
 
 def test_zero_when_every_row_succeeds(job, mariadb, seeded_db):
     mariadb.execute(
-        f"UPDATE customers SET email = 'fixed@example.com' WHERE id = {SEED_MALFORMED_EMAIL_CUSTOMER}",
+        "UPDATE customers SET email = 'fixed@example.com' WHERE id = %s",
+        (SEED_MALFORMED_EMAIL_CUSTOMER,),
         database=seeded_db.name,
     )
     run = job.run()

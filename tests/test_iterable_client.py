@@ -15,7 +15,12 @@ from iterable_client import (
 from rate_limit import RateLimiter
 
 USER = {"email": "alice@example.com", "dataFields": {"plan_type": "pro"}}
-EVENT = {"email": "alice@example.com", "eventName": "page_view", "id": "page-view-1", "createdAt": 1}
+EVENT = {
+    "email": "alice@example.com",
+    "eventName": "page_view",
+    "id": "page-view-1",
+    "createdAt": 1,
+}
 FAST = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05)
 
 
@@ -27,7 +32,12 @@ def client(sandbox):
 
 def test_success_is_200_and_code_success(client, sandbox):
     result = client.update_user(USER)
-    assert (result.ok, result.http_status, result.code, result.attempts) == (True, 200, "Success", 1)
+    assert (result.ok, result.http_status, result.code, result.attempts) == (
+        True,
+        200,
+        "Success",
+        1,
+    )
     assert sandbox.users()["alice@example.com"] == {"plan_type": "pro"}
     event = client.track_event(EVENT)
     assert event.ok and sandbox.events()["page-view-1"]["email"] == "alice@example.com"
@@ -44,8 +54,14 @@ def test_success_is_200_and_code_success(client, sandbox):
     ],
 )
 def test_retries_transient_failures_then_succeeds(client, sandbox, status, body, content_type):
-    sandbox.add_fault("status", endpoint="users/update", status=status, body=body,
-                      content_type=content_type, times=2)
+    sandbox.add_fault(
+        "status",
+        endpoint="users/update",
+        status=status,
+        body=body,
+        content_type=content_type,
+        times=2,
+    )
     result = client.update_user(USER)
     assert result.ok and result.attempts == 3
     assert sandbox.request_count("users/update") == 3
@@ -72,18 +88,31 @@ def test_no_retry_on_other_4xx(client, sandbox, code):
 
 def test_real_invalid_email_answer(client, sandbox):
     result = client.update_user({"email": "bad@@example", "dataFields": {}})
-    assert (result.http_status, result.code, result.attempts) == (400, "InvalidEmailAddressError", 1)
+    assert (result.http_status, result.code, result.attempts) == (
+        400,
+        "InvalidEmailAddressError",
+        1,
+    )
 
 
 def test_400_that_says_success_is_not_success(client, sandbox):
-    sandbox.add_fault("status", endpoint="users/update", status=400,
-                      body='{"msg": "", "code": "Success", "params": null}')
+    sandbox.add_fault(
+        "status",
+        endpoint="users/update",
+        status=400,
+        body='{"msg": "", "code": "Success", "params": null}',
+    )
     assert not client.update_user(USER).ok
 
 
 def test_200_without_success_code_is_not_success(client, sandbox):
-    sandbox.add_fault("status", endpoint="users/update", status=200, body="<html>ok</html>",
-                      content_type="text/html")
+    sandbox.add_fault(
+        "status",
+        endpoint="users/update",
+        status=200,
+        body="<html>ok</html>",
+        content_type="text/html",
+    )
     result = client.update_user(USER)
     assert not result.ok and result.http_status == 200 and result.attempts == 1
 
@@ -180,7 +209,9 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
 
 def test_should_retry_decisions():
     policy = RetryPolicy(max_attempts=3)
-    assert policy.should_retry(429, 1) and policy.should_retry(503, 2) and policy.should_retry(None, 1)
+    assert (
+        policy.should_retry(429, 1) and policy.should_retry(503, 2) and policy.should_retry(None, 1)
+    )
     assert not policy.should_retry(503, 3)
     assert not any(policy.should_retry(s, 1) for s in (200, 400, 401, 403, 404, 409))
 

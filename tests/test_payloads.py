@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -26,8 +27,8 @@ from payloads import (
 VIEWED = datetime(2026, 11, 28, 9, 30, 15)  # naive, as DATETIME columns arrive; holds UTC
 
 
-def row(**overrides):
-    values = dict(
+def row(**overrides: Any) -> SourceRow:
+    values: dict[str, Any] = dict(
         customer_id=1,
         email="alice@example.com",
         first_name="Alice",

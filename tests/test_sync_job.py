@@ -1,4 +1,4 @@
-"""The sync job end to end: real MariaDB, real HTTP to the local sandbox, main.py as cron runs it."""
+"""The sync job end to end: real MariaDB, real HTTP to the local sandbox, main.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import re
 import stat
 from datetime import UTC, datetime
 
-from conftest import API_KEY, SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
+from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
+from iterable_sandbox import DEFAULT_API_KEY as API_KEY
 
 SEED_EMAILS = {
     1: "alice.pro@example.com",
@@ -32,7 +33,7 @@ def test_first_run_sends_every_qualifying_customer_once(job, sandbox):
     expected_events = {f"page-view-{SEED_QUALIFYING[cid]}" for cid in sent}
     assert set(sandbox.events()) == expected_events
     assert sandbox.duplicate_events() == []
-    for cid, row in rows.items():
+    for row in rows.values():
         if row["status"] == "success":
             assert row["user_update"]["http_status"] == 200
             assert row["user_update"]["code"] == "Success"
@@ -74,7 +75,9 @@ def test_results_file_shape_name_and_permissions(job):
     assert results["run"]["dry_run"] is False
     assert {"total", "succeeded", "failed", "skipped"} <= set(results["summary"])
     for row in results["results"]:
-        assert {"customer_id", "email", "status", "reason", "user_update", "event_track"} <= set(row)
+        assert {"customer_id", "email", "status", "reason", "user_update", "event_track"} <= set(
+            row
+        )
         assert row["status"] in ("success", "failed", "skipped")
     assert not list(path.parent.glob(".results-*")), "temporary files left behind"
 

@@ -1,0 +1,128 @@
+"""Single mode with concurrency and bulk mode: same outcome, same results file, same exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
+
+SENT = {cid: pv for cid, pv in SEED_QUALIFYING.items() if cid != SEED_MALFORMED_EMAIL_CUSTOMER}
+
+
+def statuses(run):
+    return {cid: (row["status"], row["reason"]) for cid, row in run.by_customer().items()}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--mode", "single", "--concurrency", "1"),
+        ("--mode", "single", "--concurrency", "8"),
+        ("--mode", "bulk"),
+    ],
+)
+def test_every_mode_delivers_the_same(job, sandbox, args):
+    run = job.run(*args, "--full-refresh")
+    assert run.code == 1
+    assert statuses(run) == {
+        **{cid: ("success", None) for cid in SENT},
+        SEED_MALFORMED_EMAIL_CUSTOMER: ("failed", "invalid_email"),
+    }
+    assert set(sandbox.events()) == {f"page-view-{pv}" for pv in SENT.values()}
+    assert len(sandbox.users()) == len(SENT)
+    assert sandbox.duplicate_events() == []
+
+
+def test_mode_from_environment(job, sandbox):
+    job.run(SYNC_MODE="bulk")
+    by_endpoint = sandbox.stats()["by_endpoint"]
+    assert set(by_endpoint) == {"users/bulkUpdate", "events/trackBulk"}
+
+
+def test_bulk_sends_one_request_per_batch(job, sandbox):
+    run = job.run("--mode", "bulk", BULK_BATCH_SIZE="4")
+    assert run.code == 1
+    sizes = sandbox.stats()["bulk_batch_sizes"]
+    assert sizes["users/bulkUpdate"] == [4, 2]
+    assert sorted(sizes["events/trackBulk"]) == [2, 4]
+    row = run.by_customer()[1]
+    assert row["user_update"]["batch_size"] == 4 and row["user_update"]["code"] is None
+
+
+def test_each_user_is_updated_before_its_event(job, sandbox):
+    job.run("--concurrency", "8")
+    first_seen: dict[tuple[str, str], float] = {}
+    for entry in sandbox.request_log():
+        for email in entry.get("emails", []):
+            first_seen.setdefault((entry["endpoint"], email), entry["t"])
+    for email in sandbox.users():
+        assert first_seen[("users/update", email)] <= first_seen[("events/track", email)]
+
+
+def test_bulk_per_item_failures_map_to_their_rows(job, sandbox):
+    run = job.run("--dry-run", ITERABLE_API_KEY=None)
+    emails = {cid: row["email"] for cid, row in run.by_customer().items()}
+    sandbox.forget(emails[1])
+    run = job.run("--mode", "bulk")
+    rows = run.by_customer()
+    assert (rows[1]["status"], rows[1]["reason"]) == ("failed", "ForgottenUserError")
+    assert rows[1]["event_track"] is None  # no event after a failed update
+    assert all(rows[cid]["status"] == "success" for cid in SENT if cid != 1)
+    assert "page-view-2" not in sandbox.events()
+
+
+def test_single_mode_gives_the_same_reason_for_a_forgotten_user(job, sandbox):
+    emails = {cid: row["email"] for cid, row in job.run("--dry-run").by_customer().items()}
+    sandbox.forget(emails[1])
+    rows = job.run().by_customer()
+    assert (rows[1]["status"], rows[1]["reason"]) == ("failed", "ForgottenUserError")
+
+
+def test_bulk_batch_refused_for_one_bad_row_is_split_so_only_that_row_fails(
+    job, sandbox, mariadb, seeded_db
+):
+    # Iterable has locked first_name as a number; only customer 3 still sends a string.
+    mariadb.execute("UPDATE customers SET first_name = NULL WHERE id <> 3", database=seeded_db.name)
+    requests.post(
+        f"{sandbox.base_url}/api/users/update",
+        headers={"Api-Key": "sandbox-key"},
+        json={"email": "someone@example.com", "dataFields": {"first_name": 12}},
+        timeout=5,
+    )
+    run = job.run("--mode", "bulk")
+    rows = run.by_customer()
+    assert (rows[3]["status"], rows[3]["reason"]) == ("failed", "RequestFieldsTypesMismatched")
+    assert all(rows[cid]["status"] == "success" for cid in SENT if cid != 3)
+    assert len(sandbox.events()) == len(SENT) - 1
+
+
+def test_bulk_item_named_by_a_400_fails_alone(job, sandbox):
+    body = json.dumps(
+        {"msg": "bad", "code": "BadJsonBody", "params": {"obj.users[2].dataFields": "x"}}
+    )
+    sandbox.add_fault("status", endpoint="users/bulkUpdate", status=400, body=body, times=1)
+    run = job.run("--mode", "bulk")
+    rows = run.by_customer()
+    ordered = sorted(SENT)
+    bad = ordered[2]
+    assert (rows[bad]["status"], rows[bad]["reason"]) == ("failed", "BadJsonBody")
+    assert all(rows[cid]["status"] == "success" for cid in ordered if cid != bad)
+    # The refused batch, then the same batch without the named item.
+    assert sandbox.request_count("users/bulkUpdate") == 2
+    assert sandbox.stats()["bulk_batch_sizes"]["users/bulkUpdate"] == [len(SENT) - 1]
+
+
+def test_bulk_whole_batch_transient_failure_is_retried(job, sandbox):
+    sandbox.add_fault("status", endpoint="events/trackBulk", status=503, times=2)
+    run = job.run("--mode", "bulk")
+    assert run.code == 1
+    assert len(sandbox.events()) == len(SENT)
+    assert run.by_customer()[1]["event_track"]["attempts"] == 3
+
+
+def test_bulk_rejected_key_aborts(job, sandbox):
+    run = job.run("--mode", "bulk", ITERABLE_API_KEY="nope")
+    assert run.code == 3 and sandbox.users() == {}
