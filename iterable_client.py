@@ -268,7 +268,8 @@ class IterableClient:
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
                 self.limiters.penalize(endpoint, delay)
-            log.info(
+            # DEBUG: a 429 storm would otherwise flood the console; the counts reach the results.
+            log.debug(
                 "%s: %s, attempt %d of %d, retrying in %.2fs",
                 endpoint,
                 response.error or f"HTTP {response.status}",
