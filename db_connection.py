@@ -99,21 +99,30 @@ class DatabaseConnection:
             raise DatabaseError(describe_error(exc, s)) from None
         except (OSError, ValueError) as exc:
             raise DatabaseError(f"cannot connect to MySQL at {s.where()}: {exc}") from None
-        if s.ssl_ca is not None:
-            self._require_tls()
+        tls = self._require_tls() if s.ssl_ca is not None else self._tls_session()
         self.execute("SET SESSION net_write_timeout = %s", (SESSION_NET_WRITE_TIMEOUT,))
-        log.debug("connected to MySQL at %s", s.where())
+        if tls is None:
+            log.debug("connected to MySQL at %s without TLS", s.where())
+        else:
+            unverified = "" if s.ssl_ca else ", server certificate not verified (no MYSQL_SSL_CA)"
+            log.debug("connected to MySQL at %s over %s%s", s.where(), tls, unverified)
 
-    def _require_tls(self) -> None:
-        # Asking for verification is not enough on every connector build: a server that
-        # offers no TLS may still be talked to in plaintext. Check what was negotiated.
+    def _tls_session(self) -> str | None:
+        """'TLSv1.3 (cipher)' when the session is encrypted, None when it is plaintext."""
         cipher = self.scalar("SHOW SESSION STATUS LIKE 'Ssl_cipher'", column=1)
         if not cipher:
+            return None
+        version = self.scalar("SHOW SESSION STATUS LIKE 'Ssl_version'", column=1)
+        return f"{version or 'TLS'} ({cipher})"
+
+    def _require_tls(self) -> str:
+        # Asking for verification is not enough on every connector build: a server that
+        # offers no TLS may still be talked to in plaintext. Check what was negotiated.
+        tls = self._tls_session()
+        if tls is None:
             self.close()
-            raise DatabaseError(
-                f"MySQL at {self.settings.where()} did not negotiate TLS although MYSQL_SSL_CA "
-                "is set; refusing to send credentials or read data in plaintext"
-            )
+            raise DatabaseError(plaintext_refused(self.settings.where()))
+        return tls
 
     def close(self) -> None:
         if self._connection is not None:
@@ -194,10 +203,29 @@ class RowSource:
         return self.db.explain(self.query)
 
 
+def plaintext_refused(where: str) -> str:
+    return (
+        f"MySQL at {where} did not negotiate TLS although MYSQL_SSL_CA is set; "
+        "refusing to go on in plaintext"
+    )
+
+
+_CERTIFICATE_FAILURE = re.compile(r"certificate verify failed: (.*?)\.? \(_ssl\.c", re.IGNORECASE)
+
+
 def describe_error(exc: mysql.connector.Error, settings: ConnectionSettings) -> str:
     """One line that says what went wrong and where, for the errors people actually hit."""
     where = settings.where()
     errno = getattr(exc, "errno", None)
+    detail = str(getattr(exc, "msg", "") or exc).splitlines()[0]
+    certificate = _CERTIFICATE_FAILURE.search(detail)
+    if certificate:
+        return (
+            f"MySQL at {where}: TLS certificate not accepted: {certificate.group(1)} "
+            "(check MYSQL_SSL_CA, MYSQL_HOST and MYSQL_SSL_VERIFY_IDENTITY)"
+        )
+    if errno == errorcode.CR_SSL_CONNECTION_ERROR:
+        return f"{plaintext_refused(where)} ({detail})"
     messages = {
         errorcode.CR_CONN_HOST_ERROR: f"cannot reach MySQL at {settings.host}:{settings.port}",
         errorcode.CR_UNKNOWN_HOST: f"unknown MySQL host {settings.host!r}",
@@ -219,6 +247,5 @@ def describe_error(exc: mysql.connector.Error, settings: ConnectionSettings) -> 
         errorcode.CR_SERVER_LOST: f"lost the connection to MySQL at {where}",
         errorcode.CR_SERVER_GONE_ERROR: f"the MySQL server at {where} went away",
     }
-    detail = str(getattr(exc, "msg", "") or exc).splitlines()[0]
     message = messages.get(errno) if errno is not None else None
     return f"{message} ({detail})" if message else f"MySQL error at {where}: {detail}"
