@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +352,10 @@ class _Validator:
     def check_paths(self, settings: Settings) -> None:
         if settings.mysql_ssl_ca and not settings.mysql_ssl_ca.is_file():
             self.problems.append(f"MYSQL_SSL_CA {settings.mysql_ssl_ca} is not a readable file")
+        elif settings.mysql_ssl_ca and not _holds_certificates(settings.mysql_ssl_ca):
+            self.problems.append(
+                f"MYSQL_SSL_CA {settings.mysql_ssl_ca} holds no PEM certificate we can load"
+            )
         if not settings.results_dir.is_dir():
             self.problems.append(f"RESULTS_DIR {settings.results_dir} is not a directory")
         elif not os.access(settings.results_dir, os.W_OK | os.X_OK):
@@ -365,6 +370,14 @@ class _Validator:
                 self.problems.append(
                     f"{name} {path}: its directory does not exist or is not writable"
                 )
+
+
+def _holds_certificates(path: Path) -> bool:
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        return False
+    return True
 
 
 def _parent_writable(path: Path) -> bool:
