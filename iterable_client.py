@@ -190,6 +190,7 @@ class IterableClient:
         self.limiters = limiters or RateLimiters({})
         self.stop = stop or threading.Event()
         self.stats = stats or RequestStats()
+        self._api_key = api_key
         self.session = requests.Session()
         self.session.headers.update(
             {
@@ -311,6 +312,9 @@ class IterableClient:
         msg = body.get("msg") if isinstance(body.get("msg"), str) else None
         if not body and reply.status_code != 200:
             msg = _text_excerpt(reply)
+        # A server (or a proxy) that echoes the request back must not carry the key into
+        # the results file, the log or an error message.
+        code, msg = self._scrub(code), self._scrub(msg)
         error: str | None = None
         if reply.status_code != 200:
             error = f"HTTP {reply.status_code} {code or ''}".strip()
@@ -323,6 +327,11 @@ class IterableClient:
             error,
             time.monotonic() - started,
         )
+
+    def _scrub(self, text: str | None) -> str | None:
+        if text and self._api_key and self._api_key in text:
+            return text.replace(self._api_key, "[REDACTED]")
+        return text
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:
