@@ -169,6 +169,12 @@ class SyncState:
             self._db.execute("COMMIT")
             self._db.close()
 
+    def abandon(self) -> None:
+        """Close without committing, as a crash would: acknowledgements since the last
+        commit are lost. For tests that simulate a killed run in process."""
+        with self._lock:
+            self._db.close()
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {
