@@ -182,6 +182,8 @@ class Syncer:
             }
             self.record(work.result)
             return None
+        if send_user and self.state is not None:
+            self.state.user_sending(row.customer_id, user_fp)
         return work
 
     def record(self, result: RowResult) -> None:

@@ -133,6 +133,22 @@ class SyncState:
             (event_id, customer_id, _now()),
         )
 
+    def user_sending(self, customer_id: int, fingerprint: str) -> None:
+        """Before a different profile is sent, forget the one recorded, durably.
+
+        Iterable may apply an update whose answer never arrives (a timeout or a 5xx after
+        the write, a kill before the next commit). The recorded fingerprint would then
+        stand for a profile Iterable no longer holds, and a row that went back to those
+        values would be skipped as unchanged. With no fingerprint the row is sent again.
+        """
+        with self._lock:
+            forgot = self._db.execute(
+                "DELETE FROM users WHERE customer_id = ? AND fingerprint <> ?",
+                (customer_id, fingerprint),
+            ).rowcount
+            if forgot:
+                self._commit()
+
     def rejected(self, customer_id: int, fingerprint: str, reason: str) -> None:
         self._write(
             "INSERT OR REPLACE INTO rejections (customer_id, fingerprint, reason, rejected_at) "
