@@ -47,9 +47,9 @@ def check_api_key(settings: Settings) -> list[str]:
     with client:
         call = client.check_key()
     if not call.ok:
-        raise CheckFailed(
-            f"Iterable at {settings.iterable_base_url} answered {call.error or call.http_status}"
-        )
+        # call.error says "HTTP 503 ..." for an answer and "connection failed: ..." for none.
+        problem = call.error or f"HTTP {call.http_status}"
+        raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
     return [f"Iterable at {settings.iterable_base_url} accepts the key"]
 
 
