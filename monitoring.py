@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,14 +22,29 @@ _LAST_SUCCESS_LINE = re.compile(rf"^{LAST_SUCCESS} ([0-9.e+]+)$", re.MULTILINE)
 
 
 def ping(url: str | None, suffix: str) -> None:
-    """GET <url>/<suffix> ("start", or the exit code); a failed ping never fails the run."""
+    """GET <url>/<suffix> ("start", or the exit code); a failed ping never fails the run.
+
+    The request's timeout bounds each connect and each read, not the whole exchange: a
+    server that trickles its answer a byte at a time would hold the run for as long as
+    it likes. So the ping runs in a daemon thread, and the run waits PING_TIMEOUT_SECONDS
+    for it at most.
+    """
     if not url:
         return
     target = f"{url}/{suffix}" if suffix else url
+    name = suffix or "success"
+    thread = threading.Thread(target=_get, args=(target, name), name="ping", daemon=True)
+    thread.start()
+    thread.join(PING_TIMEOUT_SECONDS)
+    if thread.is_alive():
+        log.warning("health check ping %s failed: no answer within %gs", name, PING_TIMEOUT_SECONDS)
+
+
+def _get(target: str, name: str) -> None:
     try:
         requests.get(target, timeout=PING_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
-        log.warning("health check ping %s failed: %s", suffix or "success", type(exc).__name__)
+        log.warning("health check ping %s failed: %s", name, type(exc).__name__)
 
 
 def metrics_text(
