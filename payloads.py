@@ -17,8 +17,10 @@ MAX_EMAIL_CHARS = 254
 # Event ids must be letters, digits and hyphens, unique across the project's custom
 # events; the prefix keeps ours apart from ids other integrations choose.
 EVENT_ID_PREFIX = "page-view-"
+# The local part refuses whitespace, the RFC 5322 specials and control characters
+# (C0, DEL and C1), which no address may hold unquoted and which could forge log lines.
 _EMAIL = re.compile(
-    r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
+    r"^[^@\s\"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
 )
 _EVENT_ID = re.compile(r"^[A-Za-z0-9\-]{1,512}$")
 
