@@ -18,6 +18,13 @@ LOG_BACKUPS = 5
 REDACTED = "[REDACTED]"
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# Line breaks and other control characters in a message (from data, such as a malformed
+# email) would let the data forge log lines or drive a terminal; they are escaped.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def mask_email(email: str | None) -> str:
@@ -41,7 +48,7 @@ class RedactingFilter(logging.Filter):
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        cleaned = self.clean(message)
+        cleaned = escape_controls(self.clean(message))
         if record.exc_text:
             record.exc_text = self.clean(record.exc_text)
         record.msg, record.args = cleaned, None
