@@ -1,0 +1,157 @@
+"""`python main.py --check`: every check, its one-line report, and exit codes; sends nothing.
+
+Exit codes: 0 when every check passes, 3 when any check fails (the job could not run, as
+for an aborted run), 2 for bad configuration (caught before any check runs).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from iterable_sandbox import DEFAULT_API_KEY as API_KEY
+
+CHECK_FAILED = 3
+
+
+def lines(run) -> list[str]:
+    return run.stdout.splitlines()
+
+
+def line(run, prefix: str) -> str:
+    found = [text for text in lines(run) if text.startswith(prefix)]
+    assert len(found) == 1, run.stdout
+    return found[0]
+
+
+def assert_wrote_nothing(job, sandbox) -> None:
+    """A check changes nothing: no profile, no event, no results, no sync state."""
+    assert sandbox.users() == {} and sandbox.events() == {}
+    endpoints = set(sandbox.stats()["by_endpoint"])
+    assert endpoints <= {"users/getByEmail"}, endpoints
+    assert list(job.results_dir.iterdir()) == []
+    assert not job.state_file.exists()
+
+
+def test_all_checks_pass(job, sandbox, seeded_db):
+    run = job.run("--check")
+    assert run.code == 0, run.stdout + run.stderr
+    assert run.stderr == ""
+    assert lines(run)[0] == "configuration: ok"
+    connected = line(run, "database: ok: connected")
+    assert connected.endswith(f"{seeded_db.host}:{seeded_db.port}/{seeded_db.name}")
+    # Query 2 with LIMIT 1: the first qualifying customer, email masked.
+    assert line(run, "database: ok: Query 2 runs") == (
+        "database: ok: Query 2 runs; first row: customer 1 (a***@example.com)"
+    )
+    plan = line(run, "database: ok: plan:")
+    assert re.search(r"pv: ref via idx_page_views_customer_viewed_id", plan), plan
+    assert (
+        line(run, "iterable: ok:")
+        == f"iterable: ok: Iterable at {sandbox.base_url} accepts the key"
+    )
+    assert lines(run)[-1] == "all checks passed"
+    assert len(lines(run)) == 6  # short
+    assert sandbox.request_count("users/getByEmail") == 1
+    assert_wrote_nothing(job, sandbox)
+
+
+def test_no_qualifying_rows_is_not_a_failure(job, sandbox):
+    run = job.run("--check", "--plan-type", "no-such-plan")
+    assert run.code == 0
+    assert "database: ok: Query 2 runs; no qualifying rows" in lines(run)
+
+
+def test_a_rejected_key_fails_the_check(job, sandbox):
+    run = job.run("--check", ITERABLE_API_KEY="not-the-key-42")
+    assert run.code == CHECK_FAILED
+    assert line(run, "iterable: FAILED:") == (
+        "iterable: FAILED: Iterable rejected the API key: HTTP 401 BadApiKey Invalid API key"
+    )
+    assert line(run, "database: ok: connected")  # the other checks still ran
+    assert lines(run)[-1] == "some checks failed"
+    assert "not-the-key-42" not in run.stdout + run.stderr + job.log_file.read_text()
+    assert_wrote_nothing(job, sandbox)
+
+
+def test_an_unreachable_iterable_fails_the_check(job, sandbox):
+    run = job.run("--check", ITERABLE_BASE_URL="http://127.0.0.1:1", MAX_ATTEMPTS="1")
+    assert run.code == CHECK_FAILED
+    assert line(run, "iterable: FAILED:").startswith(
+        "iterable: FAILED: Iterable at http://127.0.0.1:1: connection failed"
+    )
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_a_server_error_fails_the_check(job, sandbox):
+    sandbox.add_fault("status", endpoint="users/getByEmail", status=503, times=None)
+    run = job.run("--check", MAX_ATTEMPTS="1")
+    assert run.code == CHECK_FAILED
+    assert line(run, "iterable: FAILED:") == (
+        f"iterable: FAILED: Iterable at {sandbox.base_url}: HTTP 503"
+    )
+
+
+def test_an_unreachable_database_fails_the_check(job, sandbox):
+    run = job.run("--check", MYSQL_PORT="1")
+    assert run.code == CHECK_FAILED
+    assert line(run, "database: FAILED:").startswith(
+        "database: FAILED: cannot reach MySQL at 127.0.0.1:1"
+    )
+    assert line(run, "iterable: ok:")  # reported independently
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_a_wrong_password_fails_the_check_without_echoing_it(job, sandbox):
+    run = job.run("--check", MYSQL_PASSWORD="Wrong-pw-987")
+    assert run.code == CHECK_FAILED
+    assert line(run, "database: FAILED:").startswith("database: FAILED: MySQL refused user")
+    assert "Wrong-pw-987" not in run.stdout + run.stderr + job.log_file.read_text()
+
+
+def test_a_missing_table_fails_the_check(job, sandbox, mariadb, seeded_db):
+    mariadb.execute("DROP TABLE page_views", database=seeded_db.name)
+    run = job.run("--check")
+    assert run.code == CHECK_FAILED
+    assert line(run, "database: FAILED:").startswith(
+        "database: FAILED: a table Query 2 needs is missing"
+    )
+
+
+def test_a_user_without_select_on_a_table_fails_the_check(job, sandbox, seeded_db, app_user):
+    narrow = app_user(seeded_db, tables=("customers",))
+    run = job.run("--check", MYSQL_USER=narrow.user, MYSQL_PASSWORD=narrow.password)
+    assert run.code == CHECK_FAILED
+    assert f"database: FAILED: MySQL user '{narrow.user}' lacks SELECT" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"MYSQL_DATABASE": None}, "MYSQL_DATABASE is not set"),
+        ({"ITERABLE_API_KEY": None}, "ITERABLE_API_KEY is not set"),
+        ({"ITERABLE_BASE_URL": "http://api.iterable.com"}, "must use https"),
+        ({"LOOKBACK_DAYS": "0"}, "LOOKBACK_DAYS"),
+    ],
+)
+def test_bad_configuration_is_exit_two_before_any_check(job, sandbox, overrides, message):
+    run = job.run("--check", **overrides)
+    assert run.code == 2
+    assert run.stdout == ""  # no check ran
+    error = run.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: configuration:") and message in error
+    assert sandbox.stats()["total_requests"] == 0
+
+
+def test_dry_run_check_needs_no_key_and_skips_iterable(job, sandbox):
+    run = job.run("--check", "--dry-run", ITERABLE_API_KEY=None)
+    assert run.code == 0, run.stdout
+    assert not any(text.startswith("iterable:") for text in lines(run))
+    assert sandbox.stats()["total_requests"] == 0
+
+
+def test_the_key_never_appears_in_the_report(job, sandbox):
+    run = job.run("--check", "--log-level", "DEBUG")
+    assert run.code == 0
+    assert API_KEY not in run.stdout + run.stderr + job.log_file.read_text()
