@@ -1,0 +1,320 @@
+"""Data oddities end to end: each is handled by a stated rule and recorded, never a crash.
+
+Every test adds customers on a plan of its own ("odd") to a freshly seeded database,
+bends the schema where the oddity needs it (ALTER TABLE on the test database only), runs
+`main.py --plan-type odd` and reads the outcome from the sandbox store and the results
+file. The rules:
+
+- NULL first_name, last_name, page, device or location: the field is left out of
+  dataFields (null would blank the profile field in Iterable); the row is sent.
+- Emails are trimmed and lower-cased before anything else; NULL, empty, blank or malformed
+  ones (including control characters) fail with reason `invalid_email`, nothing is sent.
+- The same email on several customers after normalisation: the lowest customer id is
+  sent; every other fails with reason `duplicate_email`, naming the customer sent instead.
+- Bytes that are not UTF-8 (a binary column) are decoded with U+FFFD replacement
+  characters; other character sets are converted by the server; emoji and control
+  characters are sent as they are (JSON-escaped on the wire).
+- A value over 32,000 characters is cut to 32,000 and the row's results carry a warning.
+- A page view without a time never qualifies: Query 2's window leaves it out.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+PLAN = "odd"
+RECENT = "UTC_TIMESTAMP() - INTERVAL 1 HOUR"
+
+
+class Rows:
+    """Adds customers with one page view each to the test database, as the admin user."""
+
+    def __init__(self, mariadb, database) -> None:
+        self.mariadb = mariadb
+        self.name = database.name
+
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> None:
+        self.mariadb.execute(statement, params or None, database=self.name)
+
+    def add(
+        self,
+        customer_id: int,
+        email: Any,
+        *,
+        first_name: Any = "First",
+        last_name: Any = "Last",
+        page: Any = "/page",
+        device: Any = "desktop",
+        location: Any = "Berlin, DE",
+        viewed_at: str = RECENT,
+        page_view_id: int | None = None,
+    ) -> int:
+        self.sql(
+            "INSERT INTO customers (id, email, first_name, last_name, plan_type, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP())",
+            (customer_id, email, first_name, last_name, PLAN),
+        )
+        view_id = page_view_id or customer_id * 10
+        self.view(customer_id, view_id, page, device, location, viewed_at)
+        return view_id
+
+    def view(
+        self,
+        customer_id: int,
+        view_id: int,
+        page: Any = "/page",
+        device: Any = "desktop",
+        location: Any = "Berlin, DE",
+        viewed_at: str = RECENT,
+    ) -> None:
+        self.sql(
+            "INSERT INTO page_views (id, customer_id, page, device, location, viewed_at) "
+            f"VALUES (%s, %s, %s, %s, %s, {viewed_at})",
+            (view_id, customer_id, page, device, location),
+        )
+
+
+@pytest.fixture
+def rows(mariadb, seeded_db) -> Rows:
+    return Rows(mariadb, seeded_db)
+
+
+def run_odd(job, *args: str, **env: str):
+    run = job.run("--plan-type", PLAN, *args, **env)
+    assert "Traceback" not in run.stderr + run.stdout
+    assert run.results_path is not None, run.stderr
+    return run
+
+
+def outcome(row: dict[str, Any]) -> tuple[str, str | None]:
+    return row["status"], row["reason"]
+
+
+# -- NULLs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["single", "bulk"])
+def test_nulls_in_every_nullable_column_are_left_out(job, sandbox, rows, mode):
+    rows.sql("ALTER TABLE page_views MODIFY page VARCHAR(2048) NULL")
+    rows.add(
+        100, "all.null@example.com", first_name=None, last_name=None, device=None, location=None
+    )
+    rows.add(101, "null.page@example.com", page=None)
+    run = run_odd(job, "--mode", mode)
+    assert run.code == 0, run.stdout + run.stderr
+    assert {cid: outcome(r) for cid, r in run.by_customer().items()} == {
+        100: ("success", None),
+        101: ("success", None),
+    }
+    users, events = sandbox.users(), sandbox.events()
+    assert users["all.null@example.com"] == {"plan_type": PLAN, "recent_page_view": "/page"}
+    assert set(events["page-view-1000"]["dataFields"]) == {"page", "timestamp"}
+    assert users["null.page@example.com"] == {
+        "first_name": "First",
+        "last_name": "Last",
+        "plan_type": PLAN,
+    }
+    assert set(events["page-view-1010"]["dataFields"]) == {"device", "location", "timestamp"}
+    for fields in [*users.values(), *(e["dataFields"] for e in events.values())]:
+        assert None not in fields.values()
+
+
+def test_null_empty_and_blank_emails_fail_as_invalid(job, sandbox, rows):
+    rows.sql("ALTER TABLE customers MODIFY email VARCHAR(255) NULL")
+    rows.sql("ALTER TABLE customers DROP INDEX uq_customers_email")
+    rows.add(100, None)
+    rows.add(101, "")
+    rows.add(102, "   ")
+    rows.add(103, "fine@example.com")
+    run = run_odd(job)
+    assert run.code == 1
+    by_customer = run.by_customer()
+    for cid in (100, 101, 102):
+        row = by_customer[cid]
+        assert outcome(row) == ("failed", "invalid_email")
+        assert row["user_update"] is None and row["event_track"] is None
+    assert by_customer[100]["email"] is None
+    assert outcome(by_customer[103]) == ("success", None)
+    assert list(sandbox.users()) == ["fine@example.com"]
+    assert sandbox.request_count() == 2  # one update and one event, for customer 103 only
+    assert "failed:invalid_email: 3" in run.stdout
+
+
+# -- emails ---------------------------------------------------------------------------------
+
+
+def test_spaces_and_mixed_case_are_normalised_before_sending(job, sandbox, rows):
+    rows.add(100, "  Mixed.Case@Example.COM  ")
+    rows.add(101, "\tTAB.AND.NEWLINE@EXAMPLE.ORG\n")
+    run = run_odd(job)
+    assert run.code == 0, run.stdout
+    by_customer = run.by_customer()
+    assert by_customer[100]["email"] == "mixed.case@example.com"
+    assert by_customer[101]["email"] == "tab.and.newline@example.org"
+    assert set(sandbox.users()) == {"mixed.case@example.com", "tab.and.newline@example.org"}
+    assert sandbox.events()["page-view-1000"]["email"] == "mixed.case@example.com"
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [
+        ("x" * 243 + "@example.com", "255 characters, over the 254 limit"),
+        ("two words@example.com", "inner space"),
+        ("no-at-sign.example.com", "no @"),
+        ("a@b@example.com", "two @"),
+        ("user@localhost", "no dot in the domain"),
+        ("josé@exämple.com", "non-ASCII domain"),
+        ("bell\x07@example.com", "control character"),
+        ("nul\x00@example.com", "NUL byte"),
+        ("forged@example.com\n2026-01-01 ERROR x", "newline inside"),
+    ],
+)
+def test_malformed_emails_fail_as_invalid_and_send_nothing(job, sandbox, rows, raw, label):
+    rows.add(100, raw)
+    run = run_odd(job)
+    assert run.code == 1, label
+    assert outcome(run.by_customer()[100]) == ("failed", "invalid_email"), label
+    assert sandbox.request_count() == 0, label
+
+
+def test_an_email_never_forges_a_log_line(job, sandbox, rows):
+    rows.add(100, "forged@example.com\n2026-01-01T00:00:00.000Z ERROR   iterable_sync: pwned")
+    run_odd(job, "--log-level", "DEBUG")
+    log_lines = job.log_file.read_text().splitlines()
+    assert not any(line.startswith("2026-01-01T00:00:00.000Z") for line in log_lines)
+    timestamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+    assert all(timestamp.match(line) for line in log_lines), log_lines
+
+
+def test_a_non_ascii_local_part_is_sent(job, sandbox, rows):
+    rows.add(100, "José@Example.com")
+    run = run_odd(job)
+    assert outcome(run.by_customer()[100]) == ("success", None)
+    assert list(sandbox.users()) == ["josé@example.com"]
+
+
+# -- duplicates -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["single", "bulk"])
+def test_duplicate_emails_send_the_lowest_customer_id(job, sandbox, rows, mode):
+    rows.sql("ALTER TABLE customers DROP INDEX uq_customers_email")
+    # Inserted out of order: the rule is the customer id, not the insertion order.
+    rows.add(112, "DUP@example.com ", first_name="Third")
+    rows.add(110, "Dup@Example.com", first_name="First")
+    rows.add(111, " dup@example.com", first_name="Second")
+    rows.add(120, "same@example.com", first_name="Same A")
+    rows.add(121, "same@example.com", first_name="Same B")
+    run = run_odd(job, "--mode", mode)
+    assert run.code == 1
+    by_customer = run.by_customer()
+    assert outcome(by_customer[110]) == ("success", None)
+    assert outcome(by_customer[120]) == ("success", None)
+    for cid, first in ((111, 110), (112, 110), (121, 120)):
+        row = by_customer[cid]
+        assert outcome(row) == ("failed", "duplicate_email")
+        assert row["detail"] == f"customer {first} has the same email and was sent instead"
+        assert row["user_update"] is None and row["event_track"] is None
+    assert sandbox.users()["dup@example.com"]["first_name"] == "First"
+    assert sandbox.users()["same@example.com"]["first_name"] == "Same A"
+    assert set(sandbox.events()) == {"page-view-1100", "page-view-1200"}
+    assert sandbox.user_writes() == {"dup@example.com": 1, "same@example.com": 1}
+
+    calls = sandbox.stats()["total_requests"]
+    again = run_odd(job, "--mode", mode).by_customer()
+    assert outcome(again[110]) == ("skipped", "unchanged")
+    assert outcome(again[111]) == ("failed", "duplicate_email")
+    assert sandbox.stats()["total_requests"] == calls
+
+
+def test_a_rejected_first_customer_does_not_claim_the_email(job, sandbox, rows):
+    """Only a row that can be sent claims its email: the next customer is sent instead."""
+    rows.sql("ALTER TABLE customers DROP INDEX uq_customers_email")
+    rows.add(100, "claimed@example.com\x07")  # invalid: a control character survives trimming
+    rows.add(101, "Claimed@example.com")
+    by_customer = run_odd(job).by_customer()
+    assert outcome(by_customer[100]) == ("failed", "invalid_email")
+    assert outcome(by_customer[101]) == ("success", None)
+
+
+# -- bytes and characters -------------------------------------------------------------------
+
+
+def test_odd_bytes_and_characters(job, sandbox, rows):
+    rows.sql("ALTER TABLE customers MODIFY first_name VARBINARY(100) NULL")
+    rows.sql("ALTER TABLE page_views MODIFY device VARCHAR(64) CHARACTER SET latin1 NULL")
+    rows.add(100, "latin1.bytes@example.com", first_name=b"Jos\xe9")  # latin-1, not UTF-8
+    rows.add(101, "broken.utf8@example.com", first_name=b"ab\xc3\x28cd")
+    rows.add(102, "good.bytes@example.com", first_name="Zoë".encode())
+    rows.add(103, "latin1.column@example.com", device="Zürich-Tablet ½")
+    rows.add(104, "emoji@example.com", last_name="Smile 😀🇩🇪", page="/p/🚀?q=✓")
+    control = "a\x00b\x07c\x1b[31md\x7f"
+    rows.add(105, "control@example.com", last_name=control, page="/p\nq\tr\r\n")
+    run = run_odd(job)
+    assert run.code == 0, run.stdout + run.stderr
+    assert {outcome(r) for r in run.by_customer().values()} == {("success", None)}
+    users, events = sandbox.users(), sandbox.events()
+    assert users["latin1.bytes@example.com"]["first_name"] == "Jos\ufffd"
+    assert users["broken.utf8@example.com"]["first_name"] == "ab\ufffd(cd"
+    assert users["good.bytes@example.com"]["first_name"] == "Zoë"
+    assert events["page-view-1030"]["dataFields"]["device"] == "Zürich-Tablet ½"
+    assert users["emoji@example.com"]["last_name"] == "Smile 😀🇩🇪"
+    assert events["page-view-1040"]["dataFields"]["page"] == "/p/🚀?q=✓"
+    assert users["control@example.com"]["last_name"] == control
+    assert events["page-view-1050"]["dataFields"]["page"] == "/p\nq\tr\r\n"
+
+
+# -- long values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["single", "bulk"])
+def test_values_over_32000_characters_are_cut_with_a_warning(job, sandbox, rows, mode):
+    rows.sql("ALTER TABLE page_views MODIFY page MEDIUMTEXT NOT NULL")
+    rows.sql("ALTER TABLE customers MODIFY first_name MEDIUMTEXT NULL")
+    rows.sql("ALTER TABLE page_views MODIFY location MEDIUMTEXT NULL")
+    rows.add(100, "long.page@example.com", page="/" + "p" * 39_999)
+    rows.add(101, "long.name@example.com", first_name="é" * 40_000, location="😀" * 32_001)
+    rows.add(102, "exactly@example.com", page="/" + "x" * 31_999)
+    run = run_odd(job, "--mode", mode)
+    assert run.code == 0, run.stdout
+    by_customer = run.by_customer()
+    assert by_customer[100]["warnings"] == ["page cut from 40000 to 32000 characters"]
+    assert by_customer[101]["warnings"] == [
+        "first_name cut from 40000 to 32000 characters",
+        "location cut from 32001 to 32000 characters",
+    ]
+    assert "warnings" not in by_customer[102]  # exactly 32,000 is kept whole
+    users, events = sandbox.users(), sandbox.events()
+    assert users["long.page@example.com"]["recent_page_view"] == "/" + "p" * 31_999
+    assert events["page-view-1000"]["dataFields"]["page"] == "/" + "p" * 31_999
+    assert users["long.name@example.com"]["first_name"] == "é" * 32_000
+    assert events["page-view-1010"]["dataFields"]["location"] == "😀" * 32_000
+    assert len(users["exactly@example.com"]["recent_page_view"]) == 32_000
+
+
+# -- page view times ------------------------------------------------------------------------
+
+
+def test_a_page_view_without_a_time_never_qualifies(job, sandbox, rows):
+    rows.sql("ALTER TABLE page_views MODIFY viewed_at DATETIME NULL")
+    rows.add(100, "only.null.time@example.com", viewed_at="NULL")
+    rows.add(101, "null.and.recent@example.com", page="/recent", page_view_id=1010)
+    rows.view(101, 1011, page="/no-time", viewed_at="NULL")
+    run = run_odd(job)
+    assert run.code == 0
+    by_customer = run.by_customer()
+    assert set(by_customer) == {101}  # customer 100 is not even read
+    assert set(sandbox.events()) == {"page-view-1010"}
+    assert sandbox.users()["null.and.recent@example.com"]["recent_page_view"] == "/recent"
+
+
+def test_a_page_view_in_the_future_is_sent_with_its_own_time(job, sandbox, rows):
+    rows.add(100, "clock.skew@example.com", viewed_at="UTC_TIMESTAMP() + INTERVAL 1 DAY")
+    run = run_odd(job)
+    assert outcome(run.by_customer()[100]) == ("success", None)
+    event = sandbox.events()["page-view-1000"]
+    assert event["createdAt"] > time.time() + 20 * 3600  # sent unchanged, not clamped
