@@ -9,14 +9,19 @@ without committing, as when the process is killed.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import sync_state
+from devtools.bulk_seed import unbacked_state_claims
 from iterable_client import IterableClient, RetryPolicy
 from iterable_sandbox import DEFAULT_API_KEY
 from results import ResultsWriter
@@ -71,6 +76,7 @@ class World:
     customers: dict[int, Customer] = field(default_factory=dict)
     next_view: int = 1
     events_ever: set[str] = field(default_factory=set)
+    requests_sent: int = 0  # attempts the clients made, as their own stats count them
 
     def add(self, customer_id: int) -> Customer:
         customer = Customer(customer_id)
@@ -93,8 +99,11 @@ class World:
         crash: bool = False,
         commit_after: int | None = None,
         rows: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """One run; crash abandons the state (commit_after: rows after which it was saved)."""
+    ) -> int:
+        """One run; crash abandons the state (commit_after: rows after which it was saved).
+
+        Returns the requests the run made, once the sandbox has answered every one of them.
+        """
         state = SyncState(self.workdir / "state.sqlite3")
         client = IterableClient(
             DEFAULT_API_KEY, self.sandbox.base_url, timeout=0.3, retry=FAST_RETRY
@@ -108,11 +117,12 @@ class World:
                 state.flush()
 
         syncer = Syncer(client=client, writer=writer, state=state, on_row=on_row)
+        rows = self.rows() if rows is None else rows
         try:
             if mode == "bulk":
-                syncer.run_bulk(rows or self.rows(), 3, 3)
+                syncer.run_bulk(rows, 3, 3)
             else:
-                syncer.run_single(rows or self.rows(), 3)
+                syncer.run_single(rows, 3)
         finally:
             syncer.duplicates.close()
             client.close()
@@ -121,6 +131,18 @@ class World:
                 state.abandon()
             else:
                 state.close()
+        made = client.stats.total_requests()
+        self.requests_sent += made
+        self.drain()
+        return made
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until the sandbox has finished every request sent so far, so a slow answer
+        the client gave up on is not counted against a later run."""
+        deadline = time.monotonic() + timeout
+        while self.sandbox.stats()["total_requests"] < self.requests_sent:
+            assert time.monotonic() < deadline, "the sandbox never finished a request"
+            time.sleep(0.01)
 
     def problems(self) -> list[str]:
         """How the sandbox's store differs from the current data, delivered exactly once."""
@@ -183,3 +205,115 @@ def test_profile_reverted_after_a_crash_lost_the_acknowledgement(
     world.new_view(1, "/a")
     world.run(mode)
     assert world.problems() == []
+
+
+# -- the property: any history converges to exactly-once -----------------------------------
+
+CUSTOMERS = (1, 2, 3, 4)
+ENDPOINTS = ("*", "users/update", "events/track", "users/bulkUpdate", "events/trackBulk")
+
+faults = st.one_of(
+    st.none(),
+    st.builds(
+        lambda status, apply_first, p, endpoint, seed: dict(
+            kind="status",
+            status=status,
+            apply_first=apply_first,
+            probability=p,
+            endpoint=endpoint,
+            seed=seed,
+            times=None,
+        ),
+        st.sampled_from([429, 500, 503]),
+        st.booleans(),
+        st.sampled_from([0.3, 0.6, 1.0]),
+        st.sampled_from(ENDPOINTS),
+        st.integers(0, 99),
+    ),
+    st.builds(
+        lambda apply_first, p, endpoint, seed: dict(
+            kind="drop",
+            apply_first=apply_first,
+            probability=p,
+            endpoint=endpoint,
+            seed=seed,
+            times=None,
+        ),
+        st.booleans(),
+        st.sampled_from([0.3, 0.6, 1.0]),
+        st.sampled_from(ENDPOINTS),
+        st.integers(0, 99),
+    ),
+    # An answer slower than the client's 0.3 s timeout, after the write; once per run, as
+    # each costs a timeout's wait.
+    st.builds(
+        lambda endpoint: dict(kind="delay", delay=0.45, apply_first=True, endpoint=endpoint),
+        st.sampled_from(ENDPOINTS),
+    ),
+)
+steps = st.one_of(
+    st.tuples(st.just("rename"), st.sampled_from(CUSTOMERS), st.sampled_from(["Ann", "Bob"])),
+    st.tuples(st.just("view"), st.sampled_from(CUSTOMERS), st.sampled_from(["/a", "/b"])),
+    st.tuples(
+        st.just("run"),
+        st.sampled_from(["single", "bulk"]),
+        faults,
+        st.booleans(),  # crash: the state is abandoned, not committed
+        st.one_of(st.none(), st.integers(1, len(CUSTOMERS))),  # rows before a commit
+        st.integers(0, len(CUSTOMERS)),  # rows the run got to read (crash only)
+    ),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    history=st.lists(steps, min_size=1, max_size=7), final_mode=st.sampled_from(["single", "bulk"])
+)
+# The history that lost a profile before fingerprints were forgotten ahead of a send.
+@example(
+    history=[
+        ("run", "single", None, False, None, 0),
+        ("view", 1, "/b"),
+        ("run", "bulk", None, True, None, 4),
+        ("view", 1, "/a"),
+    ],
+    final_mode="single",
+)
+def test_any_history_of_runs_failures_and_crashes_converges_to_exactly_once(
+    sandbox, history, final_mode
+):
+    sandbox.reset()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = World(sandbox, Path(tmp))
+        for customer_id in CUSTOMERS:
+            world.add(customer_id)
+        state_path = world.workdir / "state.sqlite3"
+        for step in history:
+            if step[0] == "rename":
+                world.customers[step[1]].first_name = step[2]
+            elif step[0] == "view":
+                world.new_view(step[1], step[2])
+            else:
+                _, mode, fault, crash, commit_after, read = step
+                if fault is not None:
+                    options = dict(fault)
+                    sandbox.add_fault(options.pop("kind"), **options)
+                world.run(
+                    mode,
+                    crash=crash,
+                    commit_after=commit_after,
+                    rows=world.rows()[:read] if crash else None,
+                )
+                sandbox.clear_faults()
+                # Whatever happened, the state claims nothing Iterable does not hold.
+                assert unbacked_state_claims(state_path, sandbox) == []
+        world.run(final_mode)
+        assert world.problems() == []
+        assert unbacked_state_claims(state_path, sandbox) == []
+        calls = sandbox.stats()["total_requests"]
+        assert world.run(final_mode) == 0, "a converged run made calls"
+        assert sandbox.stats()["total_requests"] == calls
