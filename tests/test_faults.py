@@ -1,0 +1,280 @@
+"""Fault injection against the sandbox: whatever fails on the way, nothing is lost or doubled.
+
+Every scenario runs the real job (`python main.py`) against MariaDB and the sandbox with
+faults injected, then clean reruns until the job is done, and judges the outcome from the
+sandbox's own store: every qualifying profile present with the expected fields, every
+expected event id present once, no logical duplicate events, nothing extra; the sync state
+claims nothing the sandbox does not hold; and one more run makes no call at all.
+
+The module keeps a tally (scenarios, faults the sandbox applied, records lost, records
+duplicated) and writes it to test-artifacts/fault_suite.json when the module ends.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.bulk_seed import (
+    Expected,
+    add_pro_customers,
+    audit,
+    expected_store,
+    unbacked_state_claims,
+)
+from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
+
+ARTIFACT = Path(__file__).resolve().parent.parent / "test-artifacts" / "fault_suite.json"
+
+# 7 seed customers that can be sent plus these synthetic ones.
+ROWS = 20
+MODES: dict[str, tuple[str, ...]] = {
+    "single": ("--mode", "single", "--concurrency", "8"),
+    "bulk": ("--mode", "bulk"),
+}
+# Small batches so a bulk run makes enough calls for a storm to hit; the default bulk
+# pacing (4 and 8 requests a second) would only make the test slow.
+MODE_ENV: dict[str, dict[str, str]] = {
+    "single": {},
+    "bulk": {
+        "BULK_BATCH_SIZE": "3",
+        "EVENTS_BATCH_SIZE": "3",
+        "RATE_LIMIT_USERS_BULK_UPDATE": "100",
+        "RATE_LIMIT_EVENTS_TRACK_BULK": "100",
+    },
+}
+# The job fixture's 2 s timeout made smaller, so a timed-out attempt costs little.
+TIMEOUT = 0.5
+# Faulty runs give up on a call after 3 attempts (0.5 s + 1 s of backoff) instead of 5
+# (7.5 s): rows still failing are left to the clean rerun, which is part of the point.
+FAULTY_RUN = {"MAX_ATTEMPTS": "3"}
+
+TALLY: dict[str, Any] = {
+    "scenarios": 0,
+    "faults_injected": 0,
+    "records_lost": 0,
+    "records_duplicated": 0,
+    "rewrites_absorbed": 0,
+    "job_runs": 0,
+    "kills": 0,
+    "by_scenario": {},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_summary(request: pytest.FixtureRequest):
+    """Writes the module's tally to test-artifacts/fault_suite.json and prints it."""
+    yield
+    if not TALLY["scenarios"]:
+        return
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    text = json.dumps(TALLY, indent=2, sort_keys=True)
+    ARTIFACT.write_text(text + "\n", encoding="utf-8")
+    line = (
+        f"fault suite: {TALLY['scenarios']} scenarios, {TALLY['faults_injected']} faults "
+        f"injected and {TALLY['kills']} kill -9s, {TALLY['records_lost']} records lost, "
+        f"{TALLY['records_duplicated']} "
+        f"records duplicated ({TALLY['rewrites_absorbed']} resends absorbed by id or merge, "
+        f"{TALLY['job_runs']} job runs) -> {ARTIFACT}"
+    )
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print("\n" + line)
+    else:
+        print(line)
+
+
+@pytest.fixture
+def fleet(job, mariadb, seeded_db) -> Expected:
+    """The seed plus ROWS synthetic pro customers, and the store a complete sync leaves."""
+    add_pro_customers(mariadb, seeded_db.name, ROWS)
+    return expected_store(mariadb, seeded_db.name)
+
+
+def run_job(job, mode: str, **env: str):
+    run = job.run(*MODES[mode], **{**MODE_ENV[mode], **env})
+    TALLY["job_runs"] += 1
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    return run
+
+
+def settle(job, sandbox, mode: str, expected: Expected, scenario: str, max_runs: int = 3):
+    """Clean reruns until one succeeds, then judge the store, the state, and a further run."""
+    sandbox.clear_faults()
+    for _ in range(max_runs):
+        run = run_job(job, mode)
+        if run.code == 0:
+            break
+    result = audit(sandbox, expected)
+    faults = int(sandbox.stats()["faults_applied"])
+    TALLY["scenarios"] += 1
+    TALLY["faults_injected"] += faults
+    TALLY["records_lost"] += len(result.lost)
+    TALLY["records_duplicated"] += len(result.duplicated)
+    TALLY["rewrites_absorbed"] += result.rewrites
+    TALLY["by_scenario"][scenario] = {
+        "faults_injected": faults,
+        "lost": len(result.lost),
+        "duplicated": len(result.duplicated),
+        "rewrites_absorbed": result.rewrites,
+    }
+    assert run.code == 0, run.stdout + run.stderr[-2000:]
+    assert result.lost == [], result.lost[:5]
+    assert result.duplicated == [], result.duplicated[:5]
+    assert unbacked_state_claims(job.state_file, sandbox) == []
+    calls = sandbox.stats()["total_requests"]
+    again = run_job(job, mode)
+    assert again.code == 0
+    assert sandbox.stats()["total_requests"] == calls, "a run after convergence made calls"
+    assert again.results["summary"]["succeeded"] == 0
+    return result
+
+
+SCENARIOS: dict[str, tuple[list[dict[str, Any]], dict[str, str]]] = {
+    # Plain-text 429s, no Retry-After: the client backs off on its own.
+    "429_storm_text": (
+        [
+            dict(
+                kind="status",
+                status=429,
+                body=RATE_LIMIT_TEXT.decode(),
+                probability=0.15,
+                times=None,
+                seed=11,
+            )
+        ],
+        {},
+    ),
+    # JSON 429s with Retry-After: 1, which pauses the whole endpoint.
+    "429_storm_json_retry_after": (
+        [
+            dict(
+                kind="status",
+                status=429,
+                body=json.dumps(RATE_LIMIT_JSON),
+                retry_after=1,
+                probability=0.1,
+                times=None,
+                seed=12,
+            )
+        ],
+        {},
+    ),
+    # The write is applied, then the gateway answers 500/502/503.
+    "5xx_after_apply": (
+        [
+            dict(kind="status", status=status, apply_first=True, probability=0.1, times=None)
+            | {"seed": 20 + i}
+            for i, status in enumerate((500, 502, 503))
+        ],
+        {},
+    ),
+    # The write is applied, then the answer comes too late for the client.
+    "timeout_after_apply": (
+        [
+            dict(
+                kind="delay",
+                delay=TIMEOUT * 2,
+                apply_first=True,
+                probability=0.15,
+                times=None,
+                seed=30,
+            )
+        ],
+        {"REQUEST_TIMEOUT_SECONDS": str(TIMEOUT)},
+    ),
+    # The connection closes before the write.
+    "drop_before_apply": (
+        [dict(kind="drop", probability=0.25, times=None, seed=40)],
+        {},
+    ),
+    # The write is applied, then the connection closes without an answer.
+    "drop_after_apply": (
+        [dict(kind="drop", apply_first=True, probability=0.25, times=None, seed=41)],
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_faults_lose_and_double_nothing(job, sandbox, fleet, scenario, mode):
+    rules, env = SCENARIOS[scenario]
+    for rule in rules:
+        options = dict(rule)
+        sandbox.add_fault(options.pop("kind"), **options)
+    first = run_job(job, mode, **FAULTY_RUN, **env)
+    assert first.code in (0, 1), first.stderr[-2000:]
+    applied = sandbox.stats()["faults_applied"]
+    assert applied > 0, "the scenario injected no fault"
+    if any(rule.get("apply_first") for rule in rules):
+        # Iterable applied writes whose answers were lost, and the resends were absorbed.
+        assert audit(sandbox, fleet).rewrites > 0
+    # What the faulty run says it delivered is in the store already.
+    assert unbacked_state_claims(job.state_file, sandbox) == []
+    succeeded = {cid for cid, row in first.by_customer().items() if row["status"] == "success"}
+    users = sandbox.users()
+    assert all(fleet.emails[cid] in users for cid in succeeded)
+    settle(job, sandbox, mode, fleet, f"{scenario}/{mode}")
+
+
+# -- kill -9 at a random point ----------------------------------------------------------------
+
+KILL_ROWS = 400
+KILL_LATENCY = 0.03
+KILL_ENV: dict[str, dict[str, str]] = {
+    "single": {},
+    "bulk": {
+        "BULK_BATCH_SIZE": "20",
+        "EVENTS_BATCH_SIZE": "20",
+        "RATE_LIMIT_USERS_BULK_UPDATE": "10",
+        "RATE_LIMIT_EVENTS_TRACK_BULK": "10",
+    },
+}
+KILL_SEEDS = [("single", 1), ("single", 2), ("single", 3), ("bulk", 4), ("bulk", 5)]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("mode", "seed"), KILL_SEEDS, ids=[f"{m}-{s}" for m, s in KILL_SEEDS])
+def test_kill_9_mid_run_then_rerun_delivers_exactly_once(
+    job, sandbox, mariadb, seeded_db, mode, seed
+):
+    add_pro_customers(mariadb, seeded_db.name, KILL_ROWS)
+    expected = expected_store(mariadb, seeded_db.name)
+    sandbox.set_latency(KILL_LATENCY)
+    rng = random.Random(seed)
+    process = job.start(*MODES[mode], **KILL_ENV[mode])
+    try:
+        wait_until(lambda: sandbox.stats()["total_requests"] > 0, 30, "the first request")
+        time.sleep(rng.uniform(0.2, 1.8))
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    TALLY["job_runs"] += 1
+    TALLY["kills"] += 1
+    assert process.returncode == -signal.SIGKILL
+    cut = audit(sandbox, expected)
+    assert cut.lost, "the kill landed after the run had finished"
+    assert cut.duplicated == []
+    # The state a killed run leaves claims only what the sandbox holds.
+    assert unbacked_state_claims(job.state_file, sandbox) == []
+    sandbox.set_latency(0.0)
+    settle(job, sandbox, mode, expected, f"kill_9/{mode}-{seed}")
