@@ -42,20 +42,31 @@ class SourceRow:
     device: str | None
     location: str | None
     viewed_at: datetime | None
+    # Columns whose bytes were not UTF-8 (replaced with U+FFFD): noted in the results.
+    not_utf8: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> SourceRow:
+        not_utf8: list[str] = []
+
+        def text(name: str) -> str | None:
+            value = row.get(name)
+            if isinstance(value, bytes | bytearray) and not _is_utf8(value):
+                not_utf8.append(name)
+            return _text(value)
+
         return cls(
             customer_id=int(row["customer_id"]),
-            email=_text(row.get("email")),
-            first_name=_text(row.get("first_name")),
-            last_name=_text(row.get("last_name")),
-            plan_type=_text(row.get("plan_type")),
+            email=text("email"),
+            first_name=text("first_name"),
+            last_name=text("last_name"),
+            plan_type=text("plan_type"),
             page_view_id=int(row["page_view_id"]),
-            page=_text(row.get("page")),
-            device=_text(row.get("device")),
-            location=_text(row.get("location")),
+            page=text("page"),
+            device=text("device"),
+            location=text("location"),
             viewed_at=row.get("viewed_at"),
+            not_utf8=tuple(not_utf8),
         )
 
 
@@ -86,6 +97,14 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", errors="replace")
     return str(value)
+
+
+def _is_utf8(value: bytes | bytearray) -> bool:
+    try:
+        bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def normalize_email(raw: str | None) -> str | None:
@@ -134,12 +153,18 @@ def _fields(values: Mapping[str, Any]) -> dict[str, Any]:
 def build_payloads(row: SourceRow, candidate: str | None = None) -> Payloads | Rejection:
     """The users/update and events/track bodies for one row, or why it cannot be sent."""
     email = normalize_email(row.email)
+    if "email" in row.not_utf8:
+        # A replacement character would make it some other address.
+        return Rejection(INVALID_EMAIL, "the email address is not valid UTF-8", email)
     if not is_valid_email(email):
         return Rejection(INVALID_EMAIL, "missing or malformed email address", email)
     assert email is not None
     if row.viewed_at is None:
         return Rejection(MISSING_VIEW_TIME, "the page view has no time", email)
-    warnings: list[str] = []
+    warnings = [
+        f"{name} was not valid UTF-8; the bad bytes were replaced with U+FFFD"
+        for name in row.not_utf8
+    ]
     page = _clip("page", row.page, warnings)
     user_fields = {
         "first_name": _clip("first_name", row.first_name, warnings),
