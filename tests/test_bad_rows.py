@@ -12,8 +12,9 @@ file. The rules:
 - The same email on several customers after normalisation: the lowest customer id is
   sent; every other fails with reason `duplicate_email`, naming the customer sent instead.
 - Bytes that are not UTF-8 (a binary column) are decoded with U+FFFD replacement
-  characters; other character sets are converted by the server; emoji and control
-  characters are sent as they are (JSON-escaped on the wire).
+  characters and the row carries a warning; an email that is not UTF-8 fails as
+  `invalid_email` instead. Other character sets are converted by the server; emoji and
+  control characters in names and pages are sent as they are (JSON-escaped on the wire).
 - A value over 32,000 characters is cut to 32,000 and the row's results carry a warning.
 - A page view without a time never qualifies: Query 2's window leaves it out.
 """
@@ -261,11 +262,27 @@ def test_odd_bytes_and_characters(job, sandbox, rows):
     assert users["latin1.bytes@example.com"]["first_name"] == "Jos\ufffd"
     assert users["broken.utf8@example.com"]["first_name"] == "ab\ufffd(cd"
     assert users["good.bytes@example.com"]["first_name"] == "Zoë"
+    by_customer = run.by_customer()
+    replaced = ["first_name was not valid UTF-8; the bad bytes were replaced with U+FFFD"]
+    assert by_customer[100]["warnings"] == replaced
+    assert by_customer[101]["warnings"] == replaced
+    assert "warnings" not in by_customer[102]  # binary, but valid UTF-8
     assert events["page-view-1030"]["dataFields"]["device"] == "Zürich-Tablet ½"
     assert users["emoji@example.com"]["last_name"] == "Smile 😀🇩🇪"
     assert events["page-view-1040"]["dataFields"]["page"] == "/p/🚀?q=✓"
     assert users["control@example.com"]["last_name"] == control
     assert events["page-view-1050"]["dataFields"]["page"] == "/p\nq\tr\r\n"
+
+
+def test_an_email_that_is_not_utf8_is_invalid_not_replaced(job, sandbox, rows):
+    rows.sql("ALTER TABLE customers MODIFY email VARBINARY(255) NOT NULL")
+    rows.add(100, b"jos\xe9@example.com")  # latin-1 bytes: replaced, it would be another address
+    rows.add(101, "josé@example.com".encode())
+    by_customer = run_odd(job).by_customer()
+    assert outcome(by_customer[100]) == ("failed", "invalid_email")
+    assert by_customer[100]["detail"] == "the email address is not valid UTF-8"
+    assert outcome(by_customer[101]) == ("success", None)
+    assert list(sandbox.users()) == ["josé@example.com"]
 
 
 # -- long values ----------------------------------------------------------------------------
