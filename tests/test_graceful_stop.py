@@ -1,0 +1,111 @@
+"""SIGTERM and SIGINT mid-run: stop taking rows, let in-flight calls finish, save the state,
+write the results, exit 3 - quickly and without a traceback. A rerun sends only the rest,
+and the two runs together deliver every record exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from devtools.bulk_seed import add_pro_customers, audit, expected_store, unbacked_state_claims
+
+ROWS = 300
+LATENCY = 0.2  # per request, so a few hundred rows take far longer than the test waits
+REQUEST_TIMEOUT = 2.0  # the job fixture's REQUEST_TIMEOUT_SECONDS
+EXIT_BOUND = REQUEST_TIMEOUT + 3.0
+MODES = {
+    "single": ("--mode", "single", "--concurrency", "4"),
+    "bulk": ("--mode", "bulk", "--batch-size", "20"),
+}
+CASES = [("single", signal.SIGTERM), ("single", signal.SIGINT), ("bulk", signal.SIGTERM)]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("mode", "signum"), CASES, ids=[f"{m}-{s.name}" for m, s in CASES])
+def test_signal_mid_run_stops_cleanly_and_the_rerun_sends_only_the_rest(
+    job, sandbox, mariadb, seeded_db, mode, signum
+):
+    add_pro_customers(mariadb, seeded_db.name, ROWS)
+    expected = expected_store(mariadb, seeded_db.name)
+    sandbox.set_latency(LATENCY)
+    process = job.start(*MODES[mode])
+    try:
+        wait_until(lambda: len(sandbox.events()) >= 4, 30, "the first events")
+        process.send_signal(signum)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=EXIT_BOUND + 10)
+        took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 3, stderr
+    assert took < EXIT_BOUND, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr + stdout
+    assert f"{signum.name} received" in stderr
+    assert "run stopped by a signal" in stdout
+
+    # In-flight requests were answered, not cut off; nothing is sent after the exit.
+    assert sandbox.request_count(status="client_gone") == 0
+    assert sandbox.request_count(status="dropped") == 0
+    after_exit = sandbox.stats()["total_requests"]
+    time.sleep(LATENCY * 2)
+    assert sandbox.stats()["total_requests"] == after_exit
+
+    # The results file says what was done, and it matches the sandbox.
+    (results_path,) = job.results_dir.glob("integration_results_*.json")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    assert results["run"]["stopped_by_signal"] is True
+    rows = {row["customer_id"]: row for row in results["results"]}
+    assert 0 < len(rows) < len(expected.emails), "the run did not stop taking rows"
+    assert results["run"]["rows_read"] == len(rows)
+    done = {cid for cid, row in rows.items() if row["status"] == "success"}
+    assert done, "nothing finished before the signal"
+    for cid, row in rows.items():
+        if cid in expected.emails and cid not in done:
+            assert (row["status"], row["reason"]) == ("failed", "interrupted"), row
+    users, events = sandbox.users(), sandbox.events()
+    for cid in done:
+        email = expected.emails[cid]
+        assert users[email] == expected.users[email]
+        assert rows[cid]["event_track"]["http_status"] == 200
+    done_emails = {expected.emails[cid] for cid in done}
+    if mode == "single":
+        # A user is updated only when its event follows, even while stopping.
+        assert set(users) == done_emails
+    else:
+        assert set(users) >= done_emails
+    assert {event["email"] for event in events.values()} == done_emails
+    # The saved state claims exactly what the sandbox holds.
+    assert unbacked_state_claims(job.state_file, sandbox) == []
+
+    # The rerun sends only the remainder; together the runs deliver each record once.
+    sandbox.set_latency(0.0)
+    rerun = job.run(*MODES[mode])
+    assert rerun.code in (0, 1), rerun.stderr
+    assert set(rerun.results["summary"]["by_reason"]) <= {
+        "skipped:unchanged",
+        "failed:invalid_email",
+    }
+    result = audit(sandbox, expected)
+    assert result.lost == [] and result.duplicated == []
+    # No profile and no event was sent twice, and the rerun sent what the stop left.
+    assert set(sandbox.user_writes().values()) == {1}
+    assert set(sandbox.event_writes().values()) == {1}
+    again = rerun.by_customer()
+    assert {cid for cid, row in again.items() if row["status"] == "success"} == (
+        set(expected.emails) - done
+    )
+    assert all(again[cid]["reason"] == "unchanged" for cid in done)
