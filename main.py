@@ -228,7 +228,7 @@ def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) ->
     if report.outcome.aborted:
         out.write(f"  run aborted: {report.outcome.aborted}\n")
     elif report.outcome.stopped:
-        out.write("  run stopped by a signal before every row was taken\n")
+        out.write("  run stopped by a signal before every row was done\n")
     out.write(f"results: {report.path}\n")
 
 

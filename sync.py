@@ -260,7 +260,7 @@ class Syncer:
                 slots.acquire()
                 future = pool.submit(self._sync_one, work)
                 future.add_done_callback(lambda _f: slots.release())
-        return self.outcome
+        return self._finished()
 
     def _sync_one(self, work: Work) -> None:
         assert self.client is not None
@@ -343,6 +343,13 @@ class Syncer:
             for future in pending:
                 future.result()
             events.flush()
+        return self._finished()
+
+    def _finished(self) -> Outcome:
+        """A signal that came while the last rows were in flight stopped the run as well:
+        their retries were cut short, so the run did not finish them."""
+        if self.stop.is_set() and self.outcome.aborted is None:
+            self.outcome.stopped = True
         return self.outcome
 
     def _guarded(

@@ -109,3 +109,43 @@ def test_signal_mid_run_stops_cleanly_and_the_rerun_sends_only_the_rest(
         set(expected.emails) - done
     )
     assert all(again[cid]["reason"] == "unchanged" for cid in done)
+
+
+def test_signal_during_retry_backoff_ends_the_wait(job, sandbox, mariadb, seeded_db):
+    """Calls waiting to retry (here for up to 15 s) give up at once; their rows are retried
+    by the next run, and what Iterable did accept is not sent again."""
+    expected = expected_store(mariadb, seeded_db.name)
+    sandbox.add_fault("status", endpoint="events/track", status=503, times=None)
+    process = job.start("--concurrency", "8", MAX_ATTEMPTS="6")
+    try:
+        wait_until(
+            lambda: sandbox.request_count("events/track", 503) >= 2 * len(expected.events),
+            30,
+            "every event to be refused twice",
+        )
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=EXIT_BOUND + 20)
+        took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 3, stderr
+    assert took < EXIT_BOUND, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr + stdout
+    (results_path,) = job.results_dir.glob("integration_results_*.json")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    assert results["run"]["stopped_by_signal"] is True
+    failed = [row for row in results["results"] if row["customer_id"] in expected.emails]
+    assert {(row["status"], row["reason"]) for row in failed} == {("failed", "http_503")}
+    assert all(row["event_track"]["attempts"] < 6 for row in failed)
+    assert sandbox.events() == {}
+
+    sandbox.clear_faults()
+    rerun = job.run("--concurrency", "8")
+    assert rerun.code == 0, rerun.stderr
+    result = audit(sandbox, expected)
+    assert result.lost == [] and result.duplicated == []
+    assert set(sandbox.user_writes().values()) == {1}  # profiles were not sent again
+    assert set(sandbox.event_writes().values()) == {1}
