@@ -244,7 +244,11 @@ class IterableClient:
         attempt = 0
         while True:
             attempt += 1
-            self.limiters.acquire(endpoint)
+            if not self.limiters.acquire_unless_stopped(endpoint, self.stop):
+                # A stopping run does not wait for the limiter (a 429's pause can be a minute).
+                log.info("%s: stop requested while waiting for the rate limit; not sent", endpoint)
+                unsent = _Response(None, None, None, None, None, "not sent: the run is stopping")
+                return self._result(endpoint, False, unsent, attempt - 1, started)
             response = self._send(method, endpoint, data, params)
             if response.status in AUTH_STATUSES:
                 raise IterableAuthError(response.status or 0, response.code, response.msg)
@@ -255,17 +259,7 @@ class IterableClient:
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
             self.stats.record(endpoint, response.status, response.seconds, retry)
             if not retry:
-                return CallResult(
-                    endpoint=endpoint,
-                    ok=ok,
-                    http_status=response.status,
-                    code=response.code,
-                    msg=response.msg,
-                    attempts=attempt,
-                    elapsed_seconds=time.monotonic() - started,
-                    body=response.body,
-                    error=None if ok else response.error,
-                )
+                return self._result(endpoint, ok, response, attempt, started)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
                 self.limiters.penalize(endpoint, delay)
@@ -279,7 +273,26 @@ class IterableClient:
                 delay,
             )
             if self.stop.wait(delay):
+                # Not even one more attempt: it would first wait out the limiter's pause.
                 log.info("%s: stop requested during backoff; giving up on this call", endpoint)
+                response.error = (response.error or "") + " (not retried: the run is stopping)"
+                return self._result(endpoint, False, response, attempt, started)
+
+    @staticmethod
+    def _result(
+        endpoint: str, ok: bool, response: _Response, attempts: int, started: float
+    ) -> CallResult:
+        return CallResult(
+            endpoint=endpoint,
+            ok=ok,
+            http_status=response.status,
+            code=response.code,
+            msg=response.msg,
+            attempts=attempts,
+            elapsed_seconds=time.monotonic() - started,
+            body=response.body,
+            error=None if ok else response.error,
+        )
 
     @staticmethod
     def _is_success(endpoint: str, response: _Response) -> bool:

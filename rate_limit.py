@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 # full rate over RECOVERY_SECONDS, so a shared project budget is not hammered again at once.
 SLOWDOWN_FACTOR = 0.5
 RECOVERY_SECONDS = 10.0
+# A stopping run still keeps to the pacing (waits this short), but not to a longer pause.
+STOPPABLE_WAIT = 1.0
 
 
 class RateLimiter:
@@ -75,6 +77,19 @@ class RateLimiters:
     def acquire(self, endpoint: str) -> float:
         limiter = self._limiters.get(endpoint)
         return limiter.acquire() if limiter else 0.0
+
+    def acquire_unless_stopped(self, endpoint: str, stop: threading.Event) -> bool:
+        """acquire, except that a long wait (a 429's pause) ends when `stop` is set: False
+        then, and the caller must not send. Pacing waits of a second or less are kept."""
+        limiter = self._limiters.get(endpoint)
+        if limiter is None:
+            return True
+        delay = limiter.reserve()
+        if delay <= STOPPABLE_WAIT:
+            if delay > 0:
+                time.sleep(delay)
+            return True
+        return not stop.wait(delay)
 
     def penalize(self, endpoint: str, pause: float) -> None:
         limiter = self._limiters.get(endpoint)

@@ -149,3 +149,33 @@ def test_signal_during_retry_backoff_ends_the_wait(job, sandbox, mariadb, seeded
     assert result.lost == [] and result.duplicated == []
     assert set(sandbox.user_writes().values()) == {1}  # profiles were not sent again
     assert set(sandbox.event_writes().values()) == {1}
+
+
+def test_signal_while_rate_limited_does_not_wait_out_retry_after(job, sandbox, mariadb, seeded_db):
+    """Iterable asked for 20 s of quiet: the call that got the 429 waits in its backoff, the
+    others wait for the paused limiter. A stop must end both waits, and send nothing more."""
+    expected = expected_store(mariadb, seeded_db.name)
+    sandbox.add_fault("status", endpoint="events/track", status=429, retry_after=20, times=None)
+    process = job.start("--concurrency", "8")
+    try:
+        wait_until(lambda: sandbox.request_count("events/track", 429) >= 1, 30, "a 429")
+        time.sleep(0.3)  # the other users' updates are done; their events wait for the limiter
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        tracked = sandbox.request_count("events/track")
+        stdout, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 3, stderr
+    assert took < EXIT_BOUND, f"took {took:.1f}s to stop"
+    assert sandbox.request_count("events/track") == tracked, "sent after the stop"
+    assert len(sandbox.users()) == len(expected.users)
+    assert "Traceback" not in stderr + stdout
+    sandbox.clear_faults()
+    assert job.run("--concurrency", "8").code == 0
+    result = audit(sandbox, expected)
+    assert result.lost == [] and result.duplicated == []
+    assert set(sandbox.user_writes().values()) == {1}
