@@ -29,6 +29,7 @@ from devtools.bulk_seed import (
     expected_store,
     unbacked_state_claims,
 )
+from devtools.seed import SEED_QUALIFYING
 from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
 
 ARTIFACT = Path(__file__).resolve().parent.parent / "test-artifacts" / "fault_suite.json"
@@ -191,6 +192,11 @@ SCENARIOS: dict[str, tuple[list[dict[str, Any]], dict[str, str]]] = {
         ],
         {"REQUEST_TIMEOUT_SECONDS": str(TIMEOUT)},
     ),
+    # The answer comes too late and the sandbox, finding the client gone, never writes.
+    "timeout_before_apply": (
+        [dict(kind="delay", delay=TIMEOUT * 2, probability=0.15, times=None, seed=31)],
+        {"REQUEST_TIMEOUT_SECONDS": str(TIMEOUT)},
+    ),
     # The connection closes before the write.
     "drop_before_apply": (
         [dict(kind="drop", probability=0.25, times=None, seed=40)],
@@ -224,6 +230,40 @@ def test_faults_lose_and_double_nothing(job, sandbox, fleet, scenario, mode):
     users = sandbox.users()
     assert all(fleet.emails[cid] in users for cid in succeeded)
     settle(job, sandbox, mode, fleet, f"{scenario}/{mode}")
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_profile_going_back_after_an_unanswered_update_is_sent_again(
+    job, sandbox, fleet, mariadb, seeded_db, mode
+):
+    """Iterable applied an update whose answers were all 5xx; the customer then went back to
+    the page of the profile the state had recorded. That profile must be sent again."""
+    email = fleet.emails[1]
+    assert run_job(job, mode).code == 1  # the seed's malformed email fails
+    page = fleet.users[email]["recent_page_view"]
+
+    def view(page_view_id: int, page: str, minutes_ago: int) -> None:
+        mariadb.execute(
+            "INSERT INTO page_views (id, customer_id, page, device, location, viewed_at) "
+            "VALUES (%s, 1, %s, 'desktop', 'Berlin, DE', UTC_TIMESTAMP() - INTERVAL %s MINUTE)",
+            (page_view_id, page, minutes_ago),
+            database=seeded_db.name,
+        )
+
+    view(900, "/somewhere-else", 2)
+    endpoint = "users/bulkUpdate" if mode == "bulk" else "users/update"
+    sandbox.add_fault(
+        "status", endpoint=endpoint, email=email, status=503, apply_first=True, times=None
+    )
+    run_job(job, mode, **FAULTY_RUN)
+    assert sandbox.users()[email]["recent_page_view"] == "/somewhere-else"
+    view(901, page, 1)
+    expected = expected_store(mariadb, seeded_db.name)
+    first_event = f"page-view-{SEED_QUALIFYING[1]}"
+    expected.events[first_event] = fleet.events[first_event]  # delivered by the first run
+    assert "page-view-900" not in sandbox.events()  # no event after a failed update
+    settle(job, sandbox, mode, expected, f"revert/{mode}")
+    assert sandbox.users()[email]["recent_page_view"] == page
 
 
 # -- kill -9 at a random point ----------------------------------------------------------------
