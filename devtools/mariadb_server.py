@@ -403,6 +403,8 @@ class ThrowawayMariaDB:
             "--skip-networking=0",
             f"--socket={self.tmpdir / 'mysqld.sock'}",
             f"--pid-file={self.tmpdir / 'mysqld.pid'}",
+            # Temporary tables of big sorts go here, not to a /tmp shared with other servers.
+            f"--tmpdir={self.tmpdir}",
             f"--log-error={self.error_log}",
             "--skip-name-resolve",
             "--character-set-server=utf8mb4",
