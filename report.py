@@ -255,7 +255,7 @@ def run_status(run: Mapping[str, Any], failed: int) -> tuple[str, str, str | Non
     if run.get("aborted"):
         return "aborted", "aborted", f"Run aborted: {run['aborted']}"
     if run.get("stopped_by_signal"):
-        return "aborted", "aborted", "Stopped by a signal before every row was read."
+        return "aborted", "aborted", "Stopped by a signal before every row was done."
     if failed:
         return "failed", "rows failed", None
     return "ok", "ok", None
