@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -87,10 +87,23 @@ class EventBatcher(UserBatcher):
             self.send(batch)
 
 
-def send_user_batch(client: IterableClient, syncer: Syncer, batch: list[Work]) -> list[Work]:
-    """users/bulkUpdate for a batch; returns the rows whose events may now be sent."""
+# What a bulk call came to for one row: (row, the batch's call, failure reason or None).
+RowOutcome = tuple["Work", CallResult, str | None]
+
+
+def deliver_users(client: IterableClient, batch: list[Work]) -> Iterator[RowOutcome]:
+    """users/bulkUpdate for a batch (halved or resent as needed): an outcome per row."""
+    return deliver(client, USERS_BULK_UPDATE, "users", batch, _user_item)
+
+
+def deliver_events(client: IterableClient, batch: list[Work]) -> Iterator[RowOutcome]:
+    return deliver(client, EVENTS_TRACK_BULK, "events", batch, _event_item)
+
+
+def apply_user_outcomes(syncer: Syncer, outcomes: Iterable[RowOutcome]) -> list[Work]:
+    """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
     accepted: list[Work] = []
-    for work, call, failure in deliver(client, USERS_BULK_UPDATE, "users", batch, _user_item):
+    for work, call, failure in outcomes:
         if syncer.user_done(work, call, failure):
             if work.send_event:
                 accepted.append(work)
@@ -99,9 +112,10 @@ def send_user_batch(client: IterableClient, syncer: Syncer, batch: list[Work]) -
     return accepted
 
 
-def send_event_batch(client: IterableClient, syncer: Syncer, batch: list[Work]) -> None:
-    for work, call, failure in deliver(client, EVENTS_TRACK_BULK, "events", batch, _event_item):
+def apply_event_outcomes(syncer: Syncer, outcomes: Iterable[RowOutcome]) -> list[Work]:
+    for work, call, failure in outcomes:
         syncer.event_done(work, call, failure)
+    return []
 
 
 def _user_item(work: Work) -> Mapping[str, Any]:
@@ -118,7 +132,7 @@ def deliver(
     key: str,
     batch: list[Work],
     item: Callable[[Work], Mapping[str, Any]],
-) -> Iterator[tuple[Work, CallResult, str | None]]:
+) -> Iterator[RowOutcome]:
     """Send a batch and yield (row, call, failure reason or None) for every row in it.
 
     A batch refused as a whole because of one item is resent without that item (when

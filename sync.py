@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulk import EventBatcher, UserBatcher, send_event_batch, send_user_batch
+from bulk import (
+    EventBatcher,
+    RowOutcome,
+    UserBatcher,
+    apply_event_outcomes,
+    apply_user_outcomes,
+    deliver_events,
+    deliver_users,
+)
 from iterable_client import CallResult, IterableAuthError, IterableClient
 from logger_config import mask_email
 from payloads import Payloads, Rejection, SourceRow, build_payloads, fingerprint
@@ -28,6 +37,8 @@ DRY_RUN = "dry_run"
 DUPLICATE_EMAIL = "duplicate_email"
 BAD_ROW = "bad_row"
 INTERRUPTED = "interrupted"
+# Bulk batches sent but not yet applied, per endpoint.
+BATCHES_IN_FLIGHT = 4
 
 
 @dataclass
@@ -298,36 +309,47 @@ class Syncer:
     def run_bulk(
         self, rows: Iterable[Mapping[str, Any]], batch_size: int, events_batch_size: int
     ) -> Outcome:
-        """users/bulkUpdate in batches, then events/trackBulk for the users Iterable accepted."""
+        """users/bulkUpdate in batches, then events/trackBulk for the users Iterable accepted.
+
+        Pool threads only talk to Iterable; rows are planned and answers applied (results,
+        sync state, log) on this thread. Applying answers on the pool threads while this
+        one planned rows made the threads hand the GIL to each other at every SQLite call
+        and log write, which cost more CPU than the work itself.
+        """
         assert self.client is not None
         client = self.client
-        in_flight = threading.BoundedSemaphore(4)
         with (
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-users") as user_pool,
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-events") as event_pool,
         ):
-            pending: list[Future[None]] = []
-            event_slots = threading.BoundedSemaphore(4)
+            user_calls: deque[BatchCall] = deque()
+            event_calls: deque[BatchCall] = deque()
+
+            def settle_events(wait: bool) -> None:
+                """Apply the answers that have come, in order; with wait, at least one."""
+                while event_calls and (wait or event_calls[0].future.done()):
+                    self._settle(event_calls.popleft(), apply_event_outcomes)
+                    wait = False
 
             def send_events(batch: list[Work]) -> None:
-                event_slots.acquire()
-                future = event_pool.submit(self._guarded, send_event_batch, client, self, batch)
-                future.add_done_callback(lambda _f: event_slots.release())
+                if len(event_calls) >= BATCHES_IN_FLIGHT:
+                    settle_events(wait=True)
+                future = event_pool.submit(self._deliver, deliver_events, client, batch)
+                event_calls.append(BatchCall(batch, future))
 
             events = EventBatcher(events_batch_size, send_events)
 
+            def settle_users(wait: bool) -> None:
+                while user_calls and (wait or user_calls[0].future.done()):
+                    events.add_many(self._settle(user_calls.popleft(), apply_user_outcomes))
+                    events.flush()
+                    wait = False
+
             def send_users(batch: list[Work]) -> None:
-                in_flight.acquire()
-
-                def task() -> None:
-                    try:
-                        accepted = self._guarded(send_user_batch, client, self, batch)
-                        events.add_many(accepted or [])
-                        events.flush()
-                    finally:
-                        in_flight.release()
-
-                pending.append(user_pool.submit(task))
+                if len(user_calls) >= BATCHES_IN_FLIGHT:
+                    settle_users(wait=True)
+                future = user_pool.submit(self._deliver, deliver_users, client, batch)
+                user_calls.append(BatchCall(batch, future))
 
             users = UserBatcher(batch_size, send_users)
             for work in self._planned(rows):
@@ -339,10 +361,14 @@ class Syncer:
                         events.add(work)
                     else:
                         self.skip_event(work)
+                settle_users(wait=False)
+                settle_events(wait=False)
             users.flush()
-            for future in pending:
-                future.result()
+            while user_calls:
+                settle_users(wait=True)
             events.flush()
+            while event_calls:
+                settle_events(wait=True)
         return self._finished()
 
     def _finished(self) -> Outcome:
@@ -352,25 +378,73 @@ class Syncer:
             self.outcome.stopped = True
         return self.outcome
 
-    def _guarded(
-        self, send: Callable[..., Any], client: IterableClient, syncer: Syncer, batch: list[Work]
-    ) -> Any:
-        """Run one batch; an auth failure aborts the run, anything else fails only this batch."""
+    def _deliver(
+        self,
+        send: Callable[[IterableClient, list[Work]], Iterator[RowOutcome]],
+        client: IterableClient,
+        batch: list[Work],
+    ) -> Delivered:
+        """On a pool thread: send one batch and collect its outcomes; no row is touched here.
+
+        An auth failure aborts the run at once; anything else fails only this batch.
+        """
+        done = Delivered()
+        if self.stop.is_set():
+            done.interrupted = True
+            return done
         try:
-            if self.stop.is_set():
-                for work in batch:
-                    self._fail(work, INTERRUPTED, permanent=False)
-                return []
-            return send(client, syncer, batch)
+            for outcome in send(client, batch):
+                done.outcomes.append(outcome)
         except IterableAuthError as exc:
-            for work in batch:
-                self._fail(work, exc.code or f"http_{exc.status}", permanent=False)
+            done.auth_error = exc
             self.abort(exc)
         except Exception:
             log.exception("unexpected error in a batch of %d users", len(batch))
-            for work in batch:
-                self._fail(work, "internal_error", permanent=False)
+            done.unexpected = True
+        return done
+
+    def _settle(
+        self,
+        call: BatchCall,
+        apply: Callable[[Syncer, list[RowOutcome]], list[Work]],
+    ) -> list[Work]:
+        """On this thread: record a batch's outcomes; returns what apply returns, or []."""
+        done = call.future.result()
+        reason: str | None = None
+        accepted: list[Work] = []
+        if done.interrupted:
+            reason = INTERRUPTED
+        else:
+            try:
+                accepted = apply(self, done.outcomes)
+            except Exception:
+                log.exception("unexpected error in a batch of %d users", len(call.batch))
+                done.unexpected = True
+            if done.auth_error is not None:
+                reason = done.auth_error.code or f"http_{done.auth_error.status}"
+            elif done.unexpected:
+                reason = "internal_error"
+        if reason is None:
+            return accepted
+        for work in call.batch:
+            self._fail(work, reason, permanent=False)
         return []
+
+
+@dataclass
+class Delivered:
+    """What a pool thread brings back from one bulk batch."""
+
+    outcomes: list[RowOutcome] = field(default_factory=list)
+    interrupted: bool = False  # the run was stopping: nothing was sent
+    auth_error: IterableAuthError | None = None
+    unexpected: bool = False  # an unexpected error, logged where it happened
+
+
+@dataclass
+class BatchCall:
+    batch: list[Work]
+    future: Future[Delivered]
 
 
 def _customer_id(raw: Mapping[str, Any]) -> int:
