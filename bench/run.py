@@ -1,0 +1,893 @@
+"""`make bench`: the sync job's throughput, CPU and memory against its rate-limit ceiling.
+
+Starts a throwaway MariaDB loaded with synthetic Query 2 data (bench.dataset) and the
+Iterable sandbox as its own process (simulated latency, Iterable's published rate
+limits), then runs `python main.py` as a subprocess per mode:
+
+  baseline  --mode single --concurrency 1   (one user at a time)
+  single    --mode single                   (the job's default concurrency)
+  bulk      --mode bulk                     (users/bulkUpdate + events/trackBulk)
+
+and, separately, bulk mode at several sizes for peak memory. Every run gets a fresh
+sync state, results directory and sandbox store, and is checked against the sandbox:
+every user and event there with the right fields, nothing missing, extra or duplicated.
+
+    python -m bench.run                 # full run, writes bench/results/ and docs/bench/
+    python -m bench.run --quick         # small smoke run, bench/results/ only
+    python -m bench.run --explain       # also EXPLAIN and time Query 2 on 100k customers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import dataset as data  # noqa: E402
+from bench.sandbox_process import SandboxProcess  # noqa: E402
+from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
+from iterable_sandbox import DEFAULT_API_KEY  # noqa: E402
+from settings import load_settings  # noqa: E402
+
+RESULTS_DIR = ROOT / "bench" / "results"
+DOCS_DIR = ROOT / "docs" / "bench"
+# The limits the sandbox enforces with --rate-limits iterable; the job is given the same.
+RATE_LIMITS = {
+    "RATE_LIMIT_USERS_UPDATE": "500",
+    "RATE_LIMIT_EVENTS_TRACK": "2000",
+    "RATE_LIMIT_USERS_BULK_UPDATE": "5",
+    "RATE_LIMIT_EVENTS_TRACK_BULK": "10",
+}
+API_ENDPOINTS = ("users/update", "events/track", "users/bulkUpdate", "events/trackBulk")
+VIEWS_PER_CUSTOMER = 10  # 100k customers -> 1M page views
+EXPLAIN_CUSTOMERS = 100_000
+MARIADB_ARGS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    users: int
+    args: tuple[str, ...]
+    views: int = VIEWS_PER_CUSTOMER
+    series: str = "modes"
+
+
+class Bench:
+    """The servers, the datasets loaded so far, and the runs."""
+
+    def __init__(
+        self,
+        admin: ServerHandle,
+        sandbox: SandboxProcess,
+        latency_ms: float,
+        job_prefix: Sequence[str] = (),
+    ) -> None:
+        self.admin = admin
+        self.job_prefix = list(job_prefix)
+        self.sandbox = sandbox
+        self.latency = latency_ms / 1000.0
+        self.datasets: dict[tuple[int, int], data.Dataset] = {}
+        self.app_password = "bench-" + os.urandom(8).hex()
+
+    def dataset(self, customers: int, views: int) -> data.Dataset:
+        key = (customers, views)
+        if key not in self.datasets:
+            name = f"bench_{customers}_{views}"
+            print(f"loading {customers:,} qualifying customers x {views} views into {name} ...")
+            loaded = data.load(self.admin, name, customers, views)
+            self.admin.create_user("bench_app", self.app_password, name)
+            print(
+                f"  {loaded.total_customers:,} customers, {loaded.total_views:,} page views "
+                f"in {loaded.load_seconds:.1f}s",
+                flush=True,
+            )
+            self.datasets[key] = loaded
+        return self.datasets[key]
+
+    def run(self, plan: Plan) -> dict[str, Any]:
+        dataset = self.dataset(plan.users, plan.views)
+        self.sandbox.reset()
+        with tempfile.TemporaryDirectory(prefix=f"bench-{plan.name}-") as tmp:
+            workdir = Path(tmp)
+            env = self.environment(dataset, workdir)
+            settings = load_settings([*plan.args, "--env-file", str(workdir / "bench.env")], env)
+            expected = expected_seconds(plan, settings, self.latency)
+            timeout = 120 + 3 * expected
+            print(
+                f"run {plan.name}: {plan.users:,} users, main.py {' '.join(plan.args)} "
+                f"(ceiling {expected:.0f}s, timeout {timeout:.0f}s) ...",
+                flush=True,
+            )
+            sandbox_cpu = process_cpu_seconds(self.sandbox.pid)
+            job = run_job(
+                [*plan.args, "--env-file", str(workdir / "bench.env")],
+                env,
+                workdir,
+                timeout,
+                self.job_prefix,
+            )
+            sandbox_cpu = process_cpu_seconds(self.sandbox.pid) - sandbox_cpu
+            if job.code != 0:
+                print(f"  main.py exited with {job.code}:\n{tail(job.stderr_path)}")
+            run_info, summary = read_results_head(workdir / "results")
+            sandbox_view = self.inspect_sandbox(dataset)
+        return self.measure(plan, dataset, settings, job, run_info, summary, sandbox_view) | {
+            "sandbox_cpu_seconds": round(sandbox_cpu, 2)
+        }
+
+    def environment(self, dataset: data.Dataset, workdir: Path) -> dict[str, str]:
+        (workdir / "results").mkdir()
+        (workdir / "bench.env").write_text("")
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+        env.update(
+            MYSQL_HOST=self.admin.host,
+            MYSQL_PORT=str(self.admin.port),
+            MYSQL_USER="bench_app",
+            MYSQL_PASSWORD=self.app_password,
+            MYSQL_DATABASE=dataset.database,
+            ITERABLE_API_KEY=DEFAULT_API_KEY,
+            ITERABLE_BASE_URL=self.sandbox.base_url,
+            RESULTS_DIR=str(workdir / "results"),
+            LOG_FILE=str(workdir / "sync.log"),
+            LOCK_FILE=str(workdir / "sync.lock"),
+            SYNC_STATE_PATH=str(workdir / "state.sqlite3"),
+            **RATE_LIMITS,
+        )
+        return env
+
+    def inspect_sandbox(self, dataset: data.Dataset) -> dict[str, Any]:
+        stats = self.sandbox.control("GET", "stats")
+        log = self.sandbox.control("GET", "requests")["requests"]
+        times = [entry["t"] for entry in log if entry["endpoint"] in API_ENDPOINTS]
+        checks = data.verify(
+            dataset,
+            self.sandbox.control("GET", "users"),
+            self.sandbox.control("GET", "events"),
+            self.sandbox.control("GET", "duplicates")["duplicates"],
+        )
+        return {
+            "stats": stats,
+            "first_answer": min(times) if times else None,
+            "last_answer": max(times) if times else None,
+            "log_complete": len(log) >= stats["total_requests"],
+            "checks": checks,
+        }
+
+    def measure(
+        self,
+        plan: Plan,
+        dataset: data.Dataset,
+        settings: Any,
+        job: JobResult,
+        run_info: dict[str, Any],
+        summary: dict[str, Any],
+        sandbox_view: dict[str, Any],
+    ) -> dict[str, Any]:
+        users = dataset.customers
+        limit_ceiling = rate_limit_ceiling(settings)
+        latency_ceiling = 1.0 / (2 * self.latency) if settings.concurrency == 1 else None
+        ceiling = min(limit_ceiling, latency_ceiling or limit_ceiling)
+        if settings.mode == "bulk":
+            latency_ceiling = None
+            ceiling = limit_ceiling
+        duration = float(run_info.get("duration_seconds") or job.wall_seconds)
+        first, last = sandbox_view["first_answer"], sandbox_view["last_answer"]
+        if first is not None and sandbox_view["log_complete"]:
+            # From the first request's arrival (its answer less the simulated latency)
+            # to the last answer.
+            sync = last - first + self.latency
+        else:
+            sync = duration
+        checks = sandbox_view["checks"]
+        stats = sandbox_view["stats"]
+        cpu = job.user_seconds + job.sys_seconds
+        result = {
+            "name": plan.name,
+            "series": plan.series,
+            "mode": settings.mode,
+            "args": list(plan.args),
+            "concurrency": settings.concurrency if settings.mode == "single" else None,
+            "batch_size": settings.bulk_batch_size if settings.mode == "bulk" else None,
+            "events_batch_size": settings.events_batch_size if settings.mode == "bulk" else None,
+            "users": users,
+            "page_views_in_db": dataset.total_views,
+            "customers_in_db": dataset.total_customers,
+            "exit_code": job.code,
+            "timed_out": job.timed_out,
+            "succeeded": summary.get("succeeded"),
+            "failed": summary.get("failed"),
+            "sync_seconds": round(sync, 3),
+            "job_duration_seconds": round(duration, 3),
+            "process_wall_seconds": round(job.wall_seconds, 3),
+            "users_per_second": round(users / sync, 1),
+            "users_per_second_wall": round(users / duration, 1),
+            "rate_limit_ceiling": round(limit_ceiling, 1),
+            "latency_ceiling": round(latency_ceiling, 1) if latency_ceiling else None,
+            "ceiling": round(ceiling, 1),
+            "ceiling_seconds": round(users / ceiling, 3),
+            "efficiency": round(users / ceiling / sync, 3),
+            "efficiency_wall": round(users / ceiling / duration, 3),
+            "efficiency_vs_rate_limit": round(users / limit_ceiling / sync, 3),
+            "cpu_seconds": round(cpu, 2),
+            "cpu_user_seconds": round(job.user_seconds, 2),
+            "cpu_sys_seconds": round(job.sys_seconds, 2),
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "cpu_seconds_per_1000_users": round(cpu / users * 1000, 3),
+            "peak_rss_mb": round(job.max_rss_kb / 1024, 1),
+            "rss_mb_every_5s": [round(mb, 1) for _, mb in job.rss_samples],
+            "requests": stats["total_requests"],
+            "requests_by_endpoint": stats["by_endpoint"],
+            "status_429": stats["status_429"],
+            "retries": run_info.get("api", {}).get("retries", {}),
+            "lost": checks["lost_users"] + checks["lost_events"],
+            "duplicated": checks["duplicate_events"]
+            + checks["extra_users"]
+            + checks["extra_events"],
+            "checks": checks,
+        }
+        print("  " + one_line(result), flush=True)
+        return result
+
+    def explain(self) -> dict[str, Any]:
+        """Query 2's plan and run time on 100k customers / ~1M page views, as the job runs it."""
+        from db_connection import ConnectionSettings, DatabaseConnection, RowSource
+
+        dataset = self.dataset(EXPLAIN_CUSTOMERS, VIEWS_PER_CUSTOMER)
+        settings = ConnectionSettings(
+            host=self.admin.host,
+            port=self.admin.port,
+            user="bench_app",
+            password=self.app_password,
+            database=dataset.database,
+        )
+        with DatabaseConnection(settings) as db:
+            source = RowSource(db, "pro", 7)
+            plan = source.explain()
+            count_times, stream_times = [], []
+            rows = 0
+            for _ in range(3):
+                started = time.perf_counter()
+                rows = source.count()
+                count_times.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                first_row = None
+                for _row in source.rows():
+                    if first_row is None:
+                        first_row = time.perf_counter() - started
+                stream_times.append((time.perf_counter() - started, first_row or 0.0))
+        best = min(stream_times)
+        explain = [{k: _plain(v) for k, v in row.items()} for row in plan]
+        result: dict[str, Any] = {
+            "customers_in_db": dataset.total_customers,
+            "page_views_in_db": dataset.total_views,
+            "qualifying_rows": rows,
+            "explain": explain,
+            "count_seconds_median": round(statistics.median(count_times), 3),
+            "stream_seconds_median": round(statistics.median(t for t, _ in stream_times), 3),
+            "stream_first_row_seconds": round(best[1], 3),
+        }
+        print(
+            f"Query 2 on {dataset.total_customers:,} customers / {dataset.total_views:,} page "
+            f"views: {rows:,} rows"
+        )
+        print(format_explain(explain))
+        print(
+            f"  SELECT COUNT(*) over Query 2 (server side): {result['count_seconds_median']}s "
+            f"median of 3\n  Query 2 streamed to the job's reader (pure-Python connector): "
+            f"{result['stream_seconds_median']}s median of 3, first row after "
+            f"{result['stream_first_row_seconds']}s",
+            flush=True,
+        )
+        return result
+
+
+@dataclass
+class JobResult:
+    code: int
+    wall_seconds: float
+    user_seconds: float
+    sys_seconds: float
+    max_rss_kb: int
+    timed_out: bool
+    stderr_path: Path
+    rss_samples: list[tuple[float, float]]
+
+
+def run_job(
+    args: Sequence[str],
+    env: dict[str, str],
+    workdir: Path,
+    timeout: float,
+    prefix: Sequence[str] = (),
+) -> JobResult:
+    """main.py as a grandchild under bench/spawn.py, which reports the job's own rusage.
+
+    The job's CPU time and peak RSS come from wait4 in that small process: measured from
+    here, Linux would report this process's peak RSS as the job's (see bench/spawn.py).
+    """
+    usage_path = workdir / "rusage.json"
+    command = [*prefix, sys.executable, str(ROOT / "main.py"), *args]
+    stdout = open(workdir / "stdout.txt", "wb")  # noqa: SIM115 - handed to the child
+    stderr = open(workdir / "stderr.txt", "wb")  # noqa: SIM115
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "spawn.py"), str(usage_path), "--", *command],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,  # its own process group: a timeout kills the job too
+    )
+    stdout.close()
+    stderr.close()
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        kill_group(process.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    samples: list[tuple[float, float]] = []
+    sampler = threading.Thread(
+        target=sample_rss, args=(process.pid, started, samples), name="rss", daemon=True
+    )
+    sampler.start()
+    try:
+        process.wait()
+    except BaseException:
+        # Ctrl-C or SIGTERM: ask the job to stop (it finishes in-flight work), then insist.
+        kill_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            kill_group(process.pid, signal.SIGKILL)
+            process.wait()
+        raise
+    finally:
+        timer.cancel()
+    wall = time.monotonic() - started
+    try:
+        usage = json.loads(usage_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # killed before it could write: no figures
+        usage = {"exit_code": process.returncode, "user_seconds": 0.0, "sys_seconds": 0.0}
+        usage["max_rss_kb"] = 0
+    return JobResult(
+        code=int(usage["exit_code"]),
+        wall_seconds=wall,
+        user_seconds=float(usage["user_seconds"]),
+        sys_seconds=float(usage["sys_seconds"]),
+        max_rss_kb=int(usage["max_rss_kb"]),
+        timed_out=timed_out.is_set(),
+        stderr_path=workdir / "stderr.txt",
+        rss_samples=samples[::10],
+    )
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def sample_rss(spawner: int, started: float, samples: list[tuple[float, float]]) -> None:
+    """The job's VmRSS every 0.5 s, to show when its peak comes; ends with the job."""
+    children = Path(f"/proc/{spawner}/task/{spawner}/children")
+    status: Path | None = None
+    while True:
+        try:
+            if status is None:
+                pids = children.read_text().split()
+                if pids:
+                    status = Path(f"/proc/{pids[0]}/status")
+            if status is not None:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        megabytes = int(line.split()[1]) / 1024
+                        samples.append((round(time.monotonic() - started, 1), megabytes))
+        except OSError:
+            if status is not None or not Path(f"/proc/{spawner}").exists():
+                return
+        time.sleep(0.5)
+
+
+def read_results_head(results_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The "run" and "summary" objects: the first two lines of the results file, read alone."""
+    files = sorted(results_dir.glob("integration_results_*.json"))
+    if not files:
+        return {}, {}
+    with files[-1].open(encoding="utf-8") as handle:
+        run_line = handle.readline()
+        summary_line = handle.readline()
+    run = json.loads(run_line.removeprefix('{"run": ').rstrip().rstrip(","))
+    summary = json.loads(summary_line.strip().removeprefix('"summary": ').rstrip(","))
+    return run, summary
+
+
+def rate_limit_ceiling(settings: Any) -> float:
+    """Users per second the client's rate limits allow: each user needs one of each request."""
+    rates = settings.rate_limits
+    if settings.mode == "bulk":
+        return float(
+            min(
+                rates["users/bulkUpdate"] * settings.bulk_batch_size,
+                rates["events/trackBulk"] * settings.events_batch_size,
+            )
+        )
+    return float(min(rates["users/update"], rates["events/track"]))
+
+
+def expected_seconds(plan: Plan, settings: Any, latency: float) -> float:
+    ceiling = rate_limit_ceiling(settings)
+    if settings.mode == "single":
+        ceiling = min(ceiling, settings.concurrency / (2 * max(latency, 0.001)))
+    return plan.users / ceiling
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def one_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['users_per_second']:,.1f} users/s over {r['sync_seconds']}s "
+        f"(ceiling {r['ceiling']:,.0f}/s, efficiency {r['efficiency']:.3f}; "
+        f"wall {r['job_duration_seconds']}s, {r['efficiency_wall']:.3f}), "
+        f"CPU {r['cpu_seconds_per_1000_users']:.3f}s/1k users, RSS {r['peak_rss_mb']} MB, "
+        f"{r['requests']:,} requests, {r['status_429']} x 429, lost {r['lost']}, "
+        f"duplicated {r['duplicated']}, exit {r['exit_code']}"
+    )
+
+
+COLUMNS = (
+    ("run", "name", "{}"),
+    ("users", "users", "{:,}"),
+    ("conc/batch", "shape", "{}"),
+    ("users/s", "users_per_second", "{:,.1f}"),
+    ("ceiling/s", "ceiling_text", "{}"),
+    ("eff", "efficiency", "{:.3f}"),
+    ("eff vs limit", "efficiency_vs_rate_limit", "{:.3f}"),
+    ("sync s", "sync_seconds", "{:.2f}"),
+    ("wall s", "job_duration_seconds", "{:.2f}"),
+    ("eff wall", "efficiency_wall", "{:.3f}"),
+    ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
+    ("RSS MB", "peak_rss_mb", "{:.1f}"),
+    ("requests", "requests", "{:,}"),
+    ("429s", "status_429", "{:,}"),
+    ("lost", "lost", "{}"),
+    ("dup", "duplicated", "{}"),
+    ("exit", "exit_code", "{}"),
+)
+
+
+def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = [title for title, _, _ in COLUMNS]
+    rows = []
+    for r in results:
+        shown = dict(r)
+        shown["shape"] = (
+            f"c={r['concurrency']}" if r["mode"] == "single" else f"b={r['batch_size']}"
+        )
+        shown["ceiling_text"] = (
+            f"{r['latency_ceiling']:,.0f} (latency) / {r['rate_limit_ceiling']:,.0f} (limits)"
+            if r["latency_ceiling"]
+            else f"{r['rate_limit_ceiling']:,.0f} (limits)"
+        )
+        rows.append([fmt.format(shown[key]) for _, key, fmt in COLUMNS])
+    return header, rows
+
+
+def text_table(results: list[dict[str, Any]]) -> str:
+    header, rows = table_rows(results)
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    header, rows = table_rows(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_explain(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no plan)"
+    keys = list(rows[0])
+    cells = [[str(row.get(k)) for k in keys] for row in rows]
+    widths = [max(len(c) for c in column) for column in zip(keys, *cells, strict=True)]
+    out = ["  " + " | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)).rstrip()]
+    out += [
+        "  " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+    return "\n".join(out)
+
+
+def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if rss else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    names = [f"{bar_label(r)}\n{r['users']:,} users" for r in results]
+    values = [r["users_per_second"] for r in results]
+    colours = [
+        "#9aa5b1" if r["name"] == "baseline" else "#3b82f6" if r["mode"] == "single" else "#10b981"
+        for r in results
+    ]
+    bars = ax.bar(names, values, color=colours)
+    for bar, r in zip(bars, results, strict=True):
+        x0, width = bar.get_x(), bar.get_width()
+        marks = [(r["rate_limit_ceiling"], "rate-limit ceiling", "--")]
+        if r["latency_ceiling"]:
+            marks.append((r["latency_ceiling"], "latency ceiling (1 / 2 x latency)", ":"))
+        for value, label, style in marks:
+            ax.hlines(
+                value, x0 - 0.06, x0 + width + 0.06, colors="#dc2626", linestyles=style, label=label
+            )
+        ax.annotate(
+            f"{r['users_per_second']:,.0f}/s\n{r['efficiency']:.0%} of ceiling",
+            (x0 + width / 2, r["users_per_second"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")
+    ax.set_yscale("log")
+    ax.set_ylim(1, max(r["rate_limit_ceiling"] for r in results) * 8)
+    ax.set_ylabel("users per second (log)")
+    ax.set_title("Throughput by mode (red: ceiling)", fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    if rss:
+        ax2 = axes[0][1]
+        sizes = [r["users"] for r in rss]
+        ax2.plot(sizes, [r["peak_rss_mb"] for r in rss], marker="o", color="#10b981")
+        ax2.axhline(150, color="#dc2626", linestyle="--", linewidth=1)
+        ax2.set_xscale("log")
+        ax2.set_ylim(0, 170)
+        ax2.set_xlabel("rows (bulk mode)")
+        ax2.set_ylabel("peak RSS of main.py, MB")
+        ax2.set_title("Memory by size (red: 150 MB target)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def bar_label(r: dict[str, Any]) -> str:
+    if r["mode"] == "bulk":
+        return f"bulk\nbatch {r['batch_size']:,}"
+    if r["name"] == "baseline":
+        return "baseline\nc=1"
+    default = " (default)" if r["name"] == "single" else ""
+    return f"single\nc={r['concurrency']}{default}"
+
+
+def mariadb_version(admin: ServerHandle) -> str:
+    return str(admin.execute("SELECT VERSION()")[0][0])
+
+
+def environment_info(admin: ServerHandle, latency_ms: float) -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "mariadb": mariadb_version(admin),
+        "latency_ms": latency_ms,
+        "sandbox_rate_limits": "iterable (users/update 500/s, events/track 2000/s, "
+        "users/bulkUpdate 5/s, events/trackBulk 10/s)",
+        "job_rate_limits": {k: float(v) for k, v in RATE_LIMITS.items()},
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, help="users per mode (overrides the per-mode sizes)")
+    parser.add_argument("--baseline-users", type=int, default=1_000)
+    parser.add_argument("--single-users", type=int, default=10_000)
+    parser.add_argument("--bulk-users", type=int, default=100_000)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--concurrency",
+        default="default",
+        help='single-mode concurrency levels, comma-separated; "default" is the job\'s own '
+        '(e.g. "default,128" runs single mode twice)',
+    )
+    parser.add_argument(
+        "--modes", default="baseline,single,bulk", help="which of baseline,single,bulk to run"
+    )
+    parser.add_argument(
+        "--rss-sizes",
+        default=None,
+        help="bulk-mode sizes for the memory series (default 10000,100000,1000000; "
+        "--quick: 5000); empty to skip",
+    )
+    parser.add_argument(
+        "--rss-views", type=int, default=2, help="page views per customer in the memory series"
+    )
+    parser.add_argument("--explain", action="store_true", help="EXPLAIN and time Query 2")
+    parser.add_argument(
+        "--job-prefix",
+        default="",
+        help='run main.py under this command, e.g. "py-spy record -o prof.txt -f raw --" '
+        "(profiling only: CPU and RSS then include it)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="run nothing: print and write the summary and chart from a bench/results/ file",
+    )
+    parser.add_argument(
+        "--no-docs", action="store_true", help=f"do not write {DOCS_DIR.relative_to(ROOT)}/"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.baseline_users, args.single_users, args.bulk_users = 40, 2_000, 10_000
+        args.no_docs = True
+    if args.rss_sizes is None:
+        args.rss_sizes = "5000" if args.quick else "10000,100000,1000000"
+    if args.users:
+        args.baseline_users = args.single_users = args.bulk_users = args.users
+    return args
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every server is stopped on the way out."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        write_outputs(saved, args, save=False)
+        return 0
+    started = time.monotonic()
+    plans: list[Plan] = []
+    for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
+        if mode == "baseline":
+            single_one = ("--mode", "single", "--concurrency", "1")
+            plans.append(Plan("baseline", args.baseline_users, single_one))
+        elif mode == "single":
+            for level in (c.strip() for c in args.concurrency.split(",") if c.strip()):
+                if level == "default":
+                    plans.append(Plan("single", args.single_users, ("--mode", "single")))
+                else:
+                    flags = ("--mode", "single", "--concurrency", str(int(level)))
+                    plans.append(Plan(f"single-c{int(level)}", args.single_users, flags))
+        elif mode == "bulk":
+            plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
+        else:
+            raise SystemExit(f"unknown mode {mode!r}: use baseline, single or bulk")
+    rss_sizes = [int(s) for s in args.rss_sizes.split(",") if s.strip()]
+    report: dict[str, Any] = {}
+    try:
+        with stop_on_sigterm(), ExitStack() as stack:
+            print("starting a throwaway MariaDB and the sandbox process ...", flush=True)
+            server = stack.enter_context(ThrowawayMariaDB(extra_args=MARIADB_ARGS))
+            sandbox = stack.enter_context(SandboxProcess(args.latency_ms))
+            print(f"MariaDB on 127.0.0.1:{server.port}, sandbox at {sandbox.base_url}", flush=True)
+            bench = Bench(server.admin, sandbox, args.latency_ms, shlex.split(args.job_prefix))
+            report["environment"] = environment_info(server.admin, args.latency_ms)
+            if args.explain:
+                report["query2"] = bench.explain()
+            report["runs"] = [bench.run(plan) for plan in plans]
+            report["rss_series"] = [
+                bench.run(Plan(f"bulk-{size}", size, ("--mode", "bulk"), args.rss_views, "rss"))
+                for size in rss_sizes
+            ]
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+    report["bench_wall_seconds"] = round(time.monotonic() - started, 1)
+    report["bench_rusage_children_cpu_seconds"] = round(
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+        1,
+    )
+    write_outputs(report, args)
+    return 0 if all_clean(report) else 1
+
+
+def all_clean(report: dict[str, Any]) -> bool:
+    runs = report.get("runs", []) + report.get("rss_series", [])
+    return all(r["exit_code"] == 0 and r["lost"] == 0 and r["duplicated"] == 0 for r in runs)
+
+
+def write_outputs(report: dict[str, Any], args: argparse.Namespace, save: bool = True) -> None:
+    runs, rss = report.get("runs", []), report.get("rss_series", [])
+    print()
+    if runs:
+        print(text_table(runs))
+        print(
+            "\nusers/s and eff are over the sync (first API request to last answer); "
+            "eff = ceiling time / sync time, eff wall = ceiling time / the job's whole run "
+            "(incl. Query 2).\nThe baseline's ceiling is latency-bound: 1 / (2 x latency); "
+            "eff vs limit compares it with the rate-limit ceiling."
+        )
+    if rss:
+        print("\nmemory series (bulk mode):")
+        for r in rss:
+            print(
+                f"  {r['users']:>9,} rows: peak RSS {r['peak_rss_mb']:6.1f} MB, "
+                f"{r['users_per_second']:,.0f} users/s, eff {r['efficiency']:.3f}, "
+                f"lost {r['lost']}, duplicated {r['duplicated']}"
+            )
+    print(f"\nbench wall time {report['bench_wall_seconds']}s")
+    if save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        full = RESULTS_DIR / f"bench-{stamp}.json"
+        full.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"results: {full.relative_to(ROOT)}")
+    out_dir = RESULTS_DIR if args.no_docs else DOCS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if runs:
+        chart(runs, rss, out_dir / "users_per_second.png")
+    (out_dir / "summary.json").write_text(
+        json.dumps(compact(report), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out_dir / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
+    print(f"summary and chart: {out_dir.relative_to(ROOT)}/")
+
+
+SUMMARY_KEYS = (
+    "name",
+    "mode",
+    "users",
+    "concurrency",
+    "batch_size",
+    "events_batch_size",
+    "users_per_second",
+    "rate_limit_ceiling",
+    "latency_ceiling",
+    "efficiency",
+    "efficiency_vs_rate_limit",
+    "sync_seconds",
+    "job_duration_seconds",
+    "efficiency_wall",
+    "cpu_seconds_per_1000_users",
+    "peak_rss_mb",
+    "requests",
+    "status_429",
+    "lost",
+    "duplicated",
+    "exit_code",
+)
+
+
+def compact(report: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"environment": report.get("environment")}
+    out["runs"] = [{k: r.get(k) for k in SUMMARY_KEYS} for r in report.get("runs", [])]
+    out["rss_series"] = [
+        {k: r.get(k) for k in ("users", "peak_rss_mb", "users_per_second", "efficiency", "lost")}
+        | {"duplicated": r.get("duplicated")}
+        for r in report.get("rss_series", [])
+    ]
+    if "query2" in report:
+        out["query2"] = report["query2"]
+    out["bench_wall_seconds"] = report.get("bench_wall_seconds")
+    return out
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    env = report.get("environment") or {}
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"{env.get('date')}: {env.get('cpus')} CPUs ({env.get('cpu_model')}), Python "
+        f"{env.get('python')}, MariaDB {env.get('mariadb')}, sandbox latency "
+        f"{env.get('latency_ms'):g} ms, Iterable's published rate limits in the sandbox and "
+        "in the job.",
+        "",
+    ]
+    if report.get("runs"):
+        lines += [markdown_table(report["runs"]), ""]
+        lines.append(
+            "users/s and eff: over the sync, first API request to last answer; eff = ceiling "
+            "time / measured time. eff wall: over the job's whole run, Query 2 included. The "
+            "baseline (one user at a time) is bound by latency, 1 / (2 x latency); eff vs limit "
+            "compares every run with the rate-limit ceiling. A run of only a few batches can "
+            "show slightly more than 1: n paced requests span n - 1 intervals. CPU and RSS: "
+            "main.py's own (wait4 rusage). lost/dup: checked against the sandbox's store."
+        )
+        lines.append("")
+    if report.get("rss_series"):
+        lines += [
+            "| rows (bulk) | peak RSS MB | users/s | eff | lost | dup |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['users']:,} | {r['peak_rss_mb']:.1f} | {r['users_per_second']:,.0f} | "
+            f"{r['efficiency']:.3f} | {r['lost']} | {r['duplicated']} |"
+            for r in report["rss_series"]
+        ]
+        lines.append("")
+    if "query2" in report:
+        q = report["query2"]
+        lines += [
+            f"Query 2 on {q['customers_in_db']:,} customers / {q['page_views_in_db']:,} page "
+            f"views ({q['qualifying_rows']:,} rows): COUNT(*) {q['count_seconds_median']} s, "
+            f"streamed {q['stream_seconds_median']} s (median of 3).",
+            "",
+            "```",
+            format_explain(q["explain"]),
+            "```",
+            "",
+        ]
+    lines.append(f"Bench wall time: {report.get('bench_wall_seconds')} s.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
