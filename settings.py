@@ -19,6 +19,9 @@ MODES = ("single", "bulk")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_LOOKBACK_DAYS = 3650
 MAX_CONCURRENCY = 256
+# Each user is two requests in a row (~100 ms at Iterable's usual latency), so reaching
+# 500 users/s needs ~60 users in flight; 128 leaves room for slower answers (make bench).
+DEFAULT_CONCURRENCY = 128
 # Iterable's bulk endpoints take at most 4 MB a request; events are capped by the
 # same byte limit, users also by a count that integrations keep at 1,000.
 MAX_BULK_USERS = 1000
@@ -331,7 +334,7 @@ class _Validator:
             results_dir=results_dir,
             lock_file=Path(self.text("LOCK_FILE", "iterable_sync.lock")),
             mode=self.choice("SYNC_MODE", "single", MODES),
-            concurrency=self.integer("CONCURRENCY", 32, 1, MAX_CONCURRENCY),
+            concurrency=self.integer("CONCURRENCY", DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY),
             bulk_batch_size=self.integer("BULK_BATCH_SIZE", MAX_BULK_USERS, 1, MAX_BULK_USERS),
             events_batch_size=self.integer(
                 "EVENTS_BATCH_SIZE", MAX_BULK_USERS * 2, 1, MAX_BULK_EVENTS

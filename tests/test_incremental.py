@@ -27,7 +27,9 @@ def test_second_run_on_unchanged_data_makes_no_calls_and_exits_zero(job, sandbox
 
 def test_only_changed_profiles_and_new_events_are_sent(job, sandbox, mariadb, seeded_db):
     job.run()
-    mariadb.execute("UPDATE customers SET last_name = 'Changed' WHERE id = 1", database=seeded_db.name)
+    mariadb.execute(
+        "UPDATE customers SET last_name = 'Changed' WHERE id = 1", database=seeded_db.name
+    )
     mariadb.execute(
         "INSERT INTO page_views (id, customer_id, page, device, location, viewed_at) "
         "VALUES (100, 2, '/new', 'mobile', 'Lisbon', UTC_TIMESTAMP())",
