@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 import ssl
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,7 +362,7 @@ class _Validator:
             )
         if not settings.results_dir.is_dir():
             self.problems.append(f"RESULTS_DIR {settings.results_dir} is not a directory")
-        elif not os.access(settings.results_dir, os.W_OK | os.X_OK):
+        elif not _can_create_files_in(settings.results_dir):
             self.problems.append(f"RESULTS_DIR {settings.results_dir} is not writable")
         for name, path in (
             ("LOG_FILE", settings.log_file),
@@ -381,6 +382,15 @@ def _holds_certificates(path: Path) -> bool:
     except (ssl.SSLError, OSError, ValueError):
         return False
     return True
+
+
+def _can_create_files_in(directory: Path) -> bool:
+    """Try it: permission bits do not tell about read-only mounts, and root ignores them."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
 
 
 def _parent_writable(path: Path) -> bool:
