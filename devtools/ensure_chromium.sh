@@ -10,5 +10,6 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get install -y chromium
     exit 0
 fi
+# Not fatal here: the browser test then skips locally (and fails under CI=true).
 echo "Chromium not found: install the chromium package to run the report's browser test" >&2
-exit 1
+exit 0
