@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -13,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from private_files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,4 @@ def previous_last_success(path: Path) -> float | None:
 
 def write_metrics(path: Path, text: str) -> None:
     """Atomic: node_exporter never reads a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".tmp", dir=path.parent or Path("."))
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda out: out.write(text))

@@ -11,16 +11,16 @@ import argparse
 import html
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
+
+from private_files import write_atomically
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -689,21 +689,6 @@ def load_results(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write atomically as a 0600 file: the page holds customer data, and readers never see half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def report_command(argv: list[str]) -> int:
     """CLI entry: read RESULTS.json, write the HTML, print its path; 2 on any user error."""
     try:
@@ -715,7 +700,7 @@ def report_command(argv: list[str]) -> int:
     output: Path = args.output or default_output(args.results)
     try:
         page = render_report(load_results(args.results), source=args.results.name)
-        write_private(output, page)
+        write_atomically(output, lambda out: out.write(page))
     except ReportError as exc:
         return _fail(str(exc))
     except OSError as exc:

@@ -10,7 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from private_files import write_atomically
 
 SUCCESS = "success"
 FAILED = "failed"
@@ -110,21 +112,16 @@ class ResultsWriter:
         with self._lock:
             self._spool.close()
             target = self._free_target(started_at)
-            fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json.tmp", dir=self.results_dir)
-            os.fchmod(fd, 0o600)
+
+            def write(out: TextIO) -> None:
+                out.write('{"run": ' + json.dumps(run, ensure_ascii=False, default=str))
+                out.write(',\n "summary": ' + json.dumps(self.summary.to_dict()))
+                out.write(',\n "results": [')
+                self._copy_spool(out)
+                out.write("\n ]\n}\n")
+
             try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    out.write('{"run": ' + json.dumps(run, ensure_ascii=False, default=str))
-                    out.write(',\n "summary": ' + json.dumps(self.summary.to_dict()))
-                    out.write(',\n "results": [')
-                    self._copy_spool(out)
-                    out.write("\n ]\n}\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+                write_atomically(target, write)
             finally:
                 self._spool_path.unlink(missing_ok=True)
             return target
@@ -140,7 +137,7 @@ class ResultsWriter:
             )
         return target
 
-    def _copy_spool(self, out: Any) -> None:
+    def _copy_spool(self, out: TextIO) -> None:
         with self._spool_path.open(encoding="utf-8") as spool:
             for index, line in enumerate(spool):
                 out.write(("\n  " if index == 0 else ",\n  ") + line.rstrip("\n"))

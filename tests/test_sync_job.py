@@ -79,7 +79,7 @@ def test_results_file_shape_name_and_permissions(job):
             row
         )
         assert row["status"] in ("success", "failed", "skipped")
-    assert not list(path.parent.glob(".results-*")), "temporary files left behind"
+    assert not list(path.parent.glob(".*")), "temporary files left behind"
 
 
 def test_console_summary(job):
