@@ -16,7 +16,6 @@ import json
 import random
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from devtools.bulk_seed import (
     audit,
     expected_store,
     unbacked_state_claims,
+    wait_until,
 )
 from devtools.seed import SEED_QUALIFYING
 from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
@@ -280,14 +280,6 @@ KILL_ENV: dict[str, dict[str, str]] = {
     },
 }
 KILL_SEEDS = [("single", 1), ("single", 2), ("single", 3), ("bulk", 4), ("bulk", 5)]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize(("mode", "seed"), KILL_SEEDS, ids=[f"{m}-{s}" for m, s in KILL_SEEDS])

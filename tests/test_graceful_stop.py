@@ -11,7 +11,13 @@ import time
 
 import pytest
 
-from devtools.bulk_seed import add_pro_customers, audit, expected_store, unbacked_state_claims
+from devtools.bulk_seed import (
+    add_pro_customers,
+    audit,
+    expected_store,
+    unbacked_state_claims,
+    wait_until,
+)
 
 ROWS = 300
 LATENCY = 0.2  # per request, so a few hundred rows take far longer than the test waits
@@ -22,14 +28,6 @@ MODES = {
     "bulk": ("--mode", "bulk", "--batch-size", "20"),
 }
 CASES = [("single", signal.SIGTERM), ("single", signal.SIGINT), ("bulk", signal.SIGTERM)]
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize(("mode", "signum"), CASES, ids=[f"{m}-{s.name}" for m, s in CASES])
