@@ -322,36 +322,23 @@ class Syncer:
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-users") as user_pool,
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-events") as event_pool,
         ):
-            user_calls: deque[BatchCall] = deque()
-            event_calls: deque[BatchCall] = deque()
+            event_batches = BatchQueue(
+                submit=lambda batch: event_pool.submit(
+                    self._deliver, deliver_events, client, batch
+                ),
+                settle_one=lambda call: self._settle(call, apply_event_outcomes),
+            )
+            events = EventBatcher(events_batch_size, event_batches.send)
 
-            def settle_events(wait: bool) -> None:
-                """Apply the answers that have come, in order; with wait, at least one."""
-                while event_calls and (wait or event_calls[0].future.done()):
-                    self._settle(event_calls.popleft(), apply_event_outcomes)
-                    wait = False
+            def settle_user_batch(call: BatchCall) -> None:
+                events.add_many(self._settle(call, apply_user_outcomes))
+                events.flush()
 
-            def send_events(batch: list[Work]) -> None:
-                if len(event_calls) >= BATCHES_IN_FLIGHT:
-                    settle_events(wait=True)
-                future = event_pool.submit(self._deliver, deliver_events, client, batch)
-                event_calls.append(BatchCall(batch, future))
-
-            events = EventBatcher(events_batch_size, send_events)
-
-            def settle_users(wait: bool) -> None:
-                while user_calls and (wait or user_calls[0].future.done()):
-                    events.add_many(self._settle(user_calls.popleft(), apply_user_outcomes))
-                    events.flush()
-                    wait = False
-
-            def send_users(batch: list[Work]) -> None:
-                if len(user_calls) >= BATCHES_IN_FLIGHT:
-                    settle_users(wait=True)
-                future = user_pool.submit(self._deliver, deliver_users, client, batch)
-                user_calls.append(BatchCall(batch, future))
-
-            users = UserBatcher(batch_size, send_users)
+            user_batches = BatchQueue(
+                submit=lambda batch: user_pool.submit(self._deliver, deliver_users, client, batch),
+                settle_one=settle_user_batch,
+            )
+            users = UserBatcher(batch_size, user_batches.send)
             for work in self._planned(rows):
                 if work.send_user:
                     users.add(work)
@@ -361,14 +348,12 @@ class Syncer:
                         events.add(work)
                     else:
                         self.skip_event(work)
-                settle_users(wait=False)
-                settle_events(wait=False)
+                user_batches.settle(wait=False)
+                event_batches.settle(wait=False)
             users.flush()
-            while user_calls:
-                settle_users(wait=True)
+            user_batches.drain()
             events.flush()
-            while event_calls:
-                settle_events(wait=True)
+            event_batches.drain()
         return self._finished()
 
     def _finished(self) -> Outcome:
@@ -445,6 +430,30 @@ class Delivered:
 class BatchCall:
     batch: list[Work]
     future: Future[Delivered]
+
+
+@dataclass
+class BatchQueue:
+    """Bulk batches on their way: sent from a pool, their answers settled in order here."""
+
+    submit: Callable[[list[Work]], Future[Delivered]]
+    settle_one: Callable[[BatchCall], object]
+    calls: deque[BatchCall] = field(default_factory=deque)
+
+    def send(self, batch: list[Work]) -> None:
+        if len(self.calls) >= BATCHES_IN_FLIGHT:
+            self.settle(wait=True)
+        self.calls.append(BatchCall(batch, self.submit(batch)))
+
+    def settle(self, wait: bool) -> None:
+        """Apply the answers that have come, in order; with wait, at least one."""
+        while self.calls and (wait or self.calls[0].future.done()):
+            self.settle_one(self.calls.popleft())
+            wait = False
+
+    def drain(self) -> None:
+        while self.calls:
+            self.settle(wait=True)
 
 
 def _customer_id(raw: Mapping[str, Any]) -> int:
