@@ -191,13 +191,6 @@ class SyncState:
         with self._lock:
             self._db.close()
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                table: int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-                for table in ("users", "events", "rejections")
-            }
-
 
 def _schema_version(db: sqlite3.Connection) -> int:
     has_meta = db.execute(
