@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, Protocol
 
-from iterable_client import EVENTS_TRACK_BULK, USERS_BULK_UPDATE, CallResult, IterableClient, encode
-
-if TYPE_CHECKING:
-    from sync import Syncer, Work
+from iterable_client import (
+    EVENTS_TRACK_BULK,
+    USERS_BULK_UPDATE,
+    CallResult,
+    IterableAuthError,
+    IterableClient,
+    encode,
+)
+from payloads import Payloads
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +36,46 @@ FAILED_EMAIL_LISTS = {
     "invalidDataEmails": "RequestFieldsTypesMismatched",
 }
 DISALLOWED_EVENT_NAME = "disallowed_event_name"
+# Bulk batches sent but not yet applied, per endpoint.
+BATCHES_IN_FLIGHT = 4
 _ITEM_PATH = re.compile(r"^obj\.(?:users|events)\[(\d+)\]")
 
 
-class UserBatcher:
-    """Collects users until a batch is full by count or bytes, then hands it on. One thread only."""
+class BulkRow(Protocol):
+    """What bulk mode reads from a row on its way: the payloads it sends."""
 
-    def __init__(self, batch_size: int, send: Callable[[list[Work]], None]) -> None:
+    @property
+    def payloads(self) -> Payloads: ...
+
+
+class Batcher:
+    """Collects rows until a batch is full by count or bytes, then hands it on.
+
+    Fed from the planning thread only.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        send: Callable[[Sequence[BulkRow]], None],
+        item: Callable[[BulkRow], Mapping[str, Any]],
+    ) -> None:
         self.batch_size = batch_size
         self.send = send
-        self.items: list[Work] = []
+        self.item = item
+        self.items: list[BulkRow] = []
         self.size = 0
 
-    def add(self, work: Work) -> None:
-        size = len(encode(work.payloads.user_update)) + 1
+    def add(self, row: BulkRow) -> None:
+        size = len(encode(self.item(row))) + 1
         if self.items and (len(self.items) >= self.batch_size or self.size + size > MAX_BULK_BYTES):
             self.flush()
-        self.items.append(work)
+        self.items.append(row)
         self.size += size
+
+    def add_many(self, rows: Iterable[BulkRow]) -> None:
+        for row in rows:
+            self.add(row)
 
     def flush(self) -> None:
         if self.items:
@@ -55,83 +83,37 @@ class UserBatcher:
             self.send(batch)
 
 
-class EventBatcher(UserBatcher):
-    """The same for events; fed from several threads, so every step holds a lock."""
+class RowOutcome(NamedTuple):
+    """What a bulk call came to for one row."""
 
-    def __init__(self, batch_size: int, send: Callable[[list[Work]], None]) -> None:
-        super().__init__(batch_size, send)
-        self._lock = threading.Lock()
-
-    def add(self, work: Work) -> None:
-        self.add_many([work])
-
-    def add_many(self, works: Sequence[Work]) -> None:
-        ready: list[list[Work]] = []
-        with self._lock:
-            for work in works:
-                size = len(encode(work.payloads.event)) + 1
-                if self.items and (
-                    len(self.items) >= self.batch_size or self.size + size > MAX_BULK_BYTES
-                ):
-                    ready.append(self.items)
-                    self.items, self.size = [], 0
-                self.items.append(work)
-                self.size += size
-        for batch in ready:
-            self.send(batch)
-
-    def flush(self) -> None:
-        with self._lock:
-            batch, self.items, self.size = self.items, [], 0
-        if batch:
-            self.send(batch)
+    row: BulkRow
+    call: CallResult
+    failure: str | None  # the reason this row failed inside an accepted batch, if it did
 
 
-# What a bulk call came to for one row: (row, the batch's call, failure reason or None).
-RowOutcome = tuple["Work", CallResult, str | None]
+def user_item(row: BulkRow) -> Mapping[str, Any]:
+    return row.payloads.user_update
 
 
-def deliver_users(client: IterableClient, batch: list[Work]) -> Iterator[RowOutcome]:
+def event_item(row: BulkRow) -> Mapping[str, Any]:
+    return row.payloads.event
+
+
+def deliver_users(client: IterableClient, batch: Sequence[BulkRow]) -> Iterator[RowOutcome]:
     """users/bulkUpdate for a batch (halved or resent as needed): an outcome per row."""
-    return deliver(client, USERS_BULK_UPDATE, "users", batch, _user_item)
+    return deliver(client, USERS_BULK_UPDATE, "users", batch, user_item)
 
 
-def deliver_events(client: IterableClient, batch: list[Work]) -> Iterator[RowOutcome]:
-    return deliver(client, EVENTS_TRACK_BULK, "events", batch, _event_item)
-
-
-def apply_user_outcomes(syncer: Syncer, outcomes: Iterable[RowOutcome]) -> list[Work]:
-    """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
-    accepted: list[Work] = []
-    for work, call, failure in outcomes:
-        if syncer.user_done(work, call, failure):
-            if work.send_event:
-                accepted.append(work)
-            else:
-                syncer.skip_event(work)
-    return accepted
-
-
-def apply_event_outcomes(syncer: Syncer, outcomes: Iterable[RowOutcome]) -> list[Work]:
-    for work, call, failure in outcomes:
-        syncer.event_done(work, call, failure)
-    return []
-
-
-def _user_item(work: Work) -> Mapping[str, Any]:
-    return work.payloads.user_update
-
-
-def _event_item(work: Work) -> Mapping[str, Any]:
-    return work.payloads.event
+def deliver_events(client: IterableClient, batch: Sequence[BulkRow]) -> Iterator[RowOutcome]:
+    return deliver(client, EVENTS_TRACK_BULK, "events", batch, event_item)
 
 
 def deliver(
     client: IterableClient,
     endpoint: str,
     key: str,
-    batch: list[Work],
-    item: Callable[[Work], Mapping[str, Any]],
+    batch: Sequence[BulkRow],
+    item: Callable[[BulkRow], Mapping[str, Any]],
 ) -> Iterator[RowOutcome]:
     """Send a batch and yield (row, call, failure reason or None) for every row in it.
 
@@ -148,7 +130,7 @@ def deliver(
             failure = failures.get(work.payloads.email)
             if failure is None and item(work).get("eventName") in disallowed:
                 failure = DISALLOWED_EVENT_NAME
-            yield work, shared, failure
+            yield RowOutcome(work, shared, failure)
         return
     if call.http_status == 400 and call.code in SPLITTABLE_CODES and len(batch) > 1:
         bad = named_item(call.body or {})
@@ -160,8 +142,8 @@ def deliver(
                 len(batch),
                 call.code,
             )
-            yield batch[bad], _batch_call(call, len(batch)), None
-            rest = batch[:bad] + batch[bad + 1 :]
+            yield RowOutcome(batch[bad], _batch_call(call, len(batch)), None)
+            rest = [*batch[:bad], *batch[bad + 1 :]]
             yield from deliver(client, endpoint, key, rest, item)
             return
         middle = len(batch) // 2
@@ -172,7 +154,7 @@ def deliver(
         yield from deliver(client, endpoint, key, batch[middle:], item)
         return
     for work in batch:
-        yield work, _batch_call(call, len(batch)), None
+        yield RowOutcome(work, _batch_call(call, len(batch)), None)
 
 
 def _batch_call(call: CallResult, size: int) -> CallResult:
@@ -205,3 +187,43 @@ def named_item(body: Mapping[str, Any]) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+@dataclass
+class Delivered:
+    """What a pool thread brings back from one bulk batch."""
+
+    outcomes: list[RowOutcome] = field(default_factory=list)
+    interrupted: bool = False  # the run was stopping: nothing was sent
+    auth_error: IterableAuthError | None = None
+    unexpected: bool = False  # an unexpected error, logged where it happened
+
+
+@dataclass
+class BatchCall:
+    batch: Sequence[BulkRow]
+    future: Future[Delivered]
+
+
+@dataclass
+class BatchQueue:
+    """Bulk batches on their way: sent from a pool, their answers settled in order here."""
+
+    submit: Callable[[Sequence[BulkRow]], Future[Delivered]]
+    settle_one: Callable[[BatchCall], object]
+    calls: deque[BatchCall] = field(default_factory=deque)
+
+    def send(self, batch: Sequence[BulkRow]) -> None:
+        if len(self.calls) >= BATCHES_IN_FLIGHT:
+            self.settle(wait=True)
+        self.calls.append(BatchCall(batch, self.submit(batch)))
+
+    def settle(self, wait: bool) -> None:
+        """Apply the answers that have come, in order; with wait, at least one."""
+        while self.calls and (wait or self.calls[0].future.done()):
+            self.settle_one(self.calls.popleft())
+            wait = False
+
+    def drain(self) -> None:
+        while self.calls:
+            self.settle(wait=True)

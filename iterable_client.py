@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar, merge_cookies
 
 from rate_limit import RateLimiters
+from version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,14 @@ class RequestStats:
 
 @dataclass
 class _Response:
-    status: int | None
-    code: str | None
-    msg: str | None
-    body: Mapping[str, Any] | None
-    retry_after: str | None
-    error: str | None
+    """One HTTP exchange as the retry loop sees it; status None means no answer at all."""
+
+    status: int | None = None
+    code: str | None = None
+    msg: str | None = None
+    body: Mapping[str, Any] | None = None
+    retry_after: str | None = None
+    error: str | None = None
     seconds: float = 0.0
 
 
@@ -197,7 +200,7 @@ class IterableClient:
             {
                 "Api-Key": api_key,
                 "Content-Type": "application/json",
-                "User-Agent": "iterable-sync/0.1",
+                "User-Agent": f"iterable-sync/{VERSION}",
             }
         )
         # Retries are ours (they must be paced and logged); the adapter only pools.
@@ -230,12 +233,6 @@ class IterableClient:
     def track_event(self, payload: Mapping[str, Any]) -> CallResult:
         return self.call(EVENTS_TRACK, payload)
 
-    def bulk_update_users(self, users: list[Mapping[str, Any]]) -> CallResult:
-        return self.call(USERS_BULK_UPDATE, {"users": users})
-
-    def track_events_bulk(self, events: list[Mapping[str, Any]]) -> CallResult:
-        return self.call(EVENTS_TRACK_BULK, {"events": events})
-
     def check_key(self, probe_email: str = "iterable-sync-check@example.com") -> CallResult:
         """Reads one (normally absent) user: proves the key works without changing anything."""
         return self.call(GET_USER, None, params={"email": probe_email}, method="GET")
@@ -257,7 +254,7 @@ class IterableClient:
             if not self.limiters.acquire_unless_stopped(endpoint, self.stop):
                 # A stopping run does not wait for the limiter (a 429's pause can be a minute).
                 log.info("%s: stop requested while waiting for the rate limit; not sent", endpoint)
-                unsent = _Response(None, None, None, None, None, "not sent: the run is stopping")
+                unsent = _Response(error="not sent: the run is stopping")
                 return self._result(endpoint, False, unsent, attempt - 1, started)
             response = self._send(method, endpoint, data, params)
             if response.status in AUTH_STATUSES:
@@ -328,10 +325,10 @@ class IterableClient:
             )
         except requests.Timeout:
             timeout = f"timed out after {self.timeout[1]:g}s"
-            return _Response(None, None, None, None, None, timeout, time.monotonic() - started)
+            return _Response(error=timeout, seconds=time.monotonic() - started)
         except requests.ConnectionError as exc:
             failure = f"connection failed: {_first_line(exc)}"
-            return _Response(None, None, None, None, None, failure, time.monotonic() - started)
+            return _Response(error=failure, seconds=time.monotonic() - started)
         body = parse_body(reply)
         code = body.get("code") if isinstance(body.get("code"), str) else None
         msg = body.get("msg") if isinstance(body.get("msg"), str) else None
@@ -344,13 +341,13 @@ class IterableClient:
         if reply.status_code != 200:
             error = f"HTTP {reply.status_code} {code or ''}".strip()
         return _Response(
-            reply.status_code,
-            code,
-            msg,
-            body if body or reply.status_code == 200 else None,
-            reply.headers.get("Retry-After"),
-            error,
-            time.monotonic() - started,
+            status=reply.status_code,
+            code=code,
+            msg=msg,
+            body=body if body or reply.status_code == 200 else None,
+            retry_after=reply.headers.get("Retry-After"),
+            error=error,
+            seconds=time.monotonic() - started,
         )
 
     def _scrub(self, text: str | None) -> str | None:

@@ -17,7 +17,8 @@ MAX_LOG_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
 REDACTED = "[REDACTED]"
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# Broader than RFC 5322 on purpose: over-masking costs little, leaking an address costs a lot.
+EMAIL_IN_TEXT = re.compile(r"\w[\w.!#$%&'*+/=?^`{|}~-]*@[\w-]+(?:\.[\w-]+)*")
 # Line breaks and other control characters in a message (from data, such as a malformed
 # email) would let the data forge log lines or drive a terminal; they are escaped.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -28,13 +29,22 @@ def escape_controls(text: str) -> str:
 
 
 def mask_email(email: str | None) -> str:
-    """j***@example.com: enough to tell users apart in a log, not enough to contact them."""
-    if not email:
+    """j***@example.com: enough to tell users apart in a log, not enough to contact them.
+
+    Without an @ only the first character is kept; a missing email is `<none>`.
+    """
+    text = (email or "").strip()
+    if not text:
         return "<none>"
-    local, at, domain = email.partition("@")
+    local, at, domain = text.rpartition("@")
     if not at:
-        return local[:1] + "***"
+        return text[:1] + "***"
     return f"{local[:1]}***@{domain}"
+
+
+def mask_emails(text: str) -> str:
+    """Mask every email-looking part of free text (Iterable's messages quote addresses)."""
+    return EMAIL_IN_TEXT.sub(lambda match: mask_email(match.group()), text)
 
 
 class RedactingFilter(logging.Filter):
@@ -57,7 +67,7 @@ class RedactingFilter(logging.Filter):
     def clean(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
-        return _EMAIL.sub(r"\1***@\2", text)
+        return mask_emails(text)
 
 
 def setup_logging(level: str, log_file: Path | None, secrets: Iterable[str] = ()) -> None:

@@ -22,25 +22,21 @@ from types import FrameType
 from typing import Any, TextIO
 
 import monitoring
-from db_connection import ConnectionSettings, DatabaseConnection, DatabaseError, RowSource
+import preflight
+from db_connection import DatabaseConnection, DatabaseError, ReadAhead, RowSource
+from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED
 from iterable_client import IterableClient, RequestStats, RetryPolicy
 from logger_config import setup_logging
 from progress import Progress
 from rate_limit import RateLimiters
-from read_ahead import ReadAhead
+from report import report_command
 from results import ResultsWriter, Summary
-from settings import ConfigError, Settings, load_settings
+from settings import ConfigError, Settings, load_settings, parse_command_line
 from sync import Outcome, Syncer
 from sync_state import StateError, SyncState
+from version import VERSION
 
 log = logging.getLogger("iterable_sync")
-
-EXIT_OK = 0
-EXIT_ROWS_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_ABORTED = 3
-EXIT_LOCKED = 4
-VERSION = "0.1.0"
 
 
 class LockHeld(Exception):
@@ -91,19 +87,6 @@ class RunReport:
     api: dict[str, Any]
 
 
-def connection_settings(settings: Settings) -> ConnectionSettings:
-    return ConnectionSettings(
-        host=settings.mysql_host,
-        port=settings.mysql_port,
-        user=settings.mysql_user,
-        password=settings.mysql_password,
-        database=settings.mysql_database,
-        connect_timeout=settings.mysql_connect_timeout,
-        ssl_ca=settings.mysql_ssl_ca,
-        ssl_verify_identity=settings.mysql_ssl_verify_identity,
-    )
-
-
 def make_client(settings: Settings, stop: threading.Event, stats: RequestStats) -> IterableClient:
     return IterableClient(
         api_key=settings.iterable_api_key,
@@ -135,7 +118,7 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
     outcome = Outcome()
     error: str | None = None
     try:
-        with DatabaseConnection(connection_settings(settings)) as db:
+        with DatabaseConnection(settings.database) as db:
             source = RowSource(db, settings.plan_type, settings.lookback_days)
             progress = Progress(total=None)
             # Counting runs Query 2 a second time (seconds at 100k rows), so only a
@@ -203,7 +186,7 @@ def run_details(
         "full_refresh": settings.full_refresh,
         "plan_type": settings.plan_type,
         "lookback_days": settings.lookback_days,
-        "database": f"{settings.mysql_host}:{settings.mysql_port}/{settings.mysql_database}",
+        "database": settings.database.where(),
         "iterable_base_url": settings.iterable_base_url,
         "rows_read": outcome.rows_read,
         "aborted": outcome.aborted or error,
@@ -213,10 +196,10 @@ def run_details(
     }
 
 
-def exit_code(report: RunReport) -> int:
-    if report.outcome.aborted or report.outcome.stopped:
+def exit_code(run_report: RunReport) -> int:
+    if run_report.outcome.aborted or run_report.outcome.stopped:
         return EXIT_ABORTED
-    return EXIT_ROWS_FAILED if report.summary.failed else EXIT_OK
+    return EXIT_ROWS_FAILED if run_report.summary.failed else EXIT_OK
 
 
 def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) -> None:
@@ -245,12 +228,11 @@ def fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # results, logs, state, metrics and lock files: owner only
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:
-        from report import report_command
-
-        return report_command(argv[1:])
     try:
-        settings = load_settings(argv)
+        args = parse_command_line(argv)
+        if args.command == "report":
+            return report_command(args)
+        settings = load_settings(args)
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     try:
@@ -259,9 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"configuration: cannot open LOG_FILE {settings.log_file}: {exc.strerror}"
         return fail(message, EXIT_CONFIG)
     if settings.check_only:
-        from checks import run_checks
-
-        return run_checks(settings)
+        return preflight.run_checks(settings)
     monitoring.ping(settings.healthcheck_url, "start")
     started = time.monotonic()
     code, report = sync_and_report(settings)
@@ -298,7 +278,8 @@ def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
 def publish_metrics(path: Path, code: int, seconds: float, report: RunReport | None) -> None:
     """Write the metrics file; a failure to write it is logged, never turned into a failed run."""
     summary = report.summary.to_dict() if report else {}
-    last_success = time.time() if code == EXIT_OK else monitoring.previous_last_success(path)
+    now = time.time()
+    last_success = now if code == EXIT_OK else monitoring.previous_last_success(path)
     text = monitoring.metrics_text(
         exit_code=code,
         duration=seconds,
@@ -306,6 +287,7 @@ def publish_metrics(path: Path, code: int, seconds: float, report: RunReport | N
         rows_read=report.outcome.rows_read if report else 0,
         api=report.api if report else {},
         last_success=last_success,
+        now=now,
     )
     try:
         monitoring.write_metrics(path, text)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from private_files import write_atomically
+from results import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,7 @@ def metrics_text(
     rows_read: int,
     api: Mapping[str, Any],
     last_success: float | None,
+    now: float,
 ) -> str:
     """The run's numbers in the Prometheus text exposition format."""
     lines = [
@@ -89,13 +89,13 @@ def metrics_text(
         f"iterable_sync_last_exit_code {exit_code}",
         "# HELP iterable_sync_last_run_timestamp_seconds When the last run finished.",
         "# TYPE iterable_sync_last_run_timestamp_seconds gauge",
-        f"iterable_sync_last_run_timestamp_seconds {time.time():.0f}",
+        f"iterable_sync_last_run_timestamp_seconds {now:.3f}",
     ]
     if last_success is not None:
         lines += [
             f"# HELP {LAST_SUCCESS} When a run last finished with exit code 0.",
             f"# TYPE {LAST_SUCCESS} gauge",
-            f"{LAST_SUCCESS} {last_success:.0f}",
+            f"{LAST_SUCCESS} {last_success:.3f}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -6,6 +6,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+# Iterable's published per-project limits, requests per second. The defaults stay below
+# them because the customer's other integrations share the same budget.
+PUBLISHED_RATE_LIMITS = {
+    "users/update": 500.0,
+    "events/track": 2000.0,
+    "users/bulkUpdate": 5.0,
+    "events/trackBulk": 10.0,
+}
+DEFAULT_RATE_LIMITS = {endpoint: 0.8 * rate for endpoint, rate in PUBLISHED_RATE_LIMITS.items()}
+
 # After a 429 the endpoint runs at this fraction of its rate, climbing back to the
 # full rate over RECOVERY_SECONDS, so a shared project budget is not hammered again at once.
 SLOWDOWN_FACTOR = 0.5
@@ -73,10 +83,6 @@ class RateLimiters:
 
     def __init__(self, rates: Mapping[str, float]) -> None:
         self._limiters = {name: RateLimiter(rate) for name, rate in rates.items() if rate > 0}
-
-    def acquire(self, endpoint: str) -> float:
-        limiter = self._limiters.get(endpoint)
-        return limiter.acquire() if limiter else 0.0
 
     def acquire_unless_stopped(self, endpoint: str, stop: threading.Event) -> bool:
         """acquire, except that a long wait (a 429's pause) ends when `stop` is set: False

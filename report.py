@@ -11,50 +11,36 @@ import argparse
 import html
 import json
 import math
-import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from private_files import write_atomically
+from exit_codes import EXIT_CONFIG, EXIT_OK
+from logger_config import mask_email, mask_emails
+from results import write_atomically
 
-EXIT_OK = 0
-EXIT_USAGE = 2
 MAX_EXAMPLES = 5
 MAX_TEXT = 160  # a long Iterable msg is cut so a table cell stays one or two lines
 STEPS = (("user_update", "user update"), ("event_track", "event track"))
 NO_REASON = "(no reason)"
 DASH = "\u2014"
 
-# Broader than RFC 5322 on purpose: over-masking costs little, leaking an address costs a lot.
-_EMAIL = re.compile(r"\w[\w.!#$%&'*+/=?^`{|}~-]*@[\w-]+(?:\.[\w-]+)*")
 
-
-def mask_email(value: object) -> str:
-    """`jane@example.com` -> `j***@example.com`; without an @, only the first character is kept."""
+def masked(value: object) -> str:
+    """An email masked for the page; a dash when there is none."""
     text = "" if value is None else str(value).strip()
-    if not text:
-        return DASH
-    local, at, domain = text.rpartition("@")
-    if not at:
-        return text[:1] + "***"
-    return f"{local[:1]}***@{domain}"
-
-
-def mask_text(text: str) -> str:
-    """Mask every email-looking substring of free text (Iterable messages quote addresses)."""
-    return _EMAIL.sub(lambda match: mask_email(match.group()), text)
+    return mask_email(text) if text else DASH
 
 
 def _text(value: object, limit: int | None = None) -> str:
     """Masked, optionally shortened, HTML-escaped text; None renders as a dash."""
     if value is None or value == "":
         return DASH
-    text = mask_text(str(value))
+    text = mask_emails(str(value))
     if limit is not None and len(text) > limit:
         # Cut after masking so a cut can never turn a masked address back into a partial one.
         text = text[: limit - 1].rstrip() + "\u2026"
@@ -155,7 +141,7 @@ def _step_failed(step: Mapping[str, Any]) -> bool:
 def _example(row: Mapping[str, Any]) -> Example:
     """A failed row, masked: the failing step's status, code and msg, else the row's detail."""
     customer = row.get("customer_id")
-    email = mask_email(row.get("email"))
+    email = masked(row.get("email"))
     cid = DASH if customer is None else str(customer)
     for key, label in STEPS:
         step = row.get(key)
@@ -649,25 +635,6 @@ class ReportError(Exception):
     """A problem the user can fix: bad arguments or an unreadable results file."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error becomes a ReportError instead of usage text and exit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """RESULTS.json and an optional --output path."""
-    parser = _Parser(
-        prog="main.py report", description="Write a self-contained HTML report of a results file."
-    )
-    parser.add_argument("results", type=Path, help="a results JSON file written by a run")
-    parser.add_argument(
-        "--output", "-o", type=Path, help="HTML file to write (default: RESULTS with .html)"
-    )
-    return parser.parse_args(argv)
-
-
 def default_output(results_path: Path) -> Path:
     """`x.json` -> `x.html`; other names get `.html` appended, so the input is never overwritten."""
     if results_path.suffix.lower() == ".json":
@@ -689,14 +656,8 @@ def load_results(path: Path) -> dict[str, Any]:
     return data
 
 
-def report_command(argv: list[str]) -> int:
-    """CLI entry: read RESULTS.json, write the HTML, print its path; 2 on any user error."""
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # --help: argparse has already printed it
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except ReportError as exc:
-        return _fail(str(exc))
+def report_command(args: argparse.Namespace) -> int:
+    """`main.py report`: read RESULTS.json, write the HTML, print its path; 2 on any user error."""
     output: Path = args.output or default_output(args.results)
     try:
         page = render_report(load_results(args.results), source=args.results.name)
@@ -712,4 +673,4 @@ def report_command(argv: list[str]) -> int:
 def _fail(message: str) -> int:
     """One `error: ...` line on stderr, whatever the message holds."""
     sys.stderr.write("error: " + " ".join(message.splitlines()) + "\n")
-    return EXIT_USAGE
+    return EXIT_CONFIG

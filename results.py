@@ -7,17 +7,35 @@ import os
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from private_files import write_atomically
+
+def write_atomically(path: Path, write: Callable[[TextIO], object]) -> None:
+    """Write through `write` into a 0600 temporary file beside `path`, then rename it over.
+
+    Readers (people, node_exporter) see the old file or the whole new one, and a crash
+    leaves at most a stray temporary file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 SUCCESS = "success"
 FAILED = "failed"
 SKIPPED = "skipped"
-STATUSES = (SUCCESS, FAILED, SKIPPED)
 
 
 @dataclass

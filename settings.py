@@ -1,4 +1,9 @@
-"""Settings: read once from .env, the environment and the command line, validated together."""
+"""Settings: read once from .env, the environment and the command line, validated together.
+
+`VARIABLES` is the one list of what can be configured: the validator reads its defaults,
+and `.env.example` and the README's variables table are generated from it
+(`python -m devtools.docs`; a test fails when they drift).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,11 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from db_connection import ConnectionSettings
+from exit_codes import EXIT_CODES
+from rate_limit import DEFAULT_RATE_LIMITS, PUBLISHED_RATE_LIMITS
+from version import VERSION
+
 DEFAULT_BASE_URL = "https://api.iterable.com"
 MODES = ("single", "bulk")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -23,25 +33,36 @@ MAX_CONCURRENCY = 256
 # Each user is two requests in a row (~100 ms at Iterable's usual latency), so reaching
 # 500 users/s needs ~60 users in flight; 128 leaves room for slower answers (make bench).
 DEFAULT_CONCURRENCY = 128
-# Iterable's bulk endpoints take at most 4 MB a request; events are capped by the
-# same byte limit, users also by a count that integrations keep at 1,000.
+# Iterable caps bulk bodies at 4 MB and documents no record count; 1,000 users (and
+# 2,000 events) a request is what integrations use, so that stays the default.
 MAX_BULK_USERS = 1000
 MAX_BULK_EVENTS = 8000
 
-# Iterable publishes these per-project limits; our defaults stay below them because
-# the customer's other integrations share the same budget.
-PUBLISHED_RATE_LIMITS = {
-    "users/update": 500.0,
-    "events/track": 2000.0,
-    "users/bulkUpdate": 5.0,
-    "events/trackBulk": 10.0,
-}
-DEFAULT_RATE_LIMITS = {
-    "users/update": 400.0,
-    "events/track": 1600.0,
-    "users/bulkUpdate": 4.0,
-    "events/trackBulk": 8.0,
-}
+
+@dataclass(frozen=True)
+class Variable:
+    """One setting: its name, its default as written in .env, and what it means."""
+
+    name: str
+    section: str
+    help: str
+    default: str = ""
+    # The value .env.example shows when it differs from the default (e.g. a user name).
+    example: str | None = None
+    required: str = ""  # when set, says when the variable is required
+    secret: bool = False
+    flag: str | None = None  # the command-line flag that overrides it
+
+
+MYSQL, ITERABLE, WHAT, HOW, FILES, MONITORING = (
+    "MySQL (a read-only user is enough: SELECT on customers and page_views)",
+    "Iterable",
+    "What to sync",
+    "How to sync",
+    "Files",
+    "Monitoring (optional)",
+)
+
 RATE_LIMIT_VARIABLES = {
     "users/update": "RATE_LIMIT_USERS_UPDATE",
     "events/track": "RATE_LIMIT_EVENTS_TRACK",
@@ -49,37 +70,145 @@ RATE_LIMIT_VARIABLES = {
     "events/trackBulk": "RATE_LIMIT_EVENTS_TRACK_BULK",
 }
 
-# Every variable the job reads; anything else in the environment is ignored.
-VARIABLES = (
-    "MYSQL_HOST",
-    "MYSQL_PORT",
-    "MYSQL_USER",
-    "MYSQL_PASSWORD",
-    "MYSQL_DATABASE",
-    "MYSQL_SSL_CA",
-    "MYSQL_SSL_VERIFY_IDENTITY",
-    "MYSQL_CONNECT_TIMEOUT_SECONDS",
-    "ITERABLE_API_KEY",
-    "ITERABLE_BASE_URL",
-    "CANDIDATE_NAME",
-    "PLAN_TYPE",
-    "LOOKBACK_DAYS",
-    "REQUEST_TIMEOUT_SECONDS",
-    "MAX_ATTEMPTS",
-    "LOG_LEVEL",
-    "LOG_FILE",
-    "RESULTS_DIR",
-    "LOCK_FILE",
-    "SYNC_MODE",
-    "CONCURRENCY",
-    "BULK_BATCH_SIZE",
-    "EVENTS_BATCH_SIZE",
-    *RATE_LIMIT_VARIABLES.values(),
-    "SYNC_STATE_PATH",
-    "HEALTHCHECK_URL",
-    "METRICS_FILE",
+
+def _rate_limit_variables() -> tuple[Variable, ...]:
+    return tuple(
+        Variable(
+            variable,
+            HOW,
+            f"{endpoint} requests per second (Iterable allows "
+            f"{PUBLISHED_RATE_LIMITS[endpoint]:g} per project, shared with your other "
+            "integrations)",
+            f"{DEFAULT_RATE_LIMITS[endpoint]:g}",
+        )
+        for endpoint, variable in RATE_LIMIT_VARIABLES.items()
+    )
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MYSQL_HOST", MYSQL, "MySQL server host", "127.0.0.1"),
+    Variable("MYSQL_PORT", MYSQL, "MySQL server port", "3306"),
+    Variable(
+        "MYSQL_USER", MYSQL, "user the job connects as", example="iterable_sync", required="always"
+    ),
+    Variable("MYSQL_PASSWORD", MYSQL, "that user's password", example="change-me", secret=True),
+    Variable(
+        "MYSQL_DATABASE",
+        MYSQL,
+        "database holding the customers and page_views tables",
+        example="product",
+        required="always",
+    ),
+    Variable(
+        "MYSQL_SSL_CA",
+        MYSQL,
+        "CA certificate (PEM) to require and verify TLS to MySQL; empty means no TLS",
+    ),
+    Variable(
+        "MYSQL_SSL_VERIFY_IDENTITY",
+        MYSQL,
+        "with MYSQL_SSL_CA: also check the server certificate's host name",
+        "false",
+    ),
+    Variable("MYSQL_CONNECT_TIMEOUT_SECONDS", MYSQL, "seconds to wait for the connection", "10"),
+    Variable(
+        "ITERABLE_API_KEY",
+        ITERABLE,
+        "server-side API key (never on the command line)",
+        secret=True,
+        required="except with --dry-run",
+    ),
+    Variable(
+        "ITERABLE_BASE_URL",
+        ITERABLE,
+        "the data center: https://api.iterable.com (US) or https://api.eu.iterable.com "
+        "(EU); plain http only for a loopback host",
+        DEFAULT_BASE_URL,
+    ),
+    Variable(
+        "CANDIDATE_NAME",
+        ITERABLE,
+        "optional value sent as dataFields.candidate on every profile and event",
+    ),
+    Variable("REQUEST_TIMEOUT_SECONDS", ITERABLE, "read timeout per request, in seconds", "10"),
+    Variable(
+        "MAX_ATTEMPTS",
+        ITERABLE,
+        "attempts per request on 429, 5xx, timeouts and dropped connections (1 = no retry)",
+        "5",
+    ),
+    Variable("PLAN_TYPE", WHAT, "customers on this plan ...", "pro", flag="--plan-type"),
+    Variable(
+        "LOOKBACK_DAYS",
+        WHAT,
+        "... whose latest page view is within this many days (1-3650)",
+        "7",
+        flag="--lookback-days",
+    ),
+    Variable(
+        "SYNC_MODE",
+        HOW,
+        "single: users/update + events/track per user; bulk: users/bulkUpdate + events/trackBulk",
+        "single",
+        flag="--mode",
+    ),
+    Variable(
+        "CONCURRENCY",
+        HOW,
+        f"users in flight at once in single mode (1-{MAX_CONCURRENCY})",
+        str(DEFAULT_CONCURRENCY),
+        flag="--concurrency",
+    ),
+    Variable(
+        "BULK_BATCH_SIZE",
+        HOW,
+        f"users per users/bulkUpdate request (1-{MAX_BULK_USERS}; bodies also stay under 4 MB)",
+        str(MAX_BULK_USERS),
+        flag="--batch-size",
+    ),
+    Variable(
+        "EVENTS_BATCH_SIZE",
+        HOW,
+        f"events per events/trackBulk request (1-{MAX_BULK_EVENTS})",
+        str(2 * MAX_BULK_USERS),
+    ),
+    *_rate_limit_variables(),
+    Variable(
+        "LOG_LEVEL",
+        FILES,
+        "console log level: DEBUG, INFO, WARNING or ERROR (the log file always gets DEBUG)",
+        "INFO",
+        flag="--log-level",
+    ),
+    Variable("LOG_FILE", FILES, "rotating log file (10 MB x 5)", "iterable_integration.log"),
+    Variable(
+        "RESULTS_DIR",
+        FILES,
+        "directory for integration_results_YYYYMMDD_HHMMSS.json files",
+        ".",
+        flag="--results-dir",
+    ),
+    Variable(
+        "LOCK_FILE", FILES, "lock file that keeps two runs from overlapping", "iterable_sync.lock"
+    ),
+    Variable(
+        "SYNC_STATE_PATH",
+        FILES,
+        "SQLite file remembering what Iterable accepted, so unchanged rows are not resent",
+        "iterable_sync_state.sqlite3",
+    ),
+    Variable(
+        "HEALTHCHECK_URL",
+        MONITORING,
+        "healthchecks-style URL: pinged at <url>/start and at <url>/<exit code>",
+    ),
+    Variable(
+        "METRICS_FILE", MONITORING, "Prometheus textfile for node_exporter's textfile collector"
+    ),
 )
-SECRET_VARIABLES = frozenset({"MYSQL_PASSWORD", "ITERABLE_API_KEY"})
+BY_NAME = {variable.name: variable for variable in VARIABLES}
+SECRET_VARIABLES = frozenset(v.name for v in VARIABLES if v.secret)
+FLAG_VARIABLES = {v.flag.lstrip("-").replace("-", "_"): v.name for v in VARIABLES if v.flag}
 
 
 class ConfigError(Exception):
@@ -88,14 +217,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    mysql_host: str
-    mysql_port: int
-    mysql_user: str
-    mysql_password: str = field(repr=False)
-    mysql_database: str
-    mysql_ssl_ca: Path | None
-    mysql_ssl_verify_identity: bool
-    mysql_connect_timeout: float
+    database: ConnectionSettings
     iterable_api_key: str = field(repr=False)
     iterable_base_url: str
     candidate_name: str | None
@@ -121,10 +243,10 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Values that must never be written to a log, a message or a file."""
-        return [s for s in (self.iterable_api_key, self.mysql_password) if s]
+        return [s for s in (self.iterable_api_key, self.database.password) if s]
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as a ConfigError instead of exiting on its own."""
 
     def error(self, message: str) -> NoReturn:
@@ -144,17 +266,34 @@ def _without_values(message: str) -> str:
     return shown
 
 
+def _exit_code_epilog() -> str:
+    codes = ", ".join(
+        f"{code} {meaning.split(':')[0].split(';')[0]}" for code, meaning in EXIT_CODES.items()
+    )
+    return (
+        "Settings come from .env, then the environment, then these flags. The API key is "
+        f"read from ITERABLE_API_KEY only. Exit codes: {codes}."
+    )
+
+
+COMMANDS_HELP = """commands:
+  (none)                run the sync with the options above
+  report RESULTS.json   write an HTML report of a results file (main.py report --help)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """The sync's command line; `report` is a subcommand with a parser of its own."""
+    parser = ArgumentParser(
         prog="main.py",
+        usage="%(prog)s [options]\n       %(prog)s report RESULTS.json [--output HTML] [--csv CSV]",
         description=(
             "Send recently active customers of one plan from MySQL to Iterable: "
             "a users/update and a page_view event per customer."
         ),
-        epilog="Settings come from .env, then the environment, then these flags. "
-        "The API key is read from ITERABLE_API_KEY only. Exit codes: 0 ok, 1 some rows "
-        "failed, 2 bad configuration, 3 run aborted, 4 another run holds the lock.",
+        epilog=COMMANDS_HELP + "\n\n" + _exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"iterable-sync {VERSION}")
     parser.add_argument("--env-file", metavar="PATH", help="read settings from PATH (default .env)")
     parser.add_argument(
         "--dry-run", action="store_true", help="build payloads and results, call nothing"
@@ -178,26 +317,46 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send every qualifying user and event, ignoring the sync state",
     )
+    parser.set_defaults(command=None)
     return parser
 
 
-FLAG_VARIABLES = {
-    "mode": "SYNC_MODE",
-    "concurrency": "CONCURRENCY",
-    "batch_size": "BULK_BATCH_SIZE",
-    "plan_type": "PLAN_TYPE",
-    "lookback_days": "LOOKBACK_DAYS",
-    "results_dir": "RESULTS_DIR",
-    "log_level": "LOG_LEVEL",
-}
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="main.py report",
+        description="Write a self-contained HTML report of a results file.",
+    )
+    parser.add_argument("results", type=Path, help="a results JSON file written by a run")
+    parser.add_argument(
+        "--output", "-o", type=Path, help="HTML file to write (default: RESULTS with .html)"
+    )
+    parser.add_argument(
+        "--csv", type=Path, metavar="PATH", help="also write the failed and outstanding rows as CSV"
+    )
+    parser.set_defaults(command="report")
+    return parser
 
 
-def load_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line; `command` is "report" or None (the sync).
+
+    Not argparse subparsers: they would take a stray value (a key passed as a flag's
+    value) for a command name and echo it in the error.
+    """
+    argv = list(argv)
+    if argv[:1] == ["report"]:
+        return build_report_parser().parse_args(argv[1:])
+    return build_parser().parse_args(argv)
+
+
+def load_settings(
+    argv: Sequence[str] | argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Parse flags, merge .env < environment < flags, validate, and report all problems at once."""
-    args = build_parser().parse_args(list(argv))
+    args = argv if isinstance(argv, argparse.Namespace) else parse_command_line(argv)
     environ = os.environ if environ is None else environ
     values = _read_env_file(args.env_file)
-    values.update({k: v for k, v in environ.items() if k in VARIABLES})
+    values.update({k: v for k, v in environ.items() if k in BY_NAME})
     for flag, variable in FLAG_VARIABLES.items():
         value = getattr(args, flag)
         if value is not None:
@@ -217,29 +376,38 @@ def _read_env_file(path: str | None) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ConfigError(f"cannot read env file {env_path}: {reason}") from None
-    return {k: v for k, v in raw.items() if k in VARIABLES and v is not None}
+    return {k: v for k, v in raw.items() if k in BY_NAME and v is not None}
 
 
 class _Validator:
-    """Turns raw strings into typed values, collecting every problem instead of stopping at one."""
+    """Turns raw strings into typed values, collecting every problem instead of stopping at one.
+
+    A variable that is not set takes its default from VARIABLES.
+    """
 
     def __init__(self, values: Mapping[str, str], args: argparse.Namespace) -> None:
         self.values = {k: v.strip() for k, v in values.items()}
         self.args = args
         self.problems: list[str] = []
 
-    def text(self, name: str, default: str | None = None, required: bool = False) -> str:
-        value = self.values.get(name, "")
-        if value:
-            return value
-        if required:
-            self.problems.append(f"{name} is not set")
-        return default or ""
+    def raw(self, name: str) -> str:
+        return self.values.get(name, "") or BY_NAME[name].default
 
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.values.get(name, "")
-        if not raw:
-            return default
+    def text(self, name: str, required: bool = False) -> str:
+        value = self.raw(name)
+        if not value and required:
+            self.problems.append(f"{name} is not set")
+        return value
+
+    def path(self, name: str) -> Path:
+        return Path(self.raw(name))
+
+    def optional_path(self, name: str) -> Path | None:
+        value = self.raw(name)
+        return Path(value) if value else None
+
+    def integer(self, name: str, low: int, high: int) -> int:
+        raw = self.raw(name)
         try:
             number = int(raw)
         except ValueError:
@@ -249,13 +417,11 @@ class _Validator:
             self.problems.append(
                 f"{name} must be a whole number from {low} to {high} (got {shown})"
             )
-            return default
+            return int(BY_NAME[name].default)
         return number
 
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        raw = self.values.get(name, "")
-        if not raw:
-            return default
+    def number(self, name: str, low: float, high: float) -> float:
+        raw = self.raw(name)
         try:
             number = float(raw)
         except ValueError:
@@ -264,29 +430,27 @@ class _Validator:
             self.problems.append(
                 f"{name} must be a number above {low:g} and at most {high:g} (got {raw!r})"
             )
-            return default
+            return float(BY_NAME[name].default)
         return number
 
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.values.get(name, "").lower()
-        if not raw:
-            return default
+    def boolean(self, name: str) -> bool:
+        raw = self.raw(name).lower()
         if raw in ("1", "true", "yes", "on"):
             return True
         if raw in ("0", "false", "no", "off"):
             return False
         self.problems.append(f"{name} must be true or false (got {raw!r})")
-        return default
+        return BY_NAME[name].default == "true"
 
-    def choice(self, name: str, default: str, choices: Sequence[str]) -> str:
-        raw = self.values.get(name, "") or default
+    def choice(self, name: str, choices: Sequence[str]) -> str:
+        raw = self.raw(name)
         if raw.lower() not in [c.lower() for c in choices]:
             self.problems.append(f"{name} must be one of {', '.join(choices)} (got {raw!r})")
-            return default
+            return BY_NAME[name].default
         return next(c for c in choices if c.lower() == raw.lower())
 
     def base_url(self) -> str:
-        raw = self.text("ITERABLE_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+        raw = self.text("ITERABLE_BASE_URL").rstrip("/")
         problem = url_problem(raw, "ITERABLE_BASE_URL")
         if problem:
             self.problems.append(problem)
@@ -303,47 +467,47 @@ class _Validator:
         return raw.rstrip("/")
 
     def rate_limits(self) -> dict[str, float]:
-        limits = {}
-        for endpoint, variable in RATE_LIMIT_VARIABLES.items():
-            limits[endpoint] = self.number(variable, DEFAULT_RATE_LIMITS[endpoint], 0, 100_000)
-        return limits
+        return {
+            endpoint: self.number(variable, 0, 100_000)
+            for endpoint, variable in RATE_LIMIT_VARIABLES.items()
+        }
+
+    def database(self) -> ConnectionSettings:
+        return ConnectionSettings(
+            host=self.text("MYSQL_HOST"),
+            port=self.integer("MYSQL_PORT", 1, 65535),
+            user=self.text("MYSQL_USER", required=True),
+            password=self.values.get("MYSQL_PASSWORD", ""),
+            database=self.text("MYSQL_DATABASE", required=True),
+            connect_timeout=self.number("MYSQL_CONNECT_TIMEOUT_SECONDS", 0, 300),
+            ssl_ca=self.optional_path("MYSQL_SSL_CA"),
+            ssl_verify_identity=self.boolean("MYSQL_SSL_VERIFY_IDENTITY"),
+        )
 
     def build(self) -> Settings:
         dry_run = bool(self.args.dry_run)
-        # A dry run and a check of the database alone need no key; everything else does.
-        needs_key = not dry_run
-        results_dir = Path(self.text("RESULTS_DIR", "."))
-        log_file = Path(self.text("LOG_FILE", "iterable_integration.log"))
         settings = Settings(
-            mysql_host=self.text("MYSQL_HOST", "127.0.0.1"),
-            mysql_port=self.integer("MYSQL_PORT", 3306, 1, 65535),
-            mysql_user=self.text("MYSQL_USER", required=True),
-            mysql_password=self.values.get("MYSQL_PASSWORD", ""),
-            mysql_database=self.text("MYSQL_DATABASE", required=True),
-            mysql_ssl_ca=Path(self.text("MYSQL_SSL_CA")) if self.text("MYSQL_SSL_CA") else None,
-            mysql_ssl_verify_identity=self.boolean("MYSQL_SSL_VERIFY_IDENTITY", False),
-            mysql_connect_timeout=self.number("MYSQL_CONNECT_TIMEOUT_SECONDS", 10.0, 0, 300),
-            iterable_api_key=self.text("ITERABLE_API_KEY", required=needs_key),
+            database=self.database(),
+            # A dry run and a check of the database alone need no key; everything else does.
+            iterable_api_key=self.text("ITERABLE_API_KEY", required=not dry_run),
             iterable_base_url=self.base_url(),
             candidate_name=self.text("CANDIDATE_NAME") or None,
-            plan_type=self.text("PLAN_TYPE", "pro"),
-            lookback_days=self.integer("LOOKBACK_DAYS", 7, 1, MAX_LOOKBACK_DAYS),
-            request_timeout=self.number("REQUEST_TIMEOUT_SECONDS", 10.0, 0, 300),
-            max_attempts=self.integer("MAX_ATTEMPTS", 5, 1, 20),
-            log_level=self.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
-            log_file=log_file,
-            results_dir=results_dir,
-            lock_file=Path(self.text("LOCK_FILE", "iterable_sync.lock")),
-            mode=self.choice("SYNC_MODE", "single", MODES),
-            concurrency=self.integer("CONCURRENCY", DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY),
-            bulk_batch_size=self.integer("BULK_BATCH_SIZE", MAX_BULK_USERS, 1, MAX_BULK_USERS),
-            events_batch_size=self.integer(
-                "EVENTS_BATCH_SIZE", MAX_BULK_USERS * 2, 1, MAX_BULK_EVENTS
-            ),
+            plan_type=self.text("PLAN_TYPE"),
+            lookback_days=self.integer("LOOKBACK_DAYS", 1, MAX_LOOKBACK_DAYS),
+            request_timeout=self.number("REQUEST_TIMEOUT_SECONDS", 0, 300),
+            max_attempts=self.integer("MAX_ATTEMPTS", 1, 20),
+            log_level=self.choice("LOG_LEVEL", LOG_LEVELS),
+            log_file=self.path("LOG_FILE"),
+            results_dir=self.path("RESULTS_DIR"),
+            lock_file=self.path("LOCK_FILE"),
+            mode=self.choice("SYNC_MODE", MODES),
+            concurrency=self.integer("CONCURRENCY", 1, MAX_CONCURRENCY),
+            bulk_batch_size=self.integer("BULK_BATCH_SIZE", 1, MAX_BULK_USERS),
+            events_batch_size=self.integer("EVENTS_BATCH_SIZE", 1, MAX_BULK_EVENTS),
             rate_limits=self.rate_limits(),
-            sync_state_path=Path(self.text("SYNC_STATE_PATH", "iterable_sync_state.sqlite3")),
+            sync_state_path=self.path("SYNC_STATE_PATH"),
             healthcheck_url=self.optional_url("HEALTHCHECK_URL"),
-            metrics_file=Path(self.text("METRICS_FILE")) if self.text("METRICS_FILE") else None,
+            metrics_file=self.optional_path("METRICS_FILE"),
             dry_run=dry_run,
             full_refresh=bool(self.args.full_refresh),
             check_only=bool(self.args.check),
@@ -354,12 +518,11 @@ class _Validator:
         return settings
 
     def check_paths(self, settings: Settings) -> None:
-        if settings.mysql_ssl_ca and not settings.mysql_ssl_ca.is_file():
-            self.problems.append(f"MYSQL_SSL_CA {settings.mysql_ssl_ca} is not a readable file")
-        elif settings.mysql_ssl_ca and not _holds_certificates(settings.mysql_ssl_ca):
-            self.problems.append(
-                f"MYSQL_SSL_CA {settings.mysql_ssl_ca} holds no PEM certificate we can load"
-            )
+        ssl_ca = settings.database.ssl_ca
+        if ssl_ca and not ssl_ca.is_file():
+            self.problems.append(f"MYSQL_SSL_CA {ssl_ca} is not a readable file")
+        elif ssl_ca and not _holds_certificates(ssl_ca):
+            self.problems.append(f"MYSQL_SSL_CA {ssl_ca} holds no PEM certificate we can load")
         if not settings.results_dir.is_dir():
             self.problems.append(f"RESULTS_DIR {settings.results_dir} is not a directory")
         elif not _can_create_files_in(settings.results_dir):

@@ -7,27 +7,29 @@ Iterable has accepted that update (or already had it from an earlier run).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bulk import (
-    EventBatcher,
+    BatchCall,
+    Batcher,
+    BatchQueue,
+    BulkRow,
+    Delivered,
     RowOutcome,
-    UserBatcher,
-    apply_event_outcomes,
-    apply_user_outcomes,
     deliver_events,
     deliver_users,
+    event_item,
+    user_item,
 )
 from iterable_client import CallResult, IterableAuthError, IterableClient
 from logger_config import mask_email
 from payloads import Payloads, Rejection, SourceRow, build_payloads, fingerprint
 from results import FAILED, SKIPPED, SUCCESS, ResultsWriter, RowResult
-from row_checks import DuplicateEmails
 from sync_state import SyncState
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,6 @@ DRY_RUN = "dry_run"
 DUPLICATE_EMAIL = "duplicate_email"
 BAD_ROW = "bad_row"
 INTERRUPTED = "interrupted"
-# Bulk batches sent but not yet applied, per endpoint.
-BATCHES_IN_FLIGHT = 4
 
 
 @dataclass
@@ -88,6 +88,36 @@ def is_permanent(call: CallResult) -> bool:
     """A 4xx other than 429 will fail again with the same data; anything else may not."""
     status = call.http_status
     return status is not None and 400 <= status < 500 and status != 429
+
+
+class DuplicateEmails:
+    """Remembers which customer each email was sent for in this run.
+
+    A million emails in a Python set would cost more memory than the rest of the run,
+    so they live in a private temporary SQLite database that spills to disk.
+    """
+
+    def __init__(self) -> None:
+        # "" opens a temporary on-disk database that SQLite deletes on close.
+        self._db = sqlite3.connect("", check_same_thread=False)
+        self._db.execute("PRAGMA cache_size = -2048")
+        self._db.execute(
+            "CREATE TABLE seen (email TEXT PRIMARY KEY, customer_id INTEGER) WITHOUT ROWID"
+        )
+
+    def first_time(self, email: str, customer_id: int) -> bool:
+        """True if no earlier customer of this run had this email; remembers this one."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO seen (email, customer_id) VALUES (?, ?)", (email, customer_id)
+        )
+        return cursor.rowcount == 1
+
+    def owner(self, email: str) -> int | None:
+        row = self._db.execute("SELECT customer_id FROM seen WHERE email = ?", (email,)).fetchone()
+        return int(row[0]) if row else None
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class Syncer:
@@ -247,6 +277,23 @@ class Syncer:
             self.state.rejected(work.row.customer_id, work.row_fingerprint, reason)
         self.record(work.result)
 
+    def apply_user_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
+        """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
+        accepted: list[Work] = []
+        for outcome in outcomes:
+            work = cast(Work, outcome.row)
+            if self.user_done(work, outcome.call, outcome.failure):
+                if work.send_event:
+                    accepted.append(work)
+                else:
+                    self.skip_event(work)
+        return accepted
+
+    def apply_event_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
+        for outcome in outcomes:
+            self.event_done(cast(Work, outcome.row), outcome.call, outcome.failure)
+        return []
+
     def skip_user(self, work: Work) -> None:
         work.result.user_update = {"skipped": UNCHANGED}
 
@@ -326,19 +373,19 @@ class Syncer:
                 submit=lambda batch: event_pool.submit(
                     self._deliver, deliver_events, client, batch
                 ),
-                settle_one=lambda call: self._settle(call, apply_event_outcomes),
+                settle_one=lambda call: self._settle(call, self.apply_event_outcomes),
             )
-            events = EventBatcher(events_batch_size, event_batches.send)
+            events = Batcher(events_batch_size, event_batches.send, event_item)
 
             def settle_user_batch(call: BatchCall) -> None:
-                events.add_many(self._settle(call, apply_user_outcomes))
+                events.add_many(self._settle(call, self.apply_user_outcomes))
                 events.flush()
 
             user_batches = BatchQueue(
                 submit=lambda batch: user_pool.submit(self._deliver, deliver_users, client, batch),
                 settle_one=settle_user_batch,
             )
-            users = UserBatcher(batch_size, user_batches.send)
+            users = Batcher(batch_size, user_batches.send, user_item)
             for work in self._planned(rows):
                 if work.send_user:
                     users.add(work)
@@ -365,9 +412,9 @@ class Syncer:
 
     def _deliver(
         self,
-        send: Callable[[IterableClient, list[Work]], Iterator[RowOutcome]],
+        send: Callable[[IterableClient, Sequence[BulkRow]], Iterator[RowOutcome]],
         client: IterableClient,
-        batch: list[Work],
+        batch: Sequence[BulkRow],
     ) -> Delivered:
         """On a pool thread: send one batch and collect its outcomes; no row is touched here.
 
@@ -391,7 +438,7 @@ class Syncer:
     def _settle(
         self,
         call: BatchCall,
-        apply: Callable[[Syncer, list[RowOutcome]], list[Work]],
+        apply: Callable[[list[RowOutcome]], list[Work]],
     ) -> list[Work]:
         """On this thread: record a batch's outcomes; returns what apply returns, or []."""
         done = call.future.result()
@@ -401,7 +448,7 @@ class Syncer:
             reason = INTERRUPTED
         else:
             try:
-                accepted = apply(self, done.outcomes)
+                accepted = apply(done.outcomes)
             except Exception:
                 log.exception("unexpected error in a batch of %d users", len(call.batch))
                 done.unexpected = True
@@ -411,49 +458,9 @@ class Syncer:
                 reason = "internal_error"
         if reason is None:
             return accepted
-        for work in call.batch:
-            self._fail(work, reason, permanent=False)
+        for row in call.batch:
+            self._fail(cast(Work, row), reason, permanent=False)
         return []
-
-
-@dataclass
-class Delivered:
-    """What a pool thread brings back from one bulk batch."""
-
-    outcomes: list[RowOutcome] = field(default_factory=list)
-    interrupted: bool = False  # the run was stopping: nothing was sent
-    auth_error: IterableAuthError | None = None
-    unexpected: bool = False  # an unexpected error, logged where it happened
-
-
-@dataclass
-class BatchCall:
-    batch: list[Work]
-    future: Future[Delivered]
-
-
-@dataclass
-class BatchQueue:
-    """Bulk batches on their way: sent from a pool, their answers settled in order here."""
-
-    submit: Callable[[list[Work]], Future[Delivered]]
-    settle_one: Callable[[BatchCall], object]
-    calls: deque[BatchCall] = field(default_factory=deque)
-
-    def send(self, batch: list[Work]) -> None:
-        if len(self.calls) >= BATCHES_IN_FLIGHT:
-            self.settle(wait=True)
-        self.calls.append(BatchCall(batch, self.submit(batch)))
-
-    def settle(self, wait: bool) -> None:
-        """Apply the answers that have come, in order; with wait, at least one."""
-        while self.calls and (wait or self.calls[0].future.done()):
-            self.settle_one(self.calls.popleft())
-            wait = False
-
-    def drain(self) -> None:
-        while self.calls:
-            self.settle(wait=True)
 
 
 def _customer_id(raw: Mapping[str, Any]) -> int:

@@ -6,8 +6,13 @@ import time
 
 import pytest
 
-from db_connection import ConnectionSettings, DatabaseConnection, RowSource, load_query
-from read_ahead import ReadAhead
+from db_connection import (
+    ConnectionSettings,
+    DatabaseConnection,
+    ReadAhead,
+    RowSource,
+    load_query,
+)
 
 
 def settings_for(db) -> ConnectionSettings:

@@ -21,16 +21,11 @@ from typing import Any
 
 import pytest
 
-from devtools.bulk_seed import (
-    Expected,
-    add_pro_customers,
-    audit,
-    expected_store,
-    unbacked_state_claims,
-    wait_until,
-)
+from devtools.bulk_seed import add_pro_customers
 from devtools.seed import SEED_QUALIFYING
 from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
+from tests.support.oracle import Expected, audit, expected_store, unbacked_state_claims
+from tests.support.waiting import wait_until
 
 ARTIFACT = Path(__file__).resolve().parent.parent / "test-artifacts" / "fault_suite.json"
 

@@ -11,13 +11,9 @@ import time
 
 import pytest
 
-from devtools.bulk_seed import (
-    add_pro_customers,
-    audit,
-    expected_store,
-    unbacked_state_claims,
-    wait_until,
-)
+from devtools.bulk_seed import add_pro_customers
+from tests.support.oracle import audit, expected_store, unbacked_state_claims
+from tests.support.waiting import wait_until
 
 ROWS = 300
 LATENCY = 0.2  # per request, so a few hundred rows take far longer than the test waits
@@ -157,7 +153,10 @@ def test_signal_while_rate_limited_does_not_wait_out_retry_after(job, sandbox, m
     process = job.start("--concurrency", "8")
     try:
         wait_until(lambda: sandbox.request_count("events/track", 429) >= 1, 30, "a 429")
-        time.sleep(0.3)  # the other users' updates are done; their events wait for the limiter
+        # Every update is done; the events wait for the paused limiter.
+        wait_until(
+            lambda: len(sandbox.users()) == len(expected.users), 30, "every profile update"
+        )
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         tracked = sandbox.request_count("events/track")

@@ -33,18 +33,6 @@ from settings import ConfigError, load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
-CORE_MODULES = (
-    "main.py",
-    "settings.py",
-    "db_connection.py",
-    "checks.py",
-    "monitoring.py",
-    "iterable_client.py",
-    "bulk.py",
-    "sync.py",
-    "payloads.py",
-    "logger_config.py",
-)
 # An address that is not masked: at least one character of the local part before the @.
 UNMASKED_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 SENT = len(SEED_QUALIFYING) - 1  # every seeded pro customer but the malformed email
@@ -292,15 +280,6 @@ def test_the_client_verifies_certificates():
         assert client.session.trust_env is True  # REQUESTS_CA_BUNDLE may add a private CA
 
 
-def test_no_code_path_turns_verification_off():
-    pattern = re.compile(
-        r"verify\s*=\s*False|CERT_NONE|check_hostname\s*=\s*False|ssl_disabled=True"
-    )
-    for name in CORE_MODULES:
-        text = (PROJECT_ROOT / name).read_text(encoding="utf-8")
-        assert not pattern.search(text), name
-
-
 class _Recorder(http.server.BaseHTTPRequestHandler):
     paths: list[str]
 
@@ -383,7 +362,10 @@ def test_api_key_on_the_command_line_is_refused_and_not_echoed(job, sandbox, arg
     assert CLI_SECRET not in run.stderr + run.stdout
     if any("key" in a.lower() for a in args if a.startswith("-")):
         assert "read from ITERABLE_API_KEY only" in error_line(run)
-    assert not job.log_file.exists() or CLI_SECRET not in job.log_file.read_text()
+    # Refused before logging starts: no log file, and no file anywhere holds the key.
+    assert not job.log_file.exists()
+    written = [p for p in job.workdir.rglob("*") if p.is_file()]
+    assert all(CLI_SECRET.encode() not in p.read_bytes() for p in written), written
     assert sandbox.stats()["total_requests"] == 0
 
 

@@ -36,7 +36,7 @@ def problem(argv=(), **env) -> str:
 
 def test_defaults():
     s = load()
-    assert (s.mysql_host, s.mysql_port, s.plan_type, s.lookback_days) == (
+    assert (s.database.host, s.database.port, s.plan_type, s.lookback_days) == (
         "127.0.0.1",
         3306,
         "pro",
@@ -50,7 +50,7 @@ def test_defaults():
 def test_env_file_then_environment_then_flags(in_tmp):
     Path(".env").write_text("PLAN_TYPE=basic\nLOOKBACK_DAYS=3\nMYSQL_HOST=db.internal\n")
     s = load_settings([], {**BASE, "LOOKBACK_DAYS": "5"})
-    assert (s.plan_type, s.lookback_days, s.mysql_host) == ("basic", 5, "db.internal")
+    assert (s.plan_type, s.lookback_days, s.database.host) == ("basic", 5, "db.internal")
     s = load_settings(["--lookback-days", "9"], {**BASE, "LOOKBACK_DAYS": "5"})
     assert s.lookback_days == 9
 
@@ -59,7 +59,7 @@ def test_named_env_file(in_tmp):
     Path("prod.env").write_text("MYSQL_DATABASE=warehouse\nCANDIDATE_NAME='Jane Doe'\n")
     env = {k: v for k, v in BASE.items() if k != "MYSQL_DATABASE"}
     s = load_settings(["--env-file", "prod.env"], env)
-    assert s.mysql_database == "warehouse" and s.candidate_name == "Jane Doe"
+    assert s.database.database == "warehouse" and s.candidate_name == "Jane Doe"
 
 
 def test_every_problem_is_named_in_one_message():

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sync_state
-from devtools.bulk_seed import unbacked_state_claims
 from iterable_client import IterableClient, RetryPolicy
 from iterable_sandbox import DEFAULT_API_KEY
 from results import ResultsWriter
 from sync import Syncer
 from sync_state import SyncState
+from tests.support.oracle import unbacked_state_claims
 
 BASE_TIME = datetime(2026, 1, 5, 12, 0, 0)
 FAST_RETRY = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02)

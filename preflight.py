@@ -1,15 +1,15 @@
-"""`main.py --check`: configuration, database, query plan and API key, without sending anything."""
+"""The preflight, `main.py --check`: configuration, database, query and API key; sends nothing."""
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections.abc import Callable
 from typing import TextIO
 
 from db_connection import DatabaseConnection, DatabaseError, RowSource
-from iterable_client import IterableAuthError, RequestStats
+from exit_codes import EXIT_ABORTED, EXIT_OK
+from iterable_client import IterableAuthError, IterableClient, RetryPolicy
 from logger_config import mask_email
 from settings import Settings
 
@@ -18,9 +18,7 @@ log = logging.getLogger(__name__)
 
 def check_database(settings: Settings) -> list[str]:
     """Connect, run Query 2 with LIMIT 1 and EXPLAIN it; lines for the report."""
-    from main import connection_settings
-
-    with DatabaseConnection(connection_settings(settings)) as db:
+    with DatabaseConnection(settings.database) as db:
         source = RowSource(db, settings.plan_type, settings.lookback_days)
         first = source.first_row()
         plan = source.explain()
@@ -33,7 +31,7 @@ def check_database(settings: Settings) -> list[str]:
         f"{row.get('table')}: {row.get('type')} via {row.get('key') or 'no index'}" for row in plan
     )
     return [
-        f"connected to {settings.mysql_host}:{settings.mysql_port}/{settings.mysql_database}",
+        f"connected to {settings.database.where()}",
         f"Query 2 runs; {sample}",
         f"plan: {tables}",
     ]
@@ -41,9 +39,13 @@ def check_database(settings: Settings) -> list[str]:
 
 def check_api_key(settings: Settings) -> list[str]:
     """Read one user through the API: proves the key and the data center without a write."""
-    from main import make_client
-
-    client = make_client(settings, threading.Event(), RequestStats())
+    # One attempt: a preflight reports what it sees instead of backing off for a minute.
+    client = IterableClient(
+        api_key=settings.iterable_api_key,
+        base_url=settings.iterable_base_url,
+        timeout=settings.request_timeout,
+        retry=RetryPolicy(max_attempts=1),
+    )
     with client:
         call = client.check_key()
     if not call.ok:
@@ -72,4 +74,4 @@ def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
             passed = False
             out.write(f"{name}: FAILED: {exc}\n")
     out.write("all checks passed\n" if passed else "some checks failed\n")
-    return 0 if passed else 3
+    return EXIT_OK if passed else EXIT_ABORTED

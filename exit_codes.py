@@ -1,0 +1,25 @@
+"""Exit codes: the constants main(), the preflight and the report use, and what each means.
+
+The README's exit-code table is generated from EXIT_CODES (a test fails when it drifts).
+"""
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ABORTED = 3
+EXIT_LOCKED = 4
+
+EXIT_CODES = {
+    EXIT_OK: "ok: every row succeeded or was skipped, or there was nothing to do",
+    EXIT_ROWS_FAILED: "rows failed: at least one row failed (the results file says which and why)",
+    EXIT_CONFIG: (
+        "bad configuration: bad settings or arguments, or an unusable sync state file; "
+        "nothing was sent"
+    ),
+    EXIT_ABORTED: (
+        "run aborted: database unreachable or query failed, Iterable rejected the key "
+        "(401/403), interrupted by SIGTERM/SIGINT, a failed --check, or an unexpected error "
+        "(logged with its traceback)"
+    ),
+    EXIT_LOCKED: "locked: another run holds the lock; this one did nothing",
+}

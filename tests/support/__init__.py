@@ -1,0 +1,1 @@
+"""Test support: the oracle that says what the sandbox should hold, and waiting helpers."""
