@@ -7,7 +7,7 @@ import os
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,10 @@ FAILED = "failed"
 SKIPPED = "skipped"
 
 
+IN_SEGMENT = "in"  # a row of this run's Query 2
+LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now
+
+
 @dataclass
 class RowResult:
     """What happened to one customer in this run."""
@@ -51,16 +55,27 @@ class RowResult:
     payloads: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     detail: str | None = None
+    segment: str = IN_SEGMENT
+    previous_email: str | None = None
+    # A failure that only a data fix can cure, already reported by an earlier run.
+    outstanding: bool = False
+    failing_since: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "customer_id": self.customer_id,
             "email": self.email,
+            "segment": self.segment,
             "status": self.status,
             "reason": self.reason,
             "user_update": self.user_update,
             "event_track": self.event_track,
         }
+        if self.previous_email is not None:
+            data["previous_email"] = self.previous_email
+        if self.outstanding:
+            data["outstanding"] = True
+            data["failing_since"] = self.failing_since
         if self.detail:
             data["detail"] = self.detail
         if self.warnings:
@@ -72,22 +87,46 @@ class RowResult:
 
 @dataclass
 class Summary:
+    """The run's totals. The results file, the console line, the metrics file and the HTML
+    report all count with these rules (the report through add_row)."""
+
     total: int = 0
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    outstanding: int = 0  # failed rows that had already failed, data unchanged (in `failed`)
+    left: int = 0  # rows of customers who left the segment (in the counts above)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def add(self, result: RowResult) -> None:
+        self.count(result.status, result.reason, result.outstanding, result.segment)
+
+    def add_row(self, row: Mapping[str, Any]) -> None:
+        """Count a row as read back from a results file."""
+        self.count(
+            str(row.get("status")),
+            row.get("reason"),
+            bool(row.get("outstanding")),
+            str(row.get("segment") or IN_SEGMENT),
+        )
+
+    def count(self, status: str, reason: str | None, outstanding: bool, segment: str) -> None:
         self.total += 1
-        if result.status == SUCCESS:
+        if status == SUCCESS:
             self.succeeded += 1
-        elif result.status == FAILED:
+        elif status == FAILED:
             self.failed += 1
+            self.outstanding += outstanding
         else:
             self.skipped += 1
-        if result.reason:
-            self.reasons[f"{result.status}:{result.reason}"] += 1
+        self.left += segment == LEFT_SEGMENT
+        if reason:
+            self.reasons[f"{status}:{reason}"] += 1
+
+    @property
+    def new_failures(self) -> int:
+        """Failures this run found that no earlier run had reported: what exit code 1 means."""
+        return self.failed - self.outstanding
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +134,8 @@ class Summary:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "skipped": self.skipped,
+            "outstanding": self.outstanding,
+            "left": self.left,
             "by_reason": dict(sorted(self.reasons.items())),
         }
 
