@@ -27,6 +27,9 @@ from version import VERSION
 
 DEFAULT_BASE_URL = "https://api.iterable.com"
 MODES = ("single", "bulk")
+IDENTIFY_BY = ("email", "userId")
+ON_DELETED = ("keep", "delete")
+LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_LOOKBACK_DAYS = 3650
 MAX_CONCURRENCY = 256
@@ -63,6 +66,8 @@ MYSQL, ITERABLE, WHAT, HOW, FILES, MONITORING = (
     "Monitoring (optional)",
 )
 
+# list subscribe and unsubscribe calls share one pace
+LISTS_LIMIT = "lists"
 RATE_LIMIT_VARIABLES = {
     "users/update": "RATE_LIMIT_USERS_UPDATE",
     "events/track": "RATE_LIMIT_EVENTS_TRACK",
@@ -100,6 +105,11 @@ VARIABLES: tuple[Variable, ...] = (
         required="always",
     ),
     Variable(
+        "MYSQL_UNIX_SOCKET",
+        MYSQL,
+        "path of the server's Unix socket; when set, used instead of MYSQL_HOST and MYSQL_PORT",
+    ),
+    Variable(
         "MYSQL_SSL_CA",
         MYSQL,
         "CA certificate (PEM) to require and verify TLS to MySQL; empty means no TLS",
@@ -129,6 +139,25 @@ VARIABLES: tuple[Variable, ...] = (
         "CANDIDATE_NAME",
         ITERABLE,
         "optional value sent as dataFields.candidate on every profile and event",
+    ),
+    Variable(
+        "ITERABLE_IDENTIFY_BY",
+        ITERABLE,
+        "email: identify users by email (email-based projects); userId: by the customer id "
+        "as a string, with the email in dataFields.email (userID-based and hybrid projects)",
+        "email",
+    ),
+    Variable(
+        "ITERABLE_LIST_ID",
+        ITERABLE,
+        "optional id of a static list whose members are kept equal to the segment",
+    ),
+    Variable(
+        "ON_DELETED_CUSTOMER",
+        ITERABLE,
+        "keep: a customer deleted from the database is only counted; delete: also delete "
+        "the user in Iterable",
+        "keep",
     ),
     Variable("REQUEST_TIMEOUT_SECONDS", ITERABLE, "read timeout per request, in seconds", "10"),
     Variable(
@@ -174,11 +203,24 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     *_rate_limit_variables(),
     Variable(
+        "RATE_LIMIT_LISTS",
+        HOW,
+        "lists/subscribe and lists/unsubscribe requests per second (Iterable publishes no "
+        "limit for them)",
+        "5",
+    ),
+    Variable(
         "LOG_LEVEL",
         FILES,
         "console log level: DEBUG, INFO, WARNING or ERROR (the log file always gets DEBUG)",
         "INFO",
         flag="--log-level",
+    ),
+    Variable(
+        "LOG_FORMAT",
+        FILES,
+        "text, or json: one JSON object per log line for log collectors",
+        "text",
     ),
     Variable("LOG_FILE", FILES, "rotating log file (10 MB x 5)", "iterable_integration.log"),
     Variable(
@@ -187,6 +229,13 @@ VARIABLES: tuple[Variable, ...] = (
         "directory for integration_results_YYYYMMDD_HHMMSS.json files",
         ".",
         flag="--results-dir",
+    ),
+    Variable(
+        "RESULTS_KEEP_DAYS",
+        FILES,
+        "results files (and their HTML reports) older than this many days are removed at "
+        "the end of each run; 0 keeps everything",
+        "30",
     ),
     Variable(
         "LOCK_FILE", FILES, "lock file that keeps two runs from overlapping", "iterable_sync.lock"
@@ -220,14 +269,19 @@ class Settings:
     database: ConnectionSettings
     iterable_api_key: str = field(repr=False)
     iterable_base_url: str
+    identify_by: str
+    list_id: int | None
+    on_deleted_customer: str
     candidate_name: str | None
     plan_type: str
     lookback_days: int
     request_timeout: float
     max_attempts: int
     log_level: str
+    log_format: str
     log_file: Path
     results_dir: Path
+    results_keep_days: int
     lock_file: Path
     mode: str
     concurrency: int
@@ -420,6 +474,9 @@ class _Validator:
             return int(BY_NAME[name].default)
         return number
 
+    def optional_integer(self, name: str, low: int, high: int) -> int | None:
+        return self.integer(name, low, high) if self.raw(name) else None
+
     def number(self, name: str, low: float, high: float) -> float:
         raw = self.raw(name)
         try:
@@ -467,10 +524,12 @@ class _Validator:
         return raw.rstrip("/")
 
     def rate_limits(self) -> dict[str, float]:
-        return {
+        limits = {
             endpoint: self.number(variable, 0, 100_000)
             for endpoint, variable in RATE_LIMIT_VARIABLES.items()
         }
+        limits[LISTS_LIMIT] = self.number("RATE_LIMIT_LISTS", 0, 100_000)
+        return limits
 
     def database(self) -> ConnectionSettings:
         return ConnectionSettings(
@@ -491,14 +550,19 @@ class _Validator:
             # A dry run and a check of the database alone need no key; everything else does.
             iterable_api_key=self.text("ITERABLE_API_KEY", required=not dry_run),
             iterable_base_url=self.base_url(),
+            identify_by=self.choice("ITERABLE_IDENTIFY_BY", IDENTIFY_BY),
+            list_id=self.optional_integer("ITERABLE_LIST_ID", 1, 2**63 - 1),
+            on_deleted_customer=self.choice("ON_DELETED_CUSTOMER", ON_DELETED),
             candidate_name=self.text("CANDIDATE_NAME") or None,
             plan_type=self.text("PLAN_TYPE"),
             lookback_days=self.integer("LOOKBACK_DAYS", 1, MAX_LOOKBACK_DAYS),
             request_timeout=self.number("REQUEST_TIMEOUT_SECONDS", 0, 300),
             max_attempts=self.integer("MAX_ATTEMPTS", 1, 20),
             log_level=self.choice("LOG_LEVEL", LOG_LEVELS),
+            log_format=self.choice("LOG_FORMAT", LOG_FORMATS),
             log_file=self.path("LOG_FILE"),
             results_dir=self.path("RESULTS_DIR"),
+            results_keep_days=self.integer("RESULTS_KEEP_DAYS", 0, 36500),
             lock_file=self.path("LOCK_FILE"),
             mode=self.choice("SYNC_MODE", MODES),
             concurrency=self.integer("CONCURRENCY", 1, MAX_CONCURRENCY),

@@ -154,9 +154,7 @@ def test_signal_while_rate_limited_does_not_wait_out_retry_after(job, sandbox, m
     try:
         wait_until(lambda: sandbox.request_count("events/track", 429) >= 1, 30, "a 429")
         # Every update is done; the events wait for the paused limiter.
-        wait_until(
-            lambda: len(sandbox.users()) == len(expected.users), 30, "every profile update"
-        )
+        wait_until(lambda: len(sandbox.users()) == len(expected.users), 30, "every profile update")
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         tracked = sandbox.request_count("events/track")
