@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 MAX_BULK_BYTES = 4 * 1024 * 1024 - 1024
 # A whole batch rejected for one bad item: find the item (or halve the batch) and resend.
 SPLITTABLE_CODES = frozenset({"BadJsonBody", "RequestFieldsTypesMismatched", "BadParams"})
-# Per-item failures inside an HTTP 200, named by email, and the reason each becomes:
-# the same code a single-mode call would have given, where there is one.
-FAILED_EMAIL_LISTS = {
+# Per-item failures inside an HTTP 200, named by email (xEmails) or userId (xUserIds), and
+# the reason each becomes: the code a single-mode call would have given, where there is one.
+FAILED_LISTS = {
     "invalidEmails": "InvalidEmailAddressError",
+    "invalidUserIds": "InvalidUserIdError",
     "notFoundEmails": "UnknownEmailError",
+    "notFoundUserIds": "UnknownUserIdError",
     "forgottenEmails": "ForgottenUserError",
+    "forgottenUserIds": "ForgottenUserError",
     "conflictEmails": "conflict",
+    "conflictUserIds": "conflict",
     "invalidDataEmails": "RequestFieldsTypesMismatched",
+    "invalidDataUserIds": "RequestFieldsTypesMismatched",
 }
 DISALLOWED_EVENT_NAME = "disallowed_event_name"
 # Bulk batches sent but not yet applied, per endpoint.
@@ -123,11 +128,11 @@ def deliver(
     body = b'{"' + key.encode() + b'":[' + b",".join(encode(item(w)) for w in batch) + b"]}"
     call = client.call(endpoint, None, body=body)
     if call.ok:
-        failures = failed_emails(call.body or {})
+        failures = failed_identifiers(call.body or {})
         disallowed = set((call.body or {}).get("disallowedEventNames") or [])
         shared = _batch_call(call, len(batch))
         for work in batch:
-            failure = failures.get(work.payloads.email)
+            failure = failures.get(work.payloads.identifier)
             if failure is None and item(work).get("eventName") in disallowed:
                 failure = DISALLOWED_EVENT_NAME
             yield RowOutcome(work, shared, failure)
@@ -162,18 +167,21 @@ def _batch_call(call: CallResult, size: int) -> CallResult:
     return replace(call, batch_size=size)
 
 
-def failed_emails(body: Mapping[str, Any]) -> dict[str, str]:
-    """email -> reason for every item a bulk answer lists as failed."""
+def failed_identifiers(body: Mapping[str, Any]) -> dict[str, str]:
+    """email (lower-cased) or userId -> reason, for every item a bulk answer lists as failed."""
     failures: dict[str, str] = {}
     failed_updates = body.get("failedUpdates") or {}
     sources = [failed_updates, body]  # top-level invalidEmails is the deprecated spelling
     for source in sources:
         if not isinstance(source, Mapping):
             continue
-        for list_name, reason in FAILED_EMAIL_LISTS.items():
-            for email in source.get(list_name) or []:
-                if isinstance(email, str):
-                    failures.setdefault(email.strip().lower(), reason)
+        for list_name, reason in FAILED_LISTS.items():
+            for value in source.get(list_name) or []:
+                if isinstance(value, str | int):
+                    key = str(value).strip()
+                    if list_name.endswith("Emails"):
+                        key = key.lower()
+                    failures.setdefault(key, reason)
     return failures
 
 

@@ -6,13 +6,15 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import mysql.connector
 from mysql.connector import errorcode
+
+from payloads import Customer
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,13 @@ FETCH_SIZE = 1000
 # asks for longer; the read-ahead buffer in the sync covers the usual pauses.
 SESSION_NET_WRITE_TIMEOUT = 3600
 READ_TIMEOUT_SECONDS = 600
+
+# Customers who left the segment, read back by id; the ids are bound, never formatted in.
+CUSTOMERS_BY_ID = (
+    "SELECT id AS customer_id, email, first_name, last_name, plan_type "
+    "FROM customers WHERE id IN ({placeholders})"
+)
+CUSTOMERS_CHUNK = 1000
 
 _NAME_MARKER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -173,6 +182,17 @@ class DatabaseConnection:
         except mysql.connector.Error as exc:
             raise DatabaseError(describe_error(exc, self.settings)) from None
 
+    def rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """A small result read at once, with bound parameters."""
+        try:
+            cursor = self._connection.cursor(dictionary=True)
+            cursor.execute(sql, tuple(params))
+            rows = list(cursor.fetchall())
+            cursor.close()
+        except mysql.connector.Error as exc:
+            raise DatabaseError(describe_error(exc, self.settings)) from None
+        return rows
+
     def explain(self, sql: str) -> list[dict[str, Any]]:
         try:
             cursor = self._connection.cursor(dictionary=True)
@@ -197,6 +217,22 @@ class RowSource:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         return self.db.stream(self.query)
+
+    def customers(self, ids: Sequence[int]) -> dict[int, Customer]:
+        """The customers with these ids that still exist, read back by bound parameters."""
+        found: dict[int, Customer] = {}
+        for start in range(0, len(ids), CUSTOMERS_CHUNK):
+            chunk = list(ids[start : start + CUSTOMERS_CHUNK])
+            placeholders = ", ".join(["%s"] * len(chunk))
+            for row in self.db.rows(CUSTOMERS_BY_ID.format(placeholders=placeholders), chunk):
+                customer = Customer.from_mapping(row)
+                found[customer.customer_id] = customer
+        return found
+
+    def plan_types(self) -> list[str]:
+        """The plan types customers have, for a message when PLAN_TYPE matches none."""
+        rows = self.db.rows("SELECT DISTINCT plan_type FROM customers ORDER BY plan_type", ())
+        return [str(row["plan_type"]) for row in rows if row["plan_type"] is not None]
 
     def first_row(self) -> dict[str, Any] | None:
         return next(self.db.stream(f"{self.query} LIMIT 1"), None)

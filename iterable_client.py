@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,6 +30,18 @@ EVENTS_TRACK = "events/track"
 USERS_BULK_UPDATE = "users/bulkUpdate"
 EVENTS_TRACK_BULK = "events/trackBulk"
 GET_USER = "users/getByEmail"
+UPDATE_EMAIL = "users/updateEmail"
+DELETE_USER = "users/delete"  # DELETE users/{email} or users/byUserId/{userId}
+GET_LISTS = "lists"
+LISTS_SUBSCRIBE = "lists/subscribe"
+LISTS_UNSUBSCRIBE = "lists/unsubscribe"
+# Answers that carry counts (successCount/failCount) rather than a code; per-item failures
+# are read by the caller.
+COUNTING_ENDPOINTS = frozenset(
+    {USERS_BULK_UPDATE, EVENTS_TRACK_BULK, LISTS_SUBSCRIBE, LISTS_UNSUBSCRIBE}
+)
+# Endpoints paced together under one limiter name (settings.LISTS_LIMIT).
+SHARED_LIMITS = {LISTS_SUBSCRIBE: "lists", LISTS_UNSUBSCRIBE: "lists"}
 
 # 429 and gateway-style failures are worth another try; other 4xx never are.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -233,6 +246,31 @@ class IterableClient:
     def track_event(self, payload: Mapping[str, Any]) -> CallResult:
         return self.call(EVENTS_TRACK, payload)
 
+    def update_email(self, current_email: str, new_email: str) -> CallResult:
+        """Move a profile, with its data, events and lists, to a new email."""
+        return self.call(UPDATE_EMAIL, {"currentEmail": current_email, "newEmail": new_email})
+
+    def delete_user(self, identity: Mapping[str, str]) -> CallResult:
+        """DELETE users/{email}, or users/byUserId/{userId}."""
+        if "userId" in identity:
+            path = "users/byUserId/" + quote(identity["userId"], safe="")
+        else:
+            path = "users/" + quote(identity["email"], safe="@")
+        return self.call(DELETE_USER, None, method="DELETE", path=path)
+
+    def get_lists(self) -> CallResult:
+        return self.call(GET_LISTS, None, method="GET")
+
+    def subscribe(self, list_id: int, subscribers: list[Mapping[str, str]]) -> CallResult:
+        body = {"listId": list_id, "subscribers": subscribers, "updateExistingUsersOnly": False}
+        return self.call(LISTS_SUBSCRIBE, body)
+
+    def unsubscribe(self, list_id: int, subscribers: list[Mapping[str, str]]) -> CallResult:
+        # channelUnsubscribe would be "essentially a global unsubscribe"; Iterable's default
+        # for it is disputed, so it is always written out.
+        body = {"listId": list_id, "subscribers": subscribers, "channelUnsubscribe": False}
+        return self.call(LISTS_UNSUBSCRIBE, body)
+
     def check_key(self, probe_email: str = "iterable-sync-check@example.com") -> CallResult:
         """Reads one (normally absent) user: proves the key works without changing anything."""
         return self.call(GET_USER, None, params={"email": probe_email}, method="GET")
@@ -244,6 +282,7 @@ class IterableClient:
         params: Mapping[str, str] | None = None,
         method: str = "POST",
         body: bytes | None = None,
+        path: str | None = None,
     ) -> CallResult:
         """Send with retries; raise IterableAuthError on 401/403, otherwise return a CallResult."""
         data = body if body is not None else encode(payload) if payload is not None else None
@@ -251,12 +290,14 @@ class IterableClient:
         attempt = 0
         while True:
             attempt += 1
-            if not self.limiters.acquire_unless_stopped(endpoint, self.stop):
+            if not self.limiters.acquire_unless_stopped(
+                SHARED_LIMITS.get(endpoint, endpoint), self.stop
+            ):
                 # A stopping run does not wait for the limiter (a 429's pause can be a minute).
                 log.info("%s: stop requested while waiting for the rate limit; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
                 return self._result(endpoint, False, unsent, attempt - 1, started)
-            response = self._send(method, endpoint, data, params)
+            response = self._send(method, path or endpoint, data, params)
             if response.status in AUTH_STATUSES:
                 raise IterableAuthError(response.status or 0, response.code, response.msg)
             ok = self._is_success(endpoint, response)
@@ -269,7 +310,7 @@ class IterableClient:
                 return self._result(endpoint, ok, response, attempt, started)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
-                self.limiters.penalize(endpoint, delay)
+                self.limiters.penalize(SHARED_LIMITS.get(endpoint, endpoint), delay)
             # DEBUG: a 429 storm would otherwise flood the console; the counts reach the results.
             log.debug(
                 "%s: %s, attempt %d of %d, retrying in %.2fs",
@@ -305,11 +346,12 @@ class IterableClient:
     def _is_success(endpoint: str, response: _Response) -> bool:
         if response.status != 200 or response.body is None:
             return False
-        if endpoint in (USERS_BULK_UPDATE, EVENTS_TRACK_BULK):
-            # Bulk answers carry counts, not a code; per-item failures are read by the caller.
+        if endpoint in COUNTING_ENDPOINTS:
             return "failCount" in response.body or "successCount" in response.body
         if endpoint == GET_USER:
             return True
+        if endpoint == GET_LISTS:
+            return isinstance(response.body.get("lists"), list)
         return response.code == "Success"
 
     def _send(
@@ -360,7 +402,8 @@ class IterableClient:
     ) -> requests.PreparedRequest:
         """The request Session.request would send, without its per-call environment lookups."""
         url = f"{self.base_url}/api/{endpoint}"
-        if params:
+        if params or method != "POST":
+            # Reads and deletes are rare (and a delete's path names the user): no template.
             return self.session.prepare_request(
                 requests.Request(method, url, data=data, params=params)
             )

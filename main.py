@@ -31,6 +31,7 @@ from progress import Progress
 from rate_limit import RateLimiters
 from report import report_command
 from results import ResultsWriter, Summary
+from segment import ListMirror, ListNotFound, check_list_exists
 from settings import ConfigError, Settings, load_settings, parse_command_line
 from sync import Outcome, Syncer
 from sync_state import StateError, SyncState
@@ -104,7 +105,17 @@ def open_state(settings: Settings) -> SyncState | None:
     """The sync state; a dry run reads it when present but never creates one."""
     if settings.dry_run and not settings.sync_state_path.exists():
         return None
-    return SyncState(settings.sync_state_path)
+    return SyncState(settings.sync_state_path, settings.list_id)
+
+
+def open_list(
+    settings: Settings, client: IterableClient | None, state: SyncState | None
+) -> ListMirror | None:
+    """The list to mirror the segment into, after checking that Iterable has it."""
+    if settings.list_id is None or client is None or state is None:
+        return None
+    check_list_exists(client, settings.list_id)
+    return ListMirror(client, state, settings.list_id, settings.identify_by)
 
 
 def run(settings: Settings, stop: threading.Event) -> RunReport:
@@ -115,49 +126,32 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
     state = open_state(settings)
     client = None if settings.dry_run else make_client(settings, stop, stats)
     writer = ResultsWriter(settings.results_dir)
+    lists: ListMirror | None = None
     outcome = Outcome()
     error: str | None = None
     try:
+        lists = open_list(settings, client, state)
+        syncer = Syncer(
+            client=client,
+            writer=writer,
+            state=state,
+            candidate=settings.candidate_name,
+            full_refresh=settings.full_refresh,
+            stop=stop,
+            identify_by=settings.identify_by,
+            lists=lists,
+            delete_deleted=settings.on_deleted_customer == "delete",
+        )
         with DatabaseConnection(settings.database) as db:
-            source = RowSource(db, settings.plan_type, settings.lookback_days)
-            progress = Progress(total=None)
-            # Counting runs Query 2 a second time (seconds at 100k rows), so only a
-            # terminal, where the bar shows an ETA, pays for it; cron logs the rate.
-            if progress.interactive:
-                progress.total = source.count()
-            log.info(
-                "syncing %s %s customers active in the last %d days; mode %s%s",
-                "all" if progress.total is None else progress.total,
-                settings.plan_type,
-                settings.lookback_days,
-                settings.mode,
-                " (dry run)" if settings.dry_run else "",
+            outcome = sync_rows(
+                settings, RowSource(db, settings.plan_type, settings.lookback_days), syncer
             )
-            syncer = Syncer(
-                client=client,
-                writer=writer,
-                state=state,
-                candidate=settings.candidate_name,
-                full_refresh=settings.full_refresh,
-                stop=stop,
-                on_row=progress.advance,
-            )
-            rows = ReadAhead(source.rows())
-            try:
-                if settings.mode == "bulk" and client is not None:
-                    outcome = syncer.run_bulk(
-                        rows, settings.bulk_batch_size, settings.events_batch_size
-                    )
-                else:
-                    outcome = syncer.run_single(rows, settings.concurrency)
-            finally:
-                rows.close()
-                progress.finish()
-                syncer.duplicates.close()
-    except DatabaseError as exc:
+    except (DatabaseError, ListNotFound) as exc:
         error = str(exc)
         raise
     finally:
+        if lists is not None:
+            lists.close()
         if state is not None:
             state.close()
         if client is not None:
@@ -166,6 +160,36 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
         path = writer.finish(run_info, started_at)
         log.info("results written to %s", path)
     return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
+
+
+def sync_rows(settings: Settings, source: RowSource, syncer: Syncer) -> Outcome:
+    """Query 2's rows through the syncer, then the customers who left the segment."""
+    progress = Progress(total=None)
+    syncer.on_row = progress.advance
+    # Counting runs Query 2 a second time (seconds at 100k rows), so only a
+    # terminal, where the bar shows an ETA, pays for it; cron logs the rate.
+    if progress.interactive:
+        progress.total = source.count()
+    log.info(
+        "syncing %s %s customers active in the last %d days; mode %s%s",
+        "all" if progress.total is None else progress.total,
+        settings.plan_type,
+        settings.lookback_days,
+        settings.mode,
+        " (dry run)" if settings.dry_run else "",
+    )
+    rows = ReadAhead(source.rows())
+    try:
+        if settings.mode == "bulk" and syncer.client is not None:
+            outcome = syncer.run_bulk(rows, settings.bulk_batch_size, settings.events_batch_size)
+        else:
+            outcome = syncer.run_single(rows, settings.concurrency)
+        syncer.finish_segment(source.customers, settings.concurrency)
+    finally:
+        rows.close()
+        progress.finish()
+        syncer.duplicates.close()
+    return outcome
 
 
 def run_details(
@@ -186,6 +210,8 @@ def run_details(
         "full_refresh": settings.full_refresh,
         "plan_type": settings.plan_type,
         "lookback_days": settings.lookback_days,
+        "identify_by": settings.identify_by,
+        "list_id": settings.list_id,
         "database": settings.database.where(),
         "iterable_base_url": settings.iterable_base_url,
         "rows_read": outcome.rows_read,
@@ -199,7 +225,8 @@ def run_details(
 def exit_code(run_report: RunReport) -> int:
     if run_report.outcome.aborted or run_report.outcome.stopped:
         return EXIT_ABORTED
-    return EXIT_ROWS_FAILED if run_report.summary.failed else EXIT_OK
+    # Rows still failing as on an earlier run alerted then; only new failures do now.
+    return EXIT_ROWS_FAILED if run_report.summary.new_failures else EXIT_OK
 
 
 def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) -> None:
@@ -209,6 +236,10 @@ def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) ->
         f"iterable-sync {label}: {s.total} users: {s.succeeded} succeeded, {s.failed} failed, "
         f"{s.skipped} skipped in {report.seconds:.1f}s\n"
     )
+    if s.outstanding:
+        out.write(f"  {s.outstanding} outstanding (failing since {s.failing_since})\n")
+    if s.left:
+        out.write(f"  {s.left} left the segment\n")
     for reason, count in sorted(s.reasons.items()):
         out.write(f"  {reason}: {count}\n")
     if report.outcome.aborted:
@@ -262,7 +293,7 @@ def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
         return fail(str(exc), EXIT_LOCKED), None
     except StateError as exc:
         return fail(str(exc), EXIT_CONFIG), None
-    except DatabaseError as exc:
+    except (DatabaseError, ListNotFound) as exc:
         return fail(str(exc), EXIT_ABORTED), None
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_ABORTED), None

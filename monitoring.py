@@ -66,6 +66,15 @@ def metrics_text(
     for status in ("succeeded", "failed", "skipped"):
         lines.append(f'iterable_sync_rows{{status="{status}"}} {summary.get(status, 0)}')
     lines += [
+        "# HELP iterable_sync_rows_outstanding Failed rows that had already failed on an "
+        "earlier run, data unchanged.",
+        "# TYPE iterable_sync_rows_outstanding gauge",
+        f"iterable_sync_rows_outstanding {summary.get('outstanding', 0)}",
+        "# HELP iterable_sync_rows_left Customers who left the segment in the last run.",
+        "# TYPE iterable_sync_rows_left gauge",
+        f"iterable_sync_rows_left {summary.get('left', 0)}",
+    ]
+    lines += [
         "# HELP iterable_sync_requests API requests of the last run by endpoint and HTTP status.",
         "# TYPE iterable_sync_requests gauge",
     ]

@@ -26,6 +26,12 @@ _EVENT_ID = re.compile(r"^[A-Za-z0-9\-]{1,512}$")
 
 INVALID_EMAIL = "invalid_email"
 MISSING_VIEW_TIME = "missing_viewed_at"
+# How calls name the user: by email (email-based projects) or by the customer's id as a
+# string (userID-based and hybrid projects), with the email in dataFields.email.
+BY_EMAIL = "email"
+BY_USER_ID = "userId"
+# The profile fields a customer who leaves the segment must still have right in Iterable.
+PROFILE_FIELDS = ("first_name", "last_name", "plan_type")
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,34 @@ class Payloads:
     """What one row sends: the profile update, the event, and notes on values we changed."""
 
     email: str
+    # How Iterable names this user in calls and in bulk answers: the email or the userId.
+    identifier: str
     user_update: dict[str, Any]
     event: dict[str, Any]
+    # The PROFILE_FIELDS as sent, to tell later whether Iterable still holds them.
+    profile: dict[str, Any]
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A customer read back by id: someone who left the segment."""
+
+    customer_id: int
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    plan_type: str | None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> Customer:
+        return cls(
+            customer_id=int(row["customer_id"]),
+            email=_text(row.get("email")),
+            first_name=_text(row.get("first_name")),
+            last_name=_text(row.get("last_name")),
+            plan_type=_text(row.get("plan_type")),
+        )
 
 
 @dataclass(frozen=True)
@@ -150,7 +181,9 @@ def _fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def build_payloads(row: SourceRow, candidate: str | None = None) -> Payloads | Rejection:
+def build_payloads(
+    row: SourceRow, candidate: str | None = None, identify_by: str = BY_EMAIL
+) -> Payloads | Rejection:
     """The users/update and events/track bodies for one row, or why it cannot be sent."""
     email = normalize_email(row.email)
     if "email" in row.not_utf8:
@@ -181,15 +214,55 @@ def build_payloads(row: SourceRow, candidate: str | None = None) -> Payloads | R
         "timestamp": iterable_timestamp(viewed_at),
         "candidate": candidate,
     }
-    user_update = {"email": email, "dataFields": _fields(user_fields)}
+    identity = user_identity(row.customer_id, email, identify_by)
+    user_update = {**identity, "dataFields": _fields(_with_email(user_fields, email, identify_by))}
     event = {
-        "email": email,
+        **identity,
         "eventName": EVENT_NAME,
         "id": event_id(row.page_view_id),
         "createdAt": int(viewed_at.timestamp()),
         "dataFields": _fields(event_fields),
     }
-    return Payloads(email, user_update, event, tuple(warnings))
+    return Payloads(
+        email=email,
+        identifier=next(iter(identity.values())),
+        user_update=user_update,
+        event=event,
+        profile=profile_of(user_fields),
+        warnings=tuple(warnings),
+    )
+
+
+def user_identity(customer_id: int, email: str, identify_by: str) -> dict[str, str]:
+    """The part of a request that names the user: {"email": ...} or {"userId": "42"}."""
+    return {"userId": str(customer_id)} if identify_by == BY_USER_ID else {"email": email}
+
+
+def _with_email(fields: dict[str, Any], email: str, identify_by: str) -> dict[str, Any]:
+    """By userId, the email travels in dataFields: that is how Iterable applies a change."""
+    return {**fields, "email": email} if identify_by == BY_USER_ID else fields
+
+
+def profile_of(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return _fields({name: fields.get(name) for name in PROFILE_FIELDS})
+
+
+def leaver_update(
+    customer: Customer, email: str, identify_by: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The users/update body that brings a leaver's profile fields up to date, and those fields.
+
+    `email` is the one Iterable holds for the customer (identify-by-email) or the current one.
+    """
+    warnings: list[str] = []
+    fields = {
+        "first_name": _clip("first_name", customer.first_name, warnings),
+        "last_name": _clip("last_name", customer.last_name, warnings),
+        "plan_type": customer.plan_type,
+    }
+    profile = profile_of(fields)
+    data = _with_email(profile, email, identify_by)
+    return {**user_identity(customer.customer_id, email, identify_by), "dataFields": data}, profile
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:

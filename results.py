@@ -52,6 +52,7 @@ class RowResult:
     reason: str | None = None
     user_update: dict[str, Any] | None = None
     event_track: dict[str, Any] | None = None
+    update_email: dict[str, Any] | None = None  # the users/updateEmail call, when made
     payloads: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     detail: str | None = None
@@ -73,6 +74,8 @@ class RowResult:
         }
         if self.previous_email is not None:
             data["previous_email"] = self.previous_email
+        if self.update_email is not None:
+            data["update_email"] = self.update_email
         if self.outstanding:
             data["outstanding"] = True
             data["failing_since"] = self.failing_since
@@ -96,10 +99,12 @@ class Summary:
     skipped: int = 0
     outstanding: int = 0  # failed rows that had already failed, data unchanged (in `failed`)
     left: int = 0  # rows of customers who left the segment (in the counts above)
+    failing_since: str | None = None  # the oldest outstanding failure's first time
     reasons: Counter[str] = field(default_factory=Counter)
 
     def add(self, result: RowResult) -> None:
         self.count(result.status, result.reason, result.outstanding, result.segment)
+        self._since(result.failing_since if result.outstanding else None)
 
     def add_row(self, row: Mapping[str, Any]) -> None:
         """Count a row as read back from a results file."""
@@ -109,6 +114,11 @@ class Summary:
             bool(row.get("outstanding")),
             str(row.get("segment") or IN_SEGMENT),
         )
+        self._since(row.get("failing_since") if row.get("outstanding") else None)
+
+    def _since(self, when: str | None) -> None:
+        if when and (self.failing_since is None or when < self.failing_since):
+            self.failing_since = when
 
     def count(self, status: str, reason: str | None, outstanding: bool, segment: str) -> None:
         self.total += 1
@@ -135,6 +145,7 @@ class Summary:
             "failed": self.failed,
             "skipped": self.skipped,
             "outstanding": self.outstanding,
+            "failing_since": self.failing_since,
             "left": self.left,
             "by_reason": dict(sorted(self.reasons.items())),
         }

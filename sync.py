@@ -28,9 +28,19 @@ from bulk import (
 )
 from iterable_client import CallResult, IterableAuthError, IterableClient
 from logger_config import mask_email
-from payloads import Payloads, Rejection, SourceRow, build_payloads, fingerprint
-from results import FAILED, SKIPPED, SUCCESS, ResultsWriter, RowResult
-from sync_state import SyncState
+from payloads import (
+    BY_EMAIL,
+    BY_USER_ID,
+    Customer,
+    Payloads,
+    Rejection,
+    SourceRow,
+    build_payloads,
+    fingerprint,
+)
+from results import FAILED, IN_SEGMENT, LEFT_SEGMENT, SKIPPED, SUCCESS, ResultsWriter, RowResult
+from segment import LeaverUpdate, ListMirror, ReadCustomers, plan_leaver
+from sync_state import Member, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,13 @@ DRY_RUN = "dry_run"
 DUPLICATE_EMAIL = "duplicate_email"
 BAD_ROW = "bad_row"
 INTERRUPTED = "interrupted"
+FORGOTTEN = "forgotten"
+LEFT_DELETED = "left_deleted"
+FORGOTTEN_CODE = "ForgottenUserError"
+EMAIL_CHANGE_CONFLICT = "email_change_conflict"
+EMAIL_CHANGE_OLD_MISSING = "email_change_old_missing"
+# What updateEmail answers when Iterable has no profile under the current email.
+OLD_EMAIL_MISSING_CODES = frozenset({"UnknownEmailError", "NotFound", "UnknownUserIdError"})
 
 
 @dataclass
@@ -51,6 +68,10 @@ class Work:
     send_event: bool
     user_fingerprint: str
     row_fingerprint: str
+    # The email Iterable holds for the customer, when the row brings a different one.
+    previous_email: str | None = None
+    # How the state has the customer on the list (None: not on it).
+    listed_as: str | None = None
     result: RowResult = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +154,9 @@ class Syncer:
         full_refresh: bool = False,
         stop: threading.Event | None = None,
         on_row: Callable[[], None] = lambda: None,
+        identify_by: str = BY_EMAIL,
+        lists: ListMirror | None = None,
+        delete_deleted: bool = False,
     ) -> None:
         self.client = client
         self.writer = writer
@@ -141,9 +165,17 @@ class Syncer:
         self.full_refresh = full_refresh
         self.stop = stop or threading.Event()
         self.on_row = on_row
+        self.identify_by = identify_by
+        self.lists = lists
+        self.delete_deleted = delete_deleted
         self.outcome = Outcome()
         self.duplicates = DuplicateEmails()
         self._abort_lock = threading.Lock()
+
+    @property
+    def writes(self) -> bool:
+        """Whether this run may change the state: never in a dry run."""
+        return self.state is not None and self.client is not None
 
     # -- planning -----------------------------------------------------------------
 
@@ -152,24 +184,18 @@ class Syncer:
         self.outcome.rows_read += 1
         try:
             row = SourceRow.from_mapping(raw)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.record(RowResult(_customer_id(raw), None, FAILED, BAD_ROW, detail=str(exc)[:200]))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            self.record(RowResult(_customer_id(raw), None, FAILED, BAD_ROW, detail=detail))
             return None
-        built = build_payloads(row, self.candidate)
+        if self.state is not None:
+            self.state.seen(row.customer_id)
+        built = build_payloads(row, self.candidate, self.identify_by)
         if isinstance(built, Rejection):
             self._reject_locally(row, built)
             return None
         if not self.duplicates.first_time(built.email, row.customer_id):
-            first = self.duplicates.owner(built.email)
-            self.record(
-                RowResult(
-                    row.customer_id,
-                    built.email,
-                    FAILED,
-                    DUPLICATE_EMAIL,
-                    detail=f"customer {first} has the same email and was sent instead",
-                )
-            )
+            self._duplicate(row, built)
             return None
         return self._plan_sends(row, built)
 
@@ -182,55 +208,95 @@ class Syncer:
             rejection.reason,
             detail=rejection.detail,
         )
-        if self.state is not None and not self.full_refresh:
-            previous = self.state.rejection(row.customer_id)
-            if previous and previous[0] == row_fp:
-                result.status, result.reason = SKIPPED, UNCHANGED
-                result.detail = f"rejected before ({previous[1]}) and unchanged since"
-        if self.state is not None and result.status == FAILED and self.client is not None:
-            self.state.rejected(row.customer_id, row_fp, rejection.reason)
+        self._mark_outstanding(result, row.customer_id, row_fp)
         self.record(result)
+
+    def _duplicate(self, row: SourceRow, built: Payloads) -> None:
+        first = self.duplicates.owner(built.email)
+        result = RowResult(
+            row.customer_id,
+            built.email,
+            FAILED,
+            DUPLICATE_EMAIL,
+            detail=f"customer {first} has the same email and was sent instead",
+        )
+        self._mark_outstanding(result, row.customer_id, _row_fingerprint(built))
+        self.record(result)
+
+    def _mark_outstanding(self, result: RowResult, customer_id: int, row_fp: str) -> None:
+        """A failure only a data fix can cure: the first run reports it, later runs on the
+        same data say it is still outstanding, and since when."""
+        if self.state is None:
+            return
+        previous = self.state.rejection(customer_id)
+        if previous and previous.fingerprint == row_fp and previous.reason == result.reason:
+            result.outstanding, result.failing_since = True, previous.first_rejected_at
+            return
+        if self.writes and result.reason is not None:
+            self.state.rejected(customer_id, row_fp, result.reason)
 
     def _plan_sends(self, row: SourceRow, built: Payloads) -> Work | None:
         user_fp = fingerprint(built.user_update)
-        row_fp = fingerprint({"user": built.user_update, "event": built.event})
-        send_user = send_event = True
-        if self.state is not None and not self.full_refresh:
-            known = self.state.known(row.customer_id, str(built.event["id"]))
-            if known.rejection and known.rejection[0] == row_fp:
-                self.record(
-                    RowResult(
-                        row.customer_id,
-                        built.email,
-                        SKIPPED,
-                        UNCHANGED,
-                        detail=f"rejected before ({known.rejection[1]}) and unchanged since",
-                    )
-                )
+        row_fp = _row_fingerprint(built)
+        work = Work(row, built, True, True, user_fp, row_fp)
+        if self.state is None or self.full_refresh:
+            return self._ready(work)
+        known = self.state.known(row.customer_id, work.event_id)
+        if known.forgotten_email is not None:
+            if known.forgotten_email == built.email:
+                self._skip_forgotten(work, record_state=False)
                 return None
-            send_user = known.user_fingerprint != user_fp
-            send_event = not known.event_accepted
-        work = Work(row, built, send_user, send_event, user_fp, row_fp)
-        if not (send_user or send_event):
+            if self.writes:
+                self.state.forget_forgotten(row.customer_id)
+        if known.email is not None and known.email != built.email:
+            work.previous_email = known.email
+            work.result.previous_email = known.email
+        if known.list_identifier is not None:
+            work.listed_as = known.list_identifier
+        rejection = known.rejection
+        if rejection and rejection.fingerprint == row_fp and rejection.reason != DUPLICATE_EMAIL:
+            work.result.status, work.result.reason = FAILED, rejection.reason
+            work.result.outstanding = True
+            work.result.failing_since = rejection.first_rejected_at
+            work.result.detail = "refused before and unchanged since; not sent again"
+            self.record(work.result)
+            return None
+        work.send_user = known.user_fingerprint != user_fp
+        work.send_event = not known.event_accepted
+        return self._ready(work)
+
+    def _ready(self, work: Work) -> Work | None:
+        """Record a row that needs no call (or a dry run's); the rest goes on to be sent."""
+        if not (work.send_user or work.send_event):
             work.result.status, work.result.reason = SKIPPED, UNCHANGED
+            self._keep_listed(work)
             self.record(work.result)
             return None
         if self.client is None:
             work.result.status, work.result.reason = SKIPPED, DRY_RUN
             work.result.payloads = {
-                "user_update": built.user_update if send_user else None,
-                "event_track": built.event if send_event else None,
+                "user_update": work.payloads.user_update if work.send_user else None,
+                "event_track": work.payloads.event if work.send_event else None,
             }
+            if work.previous_email and self.identify_by == BY_EMAIL:
+                work.result.payloads["update_email"] = {
+                    "currentEmail": work.previous_email,
+                    "newEmail": work.payloads.email,
+                }
             self.record(work.result)
             return None
-        if send_user and self.state is not None:
-            self.state.user_sending(row.customer_id, user_fp)
+        if work.send_user and self.state is not None:
+            self.state.user_sending(work.row.customer_id, work.user_fingerprint)
         return work
 
     def record(self, result: RowResult) -> None:
         self.writer.add(result)
         self.on_row()
-        level = logging.WARNING if result.status == FAILED else logging.DEBUG
+        level = (
+            logging.WARNING
+            if result.status == FAILED and not result.outstanding
+            else (logging.DEBUG)
+        )
         if log.isEnabledFor(level):
             log.log(
                 level,
@@ -250,12 +316,16 @@ class Syncer:
             work.result.user_update = call.summary()
         if failure is None and call is not None and call.ok:
             if self.state is not None:
-                self.state.user_accepted(work.row.customer_id, work.user_fingerprint)
+                self.state.user_accepted(
+                    work.row.customer_id,
+                    work.user_fingerprint,
+                    work.payloads.email,
+                    work.payloads.profile,
+                    in_segment=work.result.segment == IN_SEGMENT,
+                )
+            self._keep_listed(work)
             return True
-        reason = failure or (call_failure_reason(call) if call else "no_response")
-        self._fail(
-            work, reason, permanent=call is None or is_permanent(call) or failure is not None
-        )
+        self._failed_call(work, call, failure)
         return False
 
     def event_done(self, work: Work, call: CallResult | None, failure: str | None = None) -> None:
@@ -266,16 +336,41 @@ class Syncer:
                 self.state.event_accepted(work.event_id, work.row.customer_id)
             self.record(work.result)
             return
+        self._failed_call(work, call, failure)
+
+    def _failed_call(self, work: Work, call: CallResult | None, failure: str | None) -> None:
         reason = failure or (call_failure_reason(call) if call else "no_response")
+        if reason == FORGOTTEN_CODE:
+            self._skip_forgotten(work, record_state=True)
+            return
         self._fail(
             work, reason, permanent=call is None or is_permanent(call) or failure is not None
         )
+
+    def _skip_forgotten(self, work: Work, record_state: bool, email: str | None = None) -> None:
+        """Iterable says the user was forgotten (GDPR): not a failure; not sent again until
+        the customer's email changes."""
+        work.result.status, work.result.reason = SKIPPED, FORGOTTEN
+        work.result.detail = (
+            "Iterable says this user was forgotten; not sent until the email changes"
+        )
+        if record_state and self.writes:
+            assert self.state is not None
+            self.state.forgotten(work.row.customer_id, email or work.payloads.email)
+        self.record(work.result)
 
     def _fail(self, work: Work, reason: str, permanent: bool) -> None:
         work.result.status, work.result.reason = FAILED, reason
         if permanent and self.state is not None and reason != INTERRUPTED:
             self.state.rejected(work.row.customer_id, work.row_fingerprint, reason)
         self.record(work.result)
+
+    def _keep_listed(self, work: Work) -> None:
+        """The customer's profile is in Iterable: make sure the list has them, once."""
+        if self.lists is None or work.result.segment != IN_SEGMENT:
+            return
+        if work.listed_as != work.payloads.identifier:
+            self.lists.subscribe(work.row.customer_id, work.payloads.identifier)
 
     def apply_user_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
         """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
@@ -298,7 +393,8 @@ class Syncer:
         work.result.user_update = {"skipped": UNCHANGED}
 
     def skip_event(self, work: Work) -> None:
-        work.result.event_track = {"skipped": UNCHANGED}
+        if work.result.segment == IN_SEGMENT:
+            work.result.event_track = {"skipped": UNCHANGED}
         self.record(work.result)
 
     def abort(self, exc: IterableAuthError) -> None:
@@ -307,6 +403,46 @@ class Syncer:
                 self.outcome.aborted = str(exc)
                 log.error("%s; stopping the run", exc)
         self.stop.set()
+
+    # -- email changes --------------------------------------------------------------
+
+    def move_email(self, work: Work) -> bool:
+        """users/updateEmail from the email Iterable holds to the row's; True when the profile
+        update may follow. Only for identify-by-email: by userId the update carries the email.
+        """
+        assert self.client is not None and work.previous_email is not None
+        old, new = work.previous_email, work.payloads.email
+        call = self.client.update_email(old, new)
+        work.result.update_email = call.summary()
+        if call.ok:
+            if self.state is not None:
+                self.state.email_moved(work.row.customer_id, new)
+            if work.listed_as == old:
+                work.listed_as = new  # Iterable moved the list membership with the profile
+                if self.state is not None:
+                    self.state.subscribed(work.row.customer_id, new)
+            return True
+        if call.code == FORGOTTEN_CODE:
+            self._skip_forgotten(work, record_state=True, email=new)
+            return False
+        if call.http_status == 409:
+            work.result.warnings.append(
+                f"{EMAIL_CHANGE_CONFLICT}: {mask_email(new)} already has a profile in Iterable; "
+                "the old profile was left alone and this one updated"
+            )
+            if work.listed_as == old and self.lists is not None:
+                self.lists.unsubscribe(work.row.customer_id, old)
+            work.listed_as = None
+            return True
+        if call.code in OLD_EMAIL_MISSING_CODES or call.http_status == 404:
+            work.result.warnings.append(
+                f"{EMAIL_CHANGE_OLD_MISSING}: Iterable has no profile under the previous "
+                "email; a profile is created under the new one"
+            )
+            work.listed_as = None
+            return True
+        self._fail(work, call_failure_reason(call), permanent=is_permanent(call))
+        return False
 
     # -- single mode ----------------------------------------------------------------
 
@@ -323,6 +459,12 @@ class Syncer:
     def _sync_one(self, work: Work) -> None:
         assert self.client is not None
         try:
+            if work.previous_email is not None and self.identify_by == BY_EMAIL:
+                if self.stop.is_set():
+                    self._fail(work, INTERRUPTED, permanent=False)
+                    return
+                if not self.move_email(work):
+                    return
             if work.send_user:
                 if self.stop.is_set():
                     self._fail(work, INTERRUPTED, permanent=False)
@@ -368,6 +510,7 @@ class Syncer:
         with (
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-users") as user_pool,
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-events") as event_pool,
+            ThreadPoolExecutor(max_workers=8, thread_name_prefix="email-change") as single_pool,
         ):
             event_batches = BatchQueue(
                 submit=lambda batch: event_pool.submit(
@@ -387,6 +530,11 @@ class Syncer:
             )
             users = Batcher(batch_size, user_batches.send, user_item)
             for work in self._planned(rows):
+                if work.previous_email is not None:
+                    # Iterable processes single and bulk calls apart: a customer whose
+                    # email changes goes through the single calls for this run.
+                    single_pool.submit(self._sync_one, work)
+                    continue
                 if work.send_user:
                     users.add(work)
                 else:
@@ -402,6 +550,92 @@ class Syncer:
             events.flush()
             event_batches.drain()
         return self._finished()
+
+    # -- after every row: the segment --------------------------------------------
+
+    def finish_segment(self, read_customers: ReadCustomers, concurrency: int) -> None:
+        """Customers who left the segment, then the list's last changes.
+
+        Only after a run that saw every row: a stopped run cannot tell who left.
+        """
+        if self.state is None or self.stop.is_set() or self.outcome.aborted:
+            return
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leavers") as pool:
+            for chunk in self.state.left_segment():
+                customers = read_customers([member.customer_id for member in chunk])
+                for member in chunk:
+                    if self.stop.is_set():
+                        break
+                    self._leaver(member, customers.get(member.customer_id), pool)
+        if self.lists is not None and not self.stop.is_set():
+            self.lists.flush()
+            for member in self.state.list_members_not_seen():
+                if member.list_identifier is not None:
+                    self.lists.unsubscribe(member.customer_id, member.list_identifier)
+            self.lists.flush()
+
+    def _leaver(self, member: Member, customer: Customer | None, pool: ThreadPoolExecutor) -> None:
+        if member.list_identifier is not None and self.lists is not None:
+            self.lists.unsubscribe(member.customer_id, member.list_identifier)
+        if customer is None:
+            self._deleted(member, pool)
+            return
+        update = plan_leaver(member, customer, self.identify_by)
+        result = RowResult(
+            member.customer_id, member.email, SKIPPED, UNCHANGED, segment=LEFT_SEGMENT
+        )
+        if update is None:
+            result.detail = "left the segment; Iterable already holds the current fields"
+            if self.writes:
+                assert self.state is not None
+                self.state.left(member.customer_id, None)
+            self.record(result)
+            return
+        work = _leaver_work(member, update)
+        if self.client is None:
+            work.result.status, work.result.reason = SKIPPED, DRY_RUN
+            work.result.payloads = {"user_update": update.user_update, "event_track": None}
+            self.record(work.result)
+            return
+        pool.submit(self._sync_one, work)
+
+    def _deleted(self, member: Member, pool: ThreadPoolExecutor) -> None:
+        """The customer's row is gone from the database."""
+        result = RowResult(
+            member.customer_id, member.email, SKIPPED, LEFT_DELETED, segment=LEFT_SEGMENT
+        )
+        identity = _identity(member, self.identify_by)
+        if self.delete_deleted and identity is not None and self.client is not None:
+            pool.submit(self._delete_user, member.customer_id, identity, result)
+            return
+        result.detail = "no longer in the customers table; nothing sent"
+        if self.delete_deleted and self.client is None:
+            result.reason = DRY_RUN
+            result.payloads = {"delete_user": identity}
+        if self.writes:
+            assert self.state is not None
+            self.state.deleted(member.customer_id)
+        self.record(result)
+
+    def _delete_user(self, customer_id: int, identity: dict[str, str], result: RowResult) -> None:
+        assert self.client is not None and self.state is not None
+        try:
+            call = self.client.delete_user(identity)
+        except IterableAuthError as exc:
+            result.status, result.reason = FAILED, exc.code or f"http_{exc.status}"
+            self.record(result)
+            self.abort(exc)
+            return
+        result.user_update = call.summary()
+        if call.ok or call.http_status == 404:
+            result.status, result.detail = (
+                SUCCESS,
+                "deleted in Iterable (ON_DELETED_CUSTOMER=delete)",
+            )
+            self.state.deleted(customer_id)
+        else:
+            result.status, result.reason = FAILED, call_failure_reason(call)
+        self.record(result)
 
     def _finished(self) -> Outcome:
         """A signal that came while the last rows were in flight stopped the run as well:
@@ -461,6 +695,55 @@ class Syncer:
         for row in call.batch:
             self._fail(cast(Work, row), reason, permanent=False)
         return []
+
+
+def _leaver_work(member: Member, update: LeaverUpdate) -> Work:
+    """A leaver's profile update, sent through the same single-call path as a row."""
+    row = SourceRow(
+        customer_id=member.customer_id,
+        email=update.email,
+        first_name=update.profile.get("first_name"),
+        last_name=update.profile.get("last_name"),
+        plan_type=update.profile.get("plan_type"),
+        page_view_id=0,
+        page=None,
+        device=None,
+        location=None,
+        viewed_at=None,
+    )
+    identifier = next(
+        iter(update.user_update[key] for key in ("email", "userId") if key in update.user_update)
+    )
+    payloads = Payloads(
+        email=update.email,
+        identifier=str(identifier),
+        user_update=update.user_update,
+        event={},
+        profile=update.profile,
+    )
+    work = Work(
+        row,
+        payloads,
+        send_user=True,
+        send_event=False,
+        user_fingerprint=fingerprint(update.user_update),
+        row_fingerprint=fingerprint({"leaver": update.user_update}),
+        previous_email=update.previous_email,
+        listed_as=None,
+    )
+    work.result.segment = LEFT_SEGMENT
+    work.result.previous_email = update.previous_email
+    return work
+
+
+def _identity(member: Member, identify_by: str) -> dict[str, str] | None:
+    if identify_by == BY_USER_ID:
+        return {"userId": str(member.customer_id)}
+    return {"email": member.email} if member.email else None
+
+
+def _row_fingerprint(built: Payloads) -> str:
+    return fingerprint({"user": built.user_update, "event": built.event})
 
 
 def _customer_id(raw: Mapping[str, Any]) -> int:

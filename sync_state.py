@@ -1,44 +1,93 @@
-"""Sync state: what Iterable has accepted, kept in SQLite so a run sends only what changed.
+"""Sync state: what Iterable holds for each customer, kept in SQLite so a run sends only what
+changed and keeps Iterable true as customers change.
+
+Per customer it remembers the profile Iterable accepted (its fingerprint, the email it was
+accepted under, the profile fields), whether the customer was in the segment after the last
+run, the events accepted, permanent rejections with the time they started, GDPR-forgotten
+users and list membership.
 
 The state only ever moves forward after Iterable said yes. A crash before a commit
 loses at most the last few acknowledgements, and those rows are simply sent again:
-both writes are idempotent (a profile merge, an event with a fixed id), so a resend
-has no further effect in Iterable.
+every write is idempotent (a profile merge, an event with a fixed id, a list
+subscription), so a resend has no further effect in Iterable.
+
+Customer ids are stored as text: MySQL's BIGINT UNSIGNED reaches 2^64 - 1, past SQLite's
+signed 64-bit integers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Commit at least this often, so a kill loses little acknowledged work.
 COMMIT_EVERY_SECONDS = 1.0
 COMMIT_EVERY_CHANGES = 500
+SEEN_BATCH = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
-    customer_id INTEGER PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
+    customer_id TEXT PRIMARY KEY,
+    fingerprint TEXT,
+    email TEXT,
+    profile TEXT,
+    in_segment INTEGER NOT NULL DEFAULT 0,
     accepted_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS users_in_segment ON users (in_segment);
 CREATE TABLE IF NOT EXISTS events (
     event_id TEXT PRIMARY KEY,
-    customer_id INTEGER NOT NULL,
+    customer_id TEXT NOT NULL,
     accepted_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejections (
-    customer_id INTEGER PRIMARY KEY,
+    customer_id TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
     reason TEXT NOT NULL,
-    rejected_at TEXT NOT NULL
+    rejected_at TEXT NOT NULL,
+    first_rejected_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forgotten (
+    customer_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    forgotten_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS list_members (
+    list_id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    PRIMARY KEY (list_id, customer_id)
+);
+"""
+
+# Version 1 kept integer ids and no emails, profiles, segment, forgotten users or lists.
+# Every customer it had accepted is taken to be in the segment: if one has left, the next
+# run reads them back and sends their current name and plan once, which is safe.
+_MIGRATE_FROM_1 = """
+ALTER TABLE users RENAME TO users_v1;
+ALTER TABLE events RENAME TO events_v1;
+ALTER TABLE rejections RENAME TO rejections_v1;
+{schema}
+INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at)
+    SELECT CAST(customer_id AS TEXT), fingerprint, NULL, NULL, 1, accepted_at FROM users_v1;
+INSERT INTO events (event_id, customer_id, accepted_at)
+    SELECT event_id, CAST(customer_id AS TEXT), accepted_at FROM events_v1;
+INSERT INTO rejections (customer_id, fingerprint, reason, rejected_at, first_rejected_at)
+    SELECT CAST(customer_id AS TEXT), fingerprint, reason, rejected_at, rejected_at
+    FROM rejections_v1;
+DROP TABLE users_v1;
+DROP TABLE events_v1;
+DROP TABLE rejections_v1;
 """
 
 
@@ -47,22 +96,46 @@ class StateError(Exception):
 
 
 @dataclass(frozen=True)
+class Rejection:
+    """A row Iterable (or our checks) refused for good, until its data changes."""
+
+    fingerprint: str
+    reason: str
+    first_rejected_at: str
+
+
+@dataclass(frozen=True)
 class Known:
-    """What the state says about one row before it is sent."""
+    """What the state says about one customer before their row is sent."""
 
     user_fingerprint: str | None
+    email: str | None  # the email Iterable last accepted for the customer
     event_accepted: bool
-    rejection: tuple[str, str] | None  # (fingerprint, reason)
+    rejection: Rejection | None
+    forgotten_email: str | None  # the email Iterable said was forgotten
+    list_identifier: str | None  # how the customer was subscribed to the list, if they are
+
+
+@dataclass(frozen=True)
+class Member:
+    """A customer the state has in the segment (or on the list), as Iterable holds them."""
+
+    customer_id: int
+    email: str | None
+    profile: dict[str, Any] | None
+    list_identifier: str | None
 
 
 class SyncState:
     """A thread-safe view of the state file; writes are batched into short transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, list_id: int | None = None) -> None:
         self.path = path
+        self.list_id = str(list_id) if list_id is not None else ""
         self._lock = threading.Lock()
         self._pending = 0
         self._last_commit = time.monotonic()
+        self._seen: list[tuple[str]] = []
         self._db = self._open(path)
 
     @staticmethod
@@ -75,19 +148,9 @@ class SyncState:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            version = _schema_version(db)
-            if version > SCHEMA_VERSION:
-                db.close()
-                raise StateError(
-                    f"sync state {path} was written by a newer version (schema {version}, "
-                    f"this one knows {SCHEMA_VERSION}); upgrade, or move the file away "
-                    "to start over"
-                )
-            db.executescript(_SCHEMA)
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            _upgrade(db, path)
+            # This run's Query 2 customers: who is still in the segment.
+            db.execute("CREATE TEMP TABLE seen (customer_id TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("BEGIN")
         except sqlite3.DatabaseError as exc:
             raise StateError(
@@ -96,41 +159,121 @@ class SyncState:
             ) from None
         return db
 
-    def known(self, customer_id: int, event_id: str) -> Known:
-        with self._lock:
-            user = self._db.execute(
-                "SELECT fingerprint FROM users WHERE customer_id = ?", (customer_id,)
-            ).fetchone()
-            event = self._db.execute(
-                "SELECT 1 FROM events WHERE event_id = ?", (event_id,)
-            ).fetchone()
-            rejection = self._db.execute(
-                "SELECT fingerprint, reason FROM rejections WHERE customer_id = ?", (customer_id,)
-            ).fetchone()
-        return Known(
-            user[0] if user else None, event is not None, tuple(rejection) if rejection else None
-        )
+    # -- reading ------------------------------------------------------------------------
 
-    def rejection(self, customer_id: int) -> tuple[str, str] | None:
+    def known(self, customer_id: int, event_id: str) -> Known:
+        key = str(customer_id)
         with self._lock:
             row = self._db.execute(
-                "SELECT fingerprint, reason FROM rejections WHERE customer_id = ?", (customer_id,)
+                "SELECT u.fingerprint, u.email, "
+                "EXISTS (SELECT 1 FROM events WHERE event_id = ?), "
+                "r.fingerprint, r.reason, r.first_rejected_at, f.email, m.identifier "
+                "FROM (SELECT ? AS id) AS k "
+                "LEFT JOIN users AS u ON u.customer_id = k.id "
+                "LEFT JOIN rejections AS r ON r.customer_id = k.id "
+                "LEFT JOIN forgotten AS f ON f.customer_id = k.id "
+                "LEFT JOIN list_members AS m ON m.customer_id = k.id AND m.list_id = ?",
+                (event_id, key, self.list_id),
             ).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def user_accepted(self, customer_id: int, fingerprint: str) -> None:
-        self._write(
-            "INSERT INTO users (customer_id, fingerprint, accepted_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(customer_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
-            "accepted_at = excluded.accepted_at",
-            (customer_id, fingerprint, _now()),
-            clear_rejection=customer_id,
+        return Known(
+            user_fingerprint=row[0],
+            email=row[1],
+            event_accepted=bool(row[2]),
+            rejection=Rejection(row[3], row[4], row[5]) if row[3] is not None else None,
+            forgotten_email=row[6],
+            list_identifier=row[7],
         )
+
+    def rejection(self, customer_id: int) -> Rejection | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT fingerprint, reason, first_rejected_at FROM rejections "
+                "WHERE customer_id = ?",
+                (str(customer_id),),
+            ).fetchone()
+        return Rejection(*row) if row else None
+
+    def left_segment(self) -> Iterator[list[Member]]:
+        """Chunks of the customers in the segment after the last run who are not in this one.
+
+        Only meaningful once every row of this run was seen.
+        """
+        with self._lock:
+            self._flush_seen()
+            rows = self._db.execute(
+                "SELECT u.customer_id, u.email, u.profile, m.identifier FROM users AS u "
+                "LEFT JOIN list_members AS m ON m.customer_id = u.customer_id AND m.list_id = ? "
+                "WHERE u.in_segment = 1 "
+                "AND u.customer_id NOT IN (SELECT customer_id FROM temp.seen) "
+                "ORDER BY u.customer_id",
+                (self.list_id,),
+            ).fetchall()
+        for start in range(0, len(rows), SEEN_BATCH):
+            yield [_member(row) for row in rows[start : start + SEEN_BATCH]]
+
+    def list_members_not_seen(self) -> list[Member]:
+        """On the list, not in this run's rows, and not in the segment: to unsubscribe."""
+        with self._lock:
+            self._flush_seen()
+            rows = self._db.execute(
+                "SELECT m.customer_id, u.email, u.profile, m.identifier FROM list_members AS m "
+                "LEFT JOIN users AS u ON u.customer_id = m.customer_id "
+                "WHERE m.list_id = ? AND COALESCE(u.in_segment, 0) = 0 "
+                "AND m.customer_id NOT IN (SELECT customer_id FROM temp.seen)",
+                (self.list_id,),
+            ).fetchall()
+        return [_member(row) for row in rows]
+
+    # -- this run's rows ----------------------------------------------------------------
+
+    def seen(self, customer_id: int) -> None:
+        """A Query 2 row of this run: the customer is (still) in the segment."""
+        with self._lock:
+            self._seen.append((str(customer_id),))
+            if len(self._seen) >= SEEN_BATCH:
+                self._flush_seen()
+
+    def _flush_seen(self) -> None:
+        if self._seen:
+            self._db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)", self._seen)
+            self._seen = []
+
+    # -- what Iterable accepted ---------------------------------------------------------
+
+    def user_accepted(
+        self,
+        customer_id: int,
+        fingerprint: str,
+        email: str,
+        profile: Mapping[str, Any],
+        in_segment: bool = True,
+    ) -> None:
+        key = str(customer_id)
+        self._write(
+            "INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(customer_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "email = excluded.email, profile = excluded.profile, "
+            "in_segment = excluded.in_segment, accepted_at = excluded.accepted_at",
+            (key, fingerprint, email, _json(profile), int(in_segment), _now()),
+            "DELETE FROM rejections WHERE customer_id = ?",
+            "DELETE FROM forgotten WHERE customer_id = ?",
+        )
+
+    def email_moved(self, customer_id: int, email: str) -> None:
+        """Iterable moved the profile to a new email: durable at once, as a resend would
+        otherwise look for the profile under the old one."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE users SET email = ?, fingerprint = NULL WHERE customer_id = ?",
+                (email, str(customer_id)),
+            )
+            self._commit()
 
     def event_accepted(self, event_id: str, customer_id: int) -> None:
         self._write(
             "INSERT OR REPLACE INTO events (event_id, customer_id, accepted_at) VALUES (?, ?, ?)",
-            (event_id, customer_id, _now()),
+            (event_id, str(customer_id), _now()),
         )
 
     def user_sending(self, customer_id: int, fingerprint: str) -> None:
@@ -140,29 +283,92 @@ class SyncState:
         the write, a kill before the next commit). The recorded fingerprint would then
         stand for a profile Iterable no longer holds, and a row that went back to those
         values would be skipped as unchanged. With no fingerprint the row is sent again.
+        The email and segment membership stay: Iterable still has the profile.
         """
         with self._lock:
             forgot = self._db.execute(
-                "DELETE FROM users WHERE customer_id = ? AND fingerprint <> ?",
-                (customer_id, fingerprint),
+                "UPDATE users SET fingerprint = NULL, profile = NULL "
+                "WHERE customer_id = ? AND fingerprint IS NOT NULL AND fingerprint <> ?",
+                (str(customer_id), fingerprint),
             ).rowcount
             if forgot:
                 self._commit()
 
-    def rejected(self, customer_id: int, fingerprint: str, reason: str) -> None:
+    def rejected(self, customer_id: int, fingerprint: str, reason: str) -> Rejection:
+        """Record a permanent refusal; the first time is kept while the data is the same."""
+        key, now = str(customer_id), _now()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT fingerprint, first_rejected_at FROM rejections WHERE customer_id = ?",
+                (key,),
+            ).fetchone()
+        first = row[1] if row and row[0] == fingerprint else now
         self._write(
-            "INSERT OR REPLACE INTO rejections (customer_id, fingerprint, reason, rejected_at) "
-            "VALUES (?, ?, ?, ?)",
-            (customer_id, fingerprint, reason, _now()),
+            "INSERT OR REPLACE INTO rejections "
+            "(customer_id, fingerprint, reason, rejected_at, first_rejected_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, fingerprint, reason, now, first),
+        )
+        return Rejection(fingerprint, reason, first)
+
+    def forgotten(self, customer_id: int, email: str) -> None:
+        """Iterable says the user was forgotten (GDPR): not sent again until the email changes."""
+        key = str(customer_id)
+        self._write(
+            "INSERT OR REPLACE INTO forgotten (customer_id, email, forgotten_at) VALUES (?, ?, ?)",
+            (key, email, _now()),
+            "DELETE FROM users WHERE customer_id = ?",
+            "DELETE FROM list_members WHERE customer_id = ?",
         )
 
-    def _write(
-        self, sql: str, params: tuple[object, ...], clear_rejection: int | None = None
-    ) -> None:
+    def forget_forgotten(self, customer_id: int) -> None:
+        """The customer's email changed since Iterable forgot the old one."""
+        self._write("DELETE FROM forgotten WHERE customer_id = ?", (str(customer_id),))
+
+    def left(self, customer_id: int, profile: Mapping[str, Any] | None) -> None:
+        """The customer left the segment and Iterable holds `profile` (None: unchanged)."""
+        if profile is None:
+            self._write(
+                "UPDATE users SET in_segment = 0 WHERE customer_id = ?", (str(customer_id),)
+            )
+        else:
+            self._write(
+                "UPDATE users SET in_segment = 0, profile = ?, fingerprint = NULL "
+                "WHERE customer_id = ?",
+                (_json(profile), str(customer_id)),
+            )
+
+    def deleted(self, customer_id: int) -> None:
+        """The customer is gone from the database (and, if asked, from Iterable)."""
+        key = str(customer_id)
+        self._write(
+            "DELETE FROM users WHERE customer_id = ?",
+            (key,),
+            "DELETE FROM list_members WHERE customer_id = ?",
+            "DELETE FROM rejections WHERE customer_id = ?",
+        )
+
+    def subscribed(self, customer_id: int, identifier: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO list_members (list_id, customer_id, identifier) "
+            "VALUES (?, ?, ?)",
+            (self.list_id, str(customer_id), identifier),
+        )
+
+    def unsubscribed(self, customer_id: int) -> None:
+        self._write(
+            "DELETE FROM list_members WHERE list_id = ? AND customer_id = ?",
+            (self.list_id, str(customer_id)),
+        )
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _write(self, sql: str, params: tuple[object, ...], *same_customer: str) -> None:
+        """One change, plus statements about the same customer (params[0]) with it."""
         with self._lock:
             self._db.execute(sql, params)
-            if clear_rejection is not None:
-                self._db.execute("DELETE FROM rejections WHERE customer_id = ?", (clear_rejection,))
+            for statement in same_customer:
+                self._db.execute(statement, (params[0],))
             self._pending += 1
             if (
                 self._pending >= COMMIT_EVERY_CHANGES
@@ -192,6 +398,26 @@ class SyncState:
             self._db.close()
 
 
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema, or migrate an older file in place (never discard it)."""
+    version = _schema_version(db)
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise StateError(
+            f"sync state {path} was written by a newer version (schema {version}, "
+            f"this one knows {SCHEMA_VERSION}); upgrade, or move the file away "
+            "to start over"
+        )
+    if version == 1:
+        db.executescript("BEGIN;" + _MIGRATE_FROM_1.format(schema=_SCHEMA) + "COMMIT;")
+    else:
+        db.executescript(_SCHEMA)
+    db.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+        (str(SCHEMA_VERSION),),
+    )
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     has_meta = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
@@ -203,6 +429,19 @@ def _schema_version(db: sqlite3.Connection) -> int:
         return int(row[0]) if row else 0
     except ValueError:
         raise StateError("sync state has an unreadable schema version") from None
+
+
+def _member(row: tuple[Any, ...]) -> Member:
+    return Member(
+        customer_id=int(row[0]),
+        email=row[1],
+        profile=json.loads(row[2]) if row[2] else None,
+        list_identifier=row[3],
+    )
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _now() -> str:

@@ -20,9 +20,16 @@ def test_second_run_on_unchanged_data_makes_no_calls_and_exits_zero(job, sandbox
     assert second.code == 0, second.stdout
     assert sandbox.stats()["total_requests"] == calls
     rows = second.by_customer()
+    malformed = rows.pop(SEED_MALFORMED_EMAIL_CUSTOMER)
     assert {row["status"] for row in rows.values()} == {"skipped"}
     assert {row["reason"] for row in rows.values()} == {"unchanged"}
-    assert "rejected before (invalid_email)" in rows[SEED_MALFORMED_EMAIL_CUSTOMER]["detail"]
+    # Still failing, but reported as outstanding: it alerted on the first run.
+    assert (malformed["status"], malformed["reason"]) == ("failed", "invalid_email")
+    assert malformed["outstanding"] is True and malformed["failing_since"]
+    summary = second.results["summary"]
+    assert (summary["failed"], summary["outstanding"]) == (1, 1)
+    assert summary["failing_since"] == malformed["failing_since"]
+    assert f"1 outstanding (failing since {malformed['failing_since']})" in second.stdout
 
 
 def test_only_changed_profiles_and_new_events_are_sent(job, sandbox, mariadb, seeded_db):
@@ -66,15 +73,24 @@ def test_failures_are_retried_on_the_next_run(job, sandbox):
 def test_permanent_rejection_waits_for_the_row_to_change(job, sandbox, mariadb, seeded_db):
     run = job.run()
     email = run.by_customer()[3]["email"]
-    sandbox.forget(email)
+    sandbox.mark_conflict(email)
     mariadb.execute("UPDATE customers SET last_name = 'X' WHERE id = 3", database=seeded_db.name)
-    assert job.run().by_customer()[3]["reason"] == "ForgottenUserError"
+    refused = job.run()
+    assert refused.code == 1  # a new failure alerts
+    first = refused.by_customer()[3]
+    assert (first["status"], first["reason"]) == ("failed", "ExternalKeyConflict")
+    assert "outstanding" not in first
     requests_before = sandbox.stats()["total_requests"]
-    rows = job.run().by_customer()
-    assert (rows[3]["status"], rows[3]["reason"]) == ("skipped", "unchanged")
+    again = job.run()
+    assert again.code == 0  # the same failure on the same data does not alert twice
+    rows = again.by_customer()
+    assert (rows[3]["status"], rows[3]["reason"]) == ("failed", "ExternalKeyConflict")
+    assert rows[3]["outstanding"] is True
     assert sandbox.stats()["total_requests"] == requests_before
     mariadb.execute("UPDATE customers SET last_name = 'Y' WHERE id = 3", database=seeded_db.name)
-    assert job.run().by_customer()[3]["reason"] == "ForgottenUserError"  # tried again
+    retried = job.run()
+    assert retried.by_customer()[3]["reason"] == "ExternalKeyConflict"  # tried again
+    assert "outstanding" not in retried.by_customer()[3] and retried.code == 1
 
 
 def test_full_refresh_sends_everything_and_records_it(job, sandbox):

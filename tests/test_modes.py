@@ -65,20 +65,31 @@ def test_each_user_is_updated_before_its_event(job, sandbox):
 def test_bulk_per_item_failures_map_to_their_rows(job, sandbox):
     run = job.run("--dry-run", ITERABLE_API_KEY=None)
     emails = {cid: row["email"] for cid, row in run.by_customer().items()}
-    sandbox.forget(emails[1])
+    sandbox.mark_conflict(emails[1])
+    sandbox.forget(emails[2])
     run = job.run("--mode", "bulk")
     rows = run.by_customer()
-    assert (rows[1]["status"], rows[1]["reason"]) == ("failed", "ForgottenUserError")
+    assert (rows[1]["status"], rows[1]["reason"]) == ("failed", "conflict")
     assert rows[1]["event_track"] is None  # no event after a failed update
-    assert all(rows[cid]["status"] == "success" for cid in SENT if cid != 1)
+    assert (rows[2]["status"], rows[2]["reason"]) == ("skipped", "forgotten")
+    assert all(rows[cid]["status"] == "success" for cid in SENT if cid not in (1, 2))
     assert "page-view-2" not in sandbox.events()
 
 
-def test_single_mode_gives_the_same_reason_for_a_forgotten_user(job, sandbox):
+@pytest.mark.parametrize("mode", ["single", "bulk"])
+def test_a_forgotten_user_is_skipped_and_not_sent_again(job, sandbox, mode):
     emails = {cid: row["email"] for cid, row in job.run("--dry-run").by_customer().items()}
     sandbox.forget(emails[1])
-    rows = job.run().by_customer()
-    assert (rows[1]["status"], rows[1]["reason"]) == ("failed", "ForgottenUserError")
+    first = job.run("--mode", mode)
+    rows = first.by_customer()
+    assert (rows[1]["status"], rows[1]["reason"]) == ("skipped", "forgotten")
+    assert first.results["summary"]["by_reason"]["skipped:forgotten"] == 1
+    assert emails[1] not in first.stderr  # masked in the log
+    calls = sandbox.stats()["total_requests"]
+    second = job.run("--mode", mode)
+    assert second.by_customer()[1]["reason"] == "forgotten"
+    assert second.code == 0  # a forgotten user is not a failure; the malformed row is outstanding
+    assert sandbox.stats()["total_requests"] == calls
 
 
 def test_bulk_batch_refused_for_one_bad_row_is_split_so_only_that_row_fails(

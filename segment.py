@@ -1,0 +1,173 @@
+"""The segment over time: what to do about customers who left it, and a static list mirroring it.
+
+"The segment" is Query 2's result set. The sync state remembers who was in it after the
+last run; whoever is missing from this run's rows has left. A leaver whose name or plan
+changed gets one profile update (so a downgrade reaches Iterable), one who only stopped
+being active needs nothing, and one deleted from the database is counted (and, if asked,
+deleted in Iterable). With ITERABLE_LIST_ID the list's members are kept equal to the
+segment: newcomers are subscribed once their profile is in, leavers unsubscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from iterable_client import CallResult, IterableClient
+from payloads import BY_USER_ID, Customer, is_valid_email, leaver_update, normalize_email
+from sync_state import Member, SyncState
+
+log = logging.getLogger(__name__)
+
+# Subscribers per lists/subscribe or lists/unsubscribe request; Iterable publishes no
+# count limit for them, and 1,000 keeps a body far below the 4 MB other endpoints allow.
+LIST_BATCH = 1000
+NOT_FOUND_LISTS = ("notFoundEmails", "notFoundUserIds")
+
+
+@dataclass(frozen=True)
+class LeaverUpdate:
+    """A leaver whose profile fields (or email) in Iterable differ from the database now."""
+
+    user_update: dict[str, Any]
+    profile: dict[str, Any]
+    email: str  # the customer's email now (what the update is sent under, or carries)
+    previous_email: str | None  # the email Iterable holds, when the customer's changed
+
+
+def plan_leaver(member: Member, customer: Customer, identify_by: str) -> LeaverUpdate | None:
+    """None when Iterable already holds the customer's current name, plan and email."""
+    current = normalize_email(customer.email)
+    if not is_valid_email(current):
+        current = None
+    email = current or member.email
+    if email is None:
+        return None
+    previous = member.email if member.email is not None and member.email != email else None
+    update, profile = leaver_update(customer, email, identify_by)
+    if member.profile == profile and previous is None:
+        return None
+    return LeaverUpdate(update, profile, email, previous)
+
+
+class ListNotFound(Exception):
+    """ITERABLE_LIST_ID names no list of the project (or the lists could not be read)."""
+
+
+def check_list_exists(client: IterableClient, list_id: int) -> None:
+    """GET lists and look for the id; raises ListNotFound with one line saying why not."""
+    call = client.get_lists()
+    if not call.ok:
+        problem = call.error or f"HTTP {call.http_status}"
+        raise ListNotFound(f"cannot read Iterable's lists to check ITERABLE_LIST_ID: {problem}")
+    ids = {item.get("id") for item in (call.body or {}).get("lists", []) if isinstance(item, dict)}
+    if list_id not in ids:
+        raise ListNotFound(
+            f"ITERABLE_LIST_ID {list_id} is not a list of this Iterable project; nothing was sent"
+        )
+
+
+def subscriber(identifier: str, identify_by: str) -> dict[str, str]:
+    return {"userId": identifier} if identify_by == BY_USER_ID else {"email": identifier}
+
+
+class ListMirror:
+    """Batched list subscriptions and unsubscriptions on a worker thread of their own.
+
+    Only changes are sent: the state records who is on the list under which identifier.
+    A subscriber Iterable does not find stays off the list in the state (tried again next
+    run); an unsubscribe Iterable does not find counts as done.
+    """
+
+    def __init__(
+        self, client: IterableClient, state: SyncState, list_id: int, identify_by: str
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.list_id = list_id
+        self.identify_by = identify_by
+        self._lock = threading.Lock()
+        self._subscribe: list[tuple[int, str]] = []
+        self._unsubscribe: list[tuple[int, str]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lists")
+        self._sent: list[Future[None]] = []
+        self.calls = 0
+
+    def subscribe(self, customer_id: int, identifier: str) -> None:
+        self._add(self._subscribe, customer_id, identifier)
+
+    def unsubscribe(self, customer_id: int, identifier: str) -> None:
+        self._add(self._unsubscribe, customer_id, identifier)
+
+    def _add(self, pending: list[tuple[int, str]], customer_id: int, identifier: str) -> None:
+        with self._lock:
+            pending.append((customer_id, identifier))
+            if len(pending) >= LIST_BATCH:
+                self._send_pending()
+
+    def flush(self) -> None:
+        """Send what is pending and wait for every request to be answered."""
+        with self._lock:
+            self._send_pending()
+            sent, self._sent = self._sent, []
+        for future in sent:
+            future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _send_pending(self) -> None:
+        for pending, send in (
+            (self._unsubscribe, self._send_unsubscribe),
+            (self._subscribe, self._send_subscribe),
+        ):
+            if pending:
+                batch = list(pending)
+                pending.clear()
+                self._sent.append(self._pool.submit(send, batch))
+
+    def _send_subscribe(self, batch: list[tuple[int, str]]) -> None:
+        call = self.client.subscribe(self.list_id, self._subscribers(batch))
+        self.calls += 1
+        refused = self._refused(call, batch, including_not_found=True)
+        for customer_id, identifier in batch:
+            if identifier not in refused:
+                self.state.subscribed(customer_id, identifier)
+
+    def _send_unsubscribe(self, batch: list[tuple[int, str]]) -> None:
+        call = self.client.unsubscribe(self.list_id, self._subscribers(batch))
+        self.calls += 1
+        refused = self._refused(call, batch, including_not_found=False)
+        for customer_id, identifier in batch:
+            if identifier not in refused:
+                self.state.unsubscribed(customer_id)
+
+    def _subscribers(self, batch: list[tuple[int, str]]) -> list[Mapping[str, str]]:
+        return [subscriber(identifier, self.identify_by) for _, identifier in batch]
+
+    def _refused(
+        self, call: CallResult, batch: list[tuple[int, str]], including_not_found: bool
+    ) -> set[str]:
+        """The identifiers this call did not settle (all of them when the call failed)."""
+        if not call.ok:
+            log.warning(
+                "%s for %d subscribers failed (%s); they are tried again next run",
+                call.endpoint,
+                len(batch),
+                call.error or call.code or call.http_status,
+            )
+            return {identifier for _, identifier in batch}
+        failed = (call.body or {}).get("failedUpdates") or {}
+        refused: set[str] = set()
+        for name, values in failed.items() if isinstance(failed, Mapping) else ():
+            if name in NOT_FOUND_LISTS and not including_not_found:
+                continue
+            refused.update(str(v).strip().lower() if "Email" in name else str(v) for v in values)
+        return refused
+
+
+ReadCustomers = Callable[[list[int]], dict[int, Customer]]
