@@ -58,7 +58,11 @@ def main() -> int:
             f"{len(sandbox.events())} page_view events\n"
         )
         calls = sandbox.stats()["total_requests"]
-        again = run_job(env, "second run on unchanged data: nothing is resent")
+        again = run_job(
+            env,
+            "second run on unchanged data: nothing is resent, the malformed email is "
+            "outstanding (exit code 0)",
+        )
         print(f"API calls made by the second run: {sandbox.stats()['total_requests'] - calls}")
     return 0 if (code, again) == (1, 0) else 1
 

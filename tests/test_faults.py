@@ -21,7 +21,12 @@ from typing import Any
 
 import pytest
 
-from devtools.bulk_seed import add_pro_customers
+from devtools.bulk_seed import (
+    FIRST_CUSTOMER_ID,
+    FIRST_PAGE_VIEW_ID,
+    add_pro_customers,
+    synthetic_email,
+)
 from devtools.seed import SEED_QUALIFYING
 from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
 from tests.support.oracle import Expected, audit, expected_store, unbacked_state_claims
@@ -305,3 +310,71 @@ def test_kill_9_mid_run_then_rerun_delivers_exactly_once(
     assert unbacked_state_claims(job.state_file, sandbox) == []
     sandbox.set_latency(0.0)
     settle(job, sandbox, mode, expected, f"kill_9/{mode}-{seed}")
+
+
+# -- kill -9 while emails and list members move -------------------------------------------------
+
+MOVE_ROWS = 200
+DOWNGRADES = 40
+
+
+@pytest.mark.parametrize("mode", ["single", "bulk"])
+def test_kill_9_while_emails_and_list_members_move_then_rerun(
+    job, sandbox, mariadb, seeded_db, mode
+):
+    db = seeded_db.name
+    add_pro_customers(mariadb, db, MOVE_ROWS)
+    mariadb.execute("UPDATE customers SET email = 'eight@example.com' WHERE id = 8", database=db)
+    list_id = sandbox.create_list("segment")
+    env = {**KILL_ENV[mode], "ITERABLE_LIST_ID": str(list_id)}
+    assert run_job(job, mode, **env).code == 0
+    synthetic = f"id >= {FIRST_CUSTOMER_ID}"
+    mariadb.execute(
+        f"UPDATE customers SET email = CONCAT('moved.', id, '@example.com') WHERE {synthetic}",
+        database=db,
+    )
+    mariadb.execute(
+        f"UPDATE customers SET plan_type = 'free' WHERE {synthetic} AND id < %s",
+        (FIRST_CUSTOMER_ID + DOWNGRADES,),
+        database=db,
+    )
+    expected = expected_store(mariadb, db)
+    sandbox.set_latency(KILL_LATENCY)
+    process = job.start(*MODES[mode], **env)
+    try:
+        wait_until(
+            lambda: sandbox.request_count("users/updateEmail") >= 20, 30, "the first email moves"
+        )
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    TALLY["job_runs"] += 1
+    TALLY["kills"] += 1
+    assert sandbox.request_count("users/updateEmail") < MOVE_ROWS, "killed too late"
+    sandbox.set_latency(0.0)
+    for _ in range(3):
+        if run_job(job, mode, **env).code == 0:
+            break
+
+    profiles = sandbox.profiles()
+    by_email = {p["email"]: p for p in profiles}
+    assert len(by_email) == len(profiles), "two profiles with one email"
+    for n in range(MOVE_ROWS):
+        cid = FIRST_CUSTOMER_ID + n
+        assert synthetic_email(n) not in by_email, f"customer {cid} kept a profile"
+        moved = by_email[f"moved.{cid}@example.com"]
+        assert moved["dataFields"]["plan_type"] == ("free" if n < DOWNGRADES else "pro")
+        assert f"page-view-{FIRST_PAGE_VIEW_ID + n}" in moved["events"]
+    assert sandbox.duplicate_events() == []
+    assert {m["email"] for m in sandbox.list_members(list_id)} == set(expected.users)
+    assert set(sandbox.channel_unsubscribes()) == {False}
+    lost = [f"{eid}" for eid in expected.events if eid not in sandbox.events()]
+    assert lost == []
+    TALLY["scenarios"] += 1
+    TALLY["by_scenario"][f"kill_9_moving/{mode}"] = {"lost": 0, "duplicated": 0}
+    calls = sandbox.stats()["total_requests"]
+    assert run_job(job, mode, **env).code == 0
+    assert sandbox.stats()["total_requests"] == calls

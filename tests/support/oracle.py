@@ -124,7 +124,10 @@ def unbacked_state_claims(state_path: Path, sandbox: Any) -> list[str]:
     }
     db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
     try:
-        user_rows = db.execute("SELECT customer_id, fingerprint FROM users").fetchall()
+        # A NULL fingerprint claims nothing: the profile is to be sent again.
+        user_rows = db.execute(
+            "SELECT customer_id, fingerprint FROM users WHERE fingerprint IS NOT NULL"
+        ).fetchall()
         event_rows = db.execute("SELECT event_id, customer_id FROM events").fetchall()
     finally:
         db.close()
