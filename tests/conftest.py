@@ -98,7 +98,7 @@ def app_user(mariadb: ServerHandle) -> Iterator[AppUserFactory]:
 
 # -- the local Iterable sandbox and the job as a user runs it ------------------------------
 
-from iterable_sandbox import DEFAULT_API_KEY, SandboxServer  # noqa: E402
+from sandbox import DEFAULT_API_KEY, SandboxServer  # noqa: E402
 
 API_KEY = DEFAULT_API_KEY
 

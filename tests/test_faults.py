@@ -30,7 +30,7 @@ from devtools.bulk_seed import (
     wait_until,
 )
 from devtools.seed import SEED_QUALIFYING
-from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
+from sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
 
 ARTIFACT = Path(__file__).resolve().parent.parent / "test-artifacts" / "fault_suite.json"
 

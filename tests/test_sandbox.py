@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from iterable_sandbox import (
+from sandbox import (
     MAX_BULK_BODY_BYTES,
     FaultRule,
     SandboxServer,
@@ -856,7 +856,8 @@ def test_command_line_server(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     command = [
         sys.executable,
-        str(ROOT / "iterable_sandbox.py"),
+        "-m",
+        "sandbox",
         "--port",
         "0",
         "--latency-ms",
@@ -868,7 +869,7 @@ def test_command_line_server(tmp_path: Path) -> None:
         "--port-file",
         str(port_file),
     ]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline().strip()

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 import sync_state
 from devtools.bulk_seed import unbacked_state_claims
 from iterable_client import IterableClient, RetryPolicy
-from iterable_sandbox import DEFAULT_API_KEY
 from results import ResultsWriter
+from sandbox import DEFAULT_API_KEY
 from sync import Syncer
 from sync_state import SyncState
 
