@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -67,29 +67,38 @@ class SandboxConfig:
 # --- Rate limits ----------------------------------------------------------------------------
 
 
-@dataclass
+Clock = Callable[[], float]
+
+
 class TokenBucket:
-    """Refills at rate tokens a second up to one second's worth, so pacing at rate never fails."""
+    """Refills at rate tokens a second up to one second's worth, so pacing at rate never fails.
 
-    rate: float
-    tokens: float = field(init=False)
-    updated: float = field(init=False)
+    Time comes from clock (seconds, monotonic), so a test can drive it without sleeping.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(self, rate: float, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
         self.tokens = self.capacity
-        self.updated = time.monotonic()
+        self.updated = clock()
 
     @property
     def capacity(self) -> float:
         return max(1.0, self.rate)
 
-    def take(self, now: float) -> bool:
+    def take(self) -> bool:
+        """Takes one token if there is one; False means the request is over the limit."""
+        now = self._clock()
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def refill(self) -> None:
+        self.tokens = self.capacity
+        self.updated = self._clock()
 
 
 def parse_rate_limits(spec: RateLimitSpec) -> dict[str, float] | None:

@@ -24,6 +24,7 @@ from sandbox.config import (
     DEFAULT_API_KEY,
     RATE_LIMIT_JSON,
     RATE_LIMIT_TEXT,
+    Clock,
     FaultKind,
     FaultRule,
     RateLimitBody,
@@ -72,8 +73,11 @@ class Sandbox:
         forbidden_keys: Iterable[str] = (),
         retry_after: float | None = None,
         rate_limit_body: RateLimitBody = "alternate",
+        clock: Clock = time.monotonic,
     ) -> None:
         self._lock = threading.RLock()
+        # The rate limits' time source: tests pass a fake clock instead of sleeping.
+        self._clock = clock
         self._config = SandboxConfig(
             latency=float(latency),
             retry_after=retry_after,
@@ -103,7 +107,7 @@ class Sandbox:
             self._connections = 0
             self._json_429_next = False
             for bucket in self._buckets.values():
-                bucket.tokens = bucket.capacity
+                bucket.refill()
 
     # --- programmatic API: reading the store ---
 
@@ -218,7 +222,9 @@ class Sandbox:
         limits = parse_rate_limits(spec)
         with self._lock:
             self._config.rate_limits = limits
-            self._buckets = {ep: TokenBucket(rate) for ep, rate in (limits or {}).items()}
+            self._buckets = {
+                ep: TokenBucket(rate, self._clock) for ep, rate in (limits or {}).items()
+            }
 
     def set_retry_after(self, seconds: float | None) -> None:
         """The Retry-After header sent with rate-limit 429s; None sends none."""
@@ -414,7 +420,7 @@ class Sandbox:
 
     def _check_rate(self, endpoint: str) -> Response | None:
         bucket = self._buckets.get(endpoint)
-        if bucket is None or bucket.take(time.monotonic()):
+        if bucket is None or bucket.take():
             return None
         self._rate_limited += 1
         headers = retry_after_headers(self._config.retry_after)
