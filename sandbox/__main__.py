@@ -13,12 +13,14 @@ import os
 import signal
 from collections.abc import Sequence
 
-from sandbox.config import DEFAULT_API_KEY
+from sandbox.config import BATCH_TOO_LARGE_STATUSES, DEFAULT_API_KEY, PROJECT_TYPES
 from sandbox.server import DEFAULT_HOST, Sandbox, require_loopback
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run a local Iterable-compatible API server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox", description="Run a local Iterable-compatible API server."
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="loopback address to bind")
     parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="simulated latency")
@@ -33,6 +35,19 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--disabled-key", action="append", default=[], help="disabled key")
     parser.add_argument("--forbidden-key", action="append", default=[], help="key answered 403")
+    parser.add_argument(
+        "--project-type", choices=PROJECT_TYPES, default="hybrid", help="how users are identified"
+    )
+    parser.add_argument(
+        "--max-bulk-items", type=int, default=None, help="most items a bulk request may carry"
+    )
+    parser.add_argument(
+        "--batch-too-large-status",
+        type=int,
+        choices=sorted(BATCH_TOO_LARGE_STATUSES),
+        default=400,
+        help="status of a BatchTooLarge answer",
+    )
     parser.add_argument("--port-file", help="write the chosen port to this file")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING...")
     return parser
@@ -77,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             disabled_keys=args.disabled_key,
             forbidden_keys=args.forbidden_key,
             retry_after=args.retry_after,
+            project_type=args.project_type,
+            max_bulk_items=args.max_bulk_items,
+            batch_too_large_status=args.batch_too_large_status,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -12,27 +12,65 @@ from typing import Any, Literal
 from sandbox.wire import REASONS, JsonObject, Response, json_response, retry_after_headers
 
 FaultKind = Literal["status", "delay", "drop"]
+ProjectType = Literal["hybrid", "email", "userId"]
 RateLimitBody = Literal["alternate", "json", "text"]
 RateLimitSpec = str | Mapping[str, float | None] | None
 
 DEFAULT_API_KEY = "sandbox-key"
+PROJECT_TYPES: tuple[ProjectType, ...] = ("hybrid", "email", "userId")
+# Answers to an oversized bulk request: Iterable's BatchTooLarge, or a gateway's 413.
+BATCH_TOO_LARGE_STATUSES = frozenset({400, 413})
 
+# Endpoint names: what request_count(), stats(), rate limits and faults call each route.
 USERS_UPDATE = "users/update"
 EVENTS_TRACK = "events/track"
 USERS_BULK_UPDATE = "users/bulkUpdate"
 EVENTS_TRACK_BULK = "events/trackBulk"
 USERS_GET_BY_EMAIL = "users/getByEmail"
+USERS_GET = "users/get"  # GET /api/users/{email}
+USERS_GET_BY_USER_ID = "users/getByUserId"  # GET /api/users/byUserId/{userId}
+USERS_UPDATE_EMAIL = "users/updateEmail"
+USERS_DELETE = "users/delete"  # DELETE /api/users/{email} and /api/users/byUserId/{userId}
+USERS_FORGOTTEN = "users/forgotten"
+USERS_FORGET = "users/forget"
+LISTS = "lists"  # GET /api/lists
+LISTS_CREATE = "lists/create"  # POST /api/lists
+LISTS_SUBSCRIBE = "lists/subscribe"
+LISTS_UNSUBSCRIBE = "lists/unsubscribe"
 
 ENDPOINTS = frozenset(
-    {USERS_UPDATE, EVENTS_TRACK, USERS_BULK_UPDATE, EVENTS_TRACK_BULK, USERS_GET_BY_EMAIL}
+    {
+        USERS_UPDATE,
+        EVENTS_TRACK,
+        USERS_BULK_UPDATE,
+        EVENTS_TRACK_BULK,
+        USERS_GET_BY_EMAIL,
+        USERS_GET,
+        USERS_GET_BY_USER_ID,
+        USERS_UPDATE_EMAIL,
+        USERS_DELETE,
+        USERS_FORGOTTEN,
+        USERS_FORGET,
+        LISTS,
+        LISTS_CREATE,
+        LISTS_SUBSCRIBE,
+        LISTS_UNSUBSCRIBE,
+    }
 )
 
-# Iterable's published per-project limits, requests per second.
+# Iterable's published per-project limits, requests per second; endpoints without a
+# published limit (updateEmail, list create/subscribe/unsubscribe, getByEmail) have none.
 ITERABLE_RATE_LIMITS: dict[str, float] = {
     USERS_UPDATE: 500.0,
     EVENTS_TRACK: 2000.0,
     USERS_BULK_UPDATE: 5.0,
     EVENTS_TRACK_BULK: 10.0,
+    USERS_GET: 100.0,
+    USERS_GET_BY_USER_ID: 100.0,
+    USERS_DELETE: 100.0,
+    USERS_FORGOTTEN: 3.0,
+    USERS_FORGET: 3.0,
+    LISTS: 100.0,
 }
 
 RATE_LIMIT_TEXT = b"Rate limit exceeded. Please try again later."
@@ -51,6 +89,11 @@ class SandboxConfig:
     disabled_keys: set[str] = field(default_factory=set)
     forbidden_keys: set[str] = field(default_factory=set)
     rate_limit_body: RateLimitBody = "alternate"
+    project_type: ProjectType = "hybrid"
+    # Iterable documents no item count limit for bulk requests; set one to test a client's
+    # reaction to BatchTooLarge. The same status answers bodies over 4 MB.
+    max_bulk_items: int | None = None
+    batch_too_large_status: int = 400
 
     def to_dict(self) -> JsonObject:
         return {
@@ -61,6 +104,9 @@ class SandboxConfig:
             "disabled_keys": sorted(self.disabled_keys),
             "forbidden_keys": sorted(self.forbidden_keys),
             "rate_limit_body": self.rate_limit_body,
+            "project_type": self.project_type,
+            "max_bulk_items": self.max_bulk_items,
+            "batch_too_large_status": self.batch_too_large_status,
         }
 
 

@@ -1,4 +1,4 @@
-"""Iterable's API as the sandbox answers it: request validation and one handler per endpoint.
+"""Iterable's endpoints as the sandbox answers them: the route table and one handler per endpoint.
 
 Handlers run with the sandbox's lock held, after authentication and rate limiting; they read
 and change the Store and answer a Response, or raise ApiError for an Iterable error answer.
@@ -8,290 +8,145 @@ from __future__ import annotations
 
 import copy
 import json
-import re
+import time
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
-from urllib.parse import parse_qs
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote
 
 from sandbox.config import (
     EVENTS_TRACK,
     EVENTS_TRACK_BULK,
+    LISTS,
+    LISTS_CREATE,
+    LISTS_SUBSCRIBE,
+    LISTS_UNSUBSCRIBE,
     USERS_BULK_UPDATE,
+    USERS_DELETE,
+    USERS_FORGET,
+    USERS_FORGOTTEN,
+    USERS_GET,
     USERS_GET_BY_EMAIL,
+    USERS_GET_BY_USER_ID,
     USERS_UPDATE,
+    USERS_UPDATE_EMAIL,
+    SandboxConfig,
 )
-from sandbox.store import EMAIL_RE, Identity, Store, merge_fields, value_type
+from sandbox.store import EMAIL_RE, Identity, Profile, StaticList, Store, email_hash, merge_fields
+from sandbox.validation import (
+    BULK_EVENTS_SCHEMA,
+    BULK_USER_SCHEMA,
+    BULK_USERS_SCHEMA,
+    CREATE_LIST_SCHEMA,
+    EVENT_FAILURE_LISTS,
+    MAX_BULK_BODY_BYTES,
+    NOT_BY_EMAIL,
+    SUBSCRIBE_SCHEMA,
+    TRACK_SCHEMA,
+    UNSUBSCRIBE_SCHEMA,
+    UPDATE_EMAIL_SCHEMA,
+    USER_SCHEMA,
+    USER_UPDATE_SCHEMA,
+    ApiError,
+    bad_params,
+    bulk_result,
+    check_field_types,
+    failure_lists,
+    filter_new_fields,
+    parse_batch,
+    parse_shape,
+    parse_single,
+    require,
+    types_mismatched,
+)
 from sandbox.wire import SUCCESS, JsonObject, Request, Response, json_response
 
-FieldKind = Literal["string", "integer", "boolean", "object", "array"]
+MAX_USER_ID_CHARS = 52
 
-MAX_BULK_BODY_BYTES = 4 * 1024 * 1024
-MAX_EVENT_ID_BYTES = 512
 
-API_ROUTES: dict[tuple[str, str], str] = {
-    ("POST", "/api/users/update"): USERS_UPDATE,
-    ("POST", "/api/events/track"): EVENTS_TRACK,
-    ("POST", "/api/users/bulkUpdate"): USERS_BULK_UPDATE,
-    ("POST", "/api/events/trackBulk"): EVENTS_TRACK_BULK,
-    ("GET", "/api/users/getByEmail"): USERS_GET_BY_EMAIL,
-}
+# --- Routes ---------------------------------------------------------------------------------
 
-EVENT_ID_RE = re.compile(r"[A-Za-z0-9-]+")
 
-# Request schemas, hand-written from Iterable's Swagger definitions (ApiUserUpdateRequest,
-# OptionalApiUser, TrackRequest, BulkUpdateUsersRequest, BulkTrackRequest). Unknown
-# properties are ignored, as Iterable does.
-USER_UPDATE_SCHEMA: dict[str, FieldKind] = {
-    "email": "string",
-    "userId": "string",
-    "dataFields": "object",
-    "preferUserId": "boolean",
-    "mergeNestedObjects": "boolean",
-    "createNewFields": "boolean",
-}
-BULK_USER_SCHEMA: dict[str, FieldKind] = {
-    key: kind for key, kind in USER_UPDATE_SCHEMA.items() if key != "createNewFields"
-}
-TRACK_SCHEMA: dict[str, FieldKind] = {
-    "eventName": "string",
-    "email": "string",
-    "userId": "string",
-    "id": "string",
-    "createdAt": "integer",
-    "dataFields": "object",
-    "campaignId": "integer",
-    "templateId": "integer",
-    "createNewFields": "boolean",
-}
-BULK_USERS_SCHEMA: dict[str, FieldKind] = {"users": "array", "createNewFields": "boolean"}
-BULK_EVENTS_SCHEMA: dict[str, FieldKind] = {"events": "array"}
+class Route(NamedTuple):
+    method: str
+    path: str  # as Iterable's spec spells it: "{email}" or "{userId}" for a path parameter
+    endpoint: str
 
-EXPECTED_VALUE = {
-    "string": "String value expected",
-    "integer": "Number value expected",
-    "boolean": "Boolean value expected",
-    "object": "Object value expected",
-    "array": "Array value expected",
-}
 
-USER_FAILURE_LISTS = (
-    "invalidEmails",
-    "invalidUserIds",
-    "notFoundEmails",
-    "notFoundUserIds",
-    "forgottenEmails",
-    "forgottenUserIds",
-    "conflictEmails",
-    "conflictUserIds",
-    "invalidDataEmails",
-    "invalidDataUserIds",
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/users/update", USERS_UPDATE),
+    Route("POST", "/api/events/track", EVENTS_TRACK),
+    Route("POST", "/api/users/bulkUpdate", USERS_BULK_UPDATE),
+    Route("POST", "/api/events/trackBulk", EVENTS_TRACK_BULK),
+    Route("GET", "/api/users/getByEmail", USERS_GET_BY_EMAIL),
+    Route("GET", "/api/users/{email}", USERS_GET),
+    Route("GET", "/api/users/byUserId/{userId}", USERS_GET_BY_USER_ID),
+    Route("POST", "/api/users/updateEmail", USERS_UPDATE_EMAIL),
+    Route("DELETE", "/api/users/{email}", USERS_DELETE),
+    Route("DELETE", "/api/users/byUserId/{userId}", USERS_DELETE),
+    Route("GET", "/api/users/forgotten", USERS_FORGOTTEN),
+    Route("POST", "/api/users/forget", USERS_FORGET),
+    Route("GET", "/api/lists", LISTS),
+    Route("POST", "/api/lists", LISTS_CREATE),
+    Route("POST", "/api/lists/subscribe", LISTS_SUBSCRIBE),
+    Route("POST", "/api/lists/unsubscribe", LISTS_UNSUBSCRIBE),
 )
-EVENT_FAILURE_LISTS = USER_FAILURE_LISTS[:6]
 
-# --- Iterable error answers and validation ---------------------------------------------------
-
-
-class ApiError(Exception):
-    """An Iterable error answer, raised inside a handler to stop processing the request."""
-
-    def __init__(self, status: int, code: str, msg: str, params: JsonObject | None = None) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.code = code
-        self.msg = msg
-        self.params = params
-
-    def response(self) -> Response:
-        return json_response(
-            self.status, {"msg": self.msg, "code": self.code, "params": self.params}
-        )
-
-
-def bad_json(params: JsonObject) -> ApiError:
-    return ApiError(400, "BadJsonBody", "Invalid JSON body", params)
-
-
-def bad_params(params: dict[str, str]) -> ApiError:
-    details = "; ".join(f"{path}: {message}" for path, message in params.items())
-    return ApiError(400, "BadParams", f"Invalid params: {details}", dict(params))
-
-
-def parse_object(body: bytes) -> JsonObject:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "BadJsonBody", f"Invalid JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "BadJsonBody", "Invalid JSON body: a JSON object was expected")
-    return data
-
-
-def kind_error(kind: FieldKind, value: Any) -> str | None:
-    """Why value does not fit a schema property of this kind, or None when it does."""
-    if kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return EXPECTED_VALUE["integer"]
-        if isinstance(value, float) and not value.is_integer():
-            return "Integer value expected"
-        return None
-    fits = {
-        "string": isinstance(value, str),
-        "boolean": isinstance(value, bool),
-        "object": isinstance(value, dict),
-        "array": isinstance(value, list),
-    }[kind]
-    return None if fits else EXPECTED_VALUE[kind]
-
-
-def check_shape(
-    obj: Mapping[str, Any], schema: Mapping[str, FieldKind], path: str, errors: dict[str, str]
-) -> None:
-    """Adds to errors every property of obj whose JSON type the schema does not allow.
-
-    null counts as absent, as it does for Iterable's optional properties.
-    """
-    for name, kind in schema.items():
-        value = obj.get(name)
-        if value is not None and (message := kind_error(kind, value)) is not None:
-            errors[f"{path}.{name}"] = message
-
-
-def param_errors(item: Mapping[str, Any], path: str, is_event: bool) -> dict[str, str]:
-    """Missing or out-of-range parameters of one user or event (types already checked)."""
-    errors: dict[str, str] = {}
-    if is_event:
-        if not item.get("eventName"):
-            errors[f"{path}.eventName"] = "eventName is required"
-        event_id = item.get("id")
-        if event_id is not None and not valid_event_id(event_id):
-            errors[f"{path}.id"] = (
-                f"Event id must be letters, digits and hyphens, at most {MAX_EVENT_ID_BYTES} bytes"
-            )
-    if (item.get("email") is None) == (item.get("userId") is None):
-        errors[path] = "Exactly one of email or userId must be given"
-    return errors
-
-
-def valid_event_id(event_id: str) -> bool:
-    return bool(EVENT_ID_RE.fullmatch(event_id)) and len(event_id.encode()) <= MAX_EVENT_ID_BYTES
-
-
-def parse_single(body: bytes, schema: Mapping[str, FieldKind], is_event: bool) -> JsonObject:
-    """The body of a single-record request, or ApiError (BadJsonBody first, then BadParams)."""
-    obj = parse_object(body)
-    errors: dict[str, str] = {}
-    check_shape(obj, schema, "obj", errors)
-    if errors:
-        raise bad_json(errors)
-    if problems := param_errors(obj, "obj", is_event):
-        raise bad_params(problems)
-    return obj
-
-
-def parse_batch(
-    body: bytes,
-    list_name: str,
-    schema: Mapping[str, FieldKind],
-    item_schema: Mapping[str, FieldKind],
-    is_event: bool,
-) -> tuple[JsonObject, list[JsonObject]]:
-    """The body of a bulk request and its items; one malformed item fails the whole request."""
-    obj = parse_object(body)
-    errors: dict[str, str] = {}
-    check_shape(obj, schema, "obj", errors)
-    raw_items = obj.get(list_name)
-    items: list[JsonObject] = []
-    if isinstance(raw_items, list):
-        for index, item in enumerate(raw_items):
-            path = f"obj.{list_name}[{index}]"
-            if isinstance(item, dict):
-                check_shape(item, item_schema, path, errors)
-                items.append(item)
-            else:
-                errors[path] = EXPECTED_VALUE["object"]
-    if errors:
-        raise bad_json(errors)
-    if raw_items is None:
-        raise bad_params({f"obj.{list_name}": f"{list_name} is required"})
-    problems: dict[str, str] = {}
-    for index, item in enumerate(items):
-        problems.update(param_errors(item, f"obj.{list_name}[{index}]", is_event))
-    if problems:
-        raise bad_params(problems)
-    return obj, items
-
-
-# --- Field types ----------------------------------------------------------------------------
-
-
-def check_field_types(
-    known: Mapping[str, str],
-    pending: dict[str, str],
-    data: Mapping[str, Any],
-    category: str,
-    mismatches: JsonObject,
-) -> None:
-    """Records in pending the types data would fix and in mismatches the values that clash.
-
-    Types go to pending rather than known so that a rejected request fixes no type.
-    """
-    for name, value in data.items():
-        incoming = value_type(value)
-        if incoming is None:
-            continue
-        expected = known.get(name) or pending.get(name)
-        if expected is None:
-            pending[name] = incoming
-        elif expected != incoming and name not in mismatches:
-            mismatches[name] = {
-                "incomingTypes": [incoming],
-                "expectedType": expected,
-                "_type": "UnexpectedType",
-                "offendingValue": value,
-                "category": category,
-            }
-
-
-def types_mismatched(mismatches: JsonObject) -> ApiError:
-    name, detail = next(iter(mismatches.items()))
-    msg = (
-        "The request does not have the same data types as the data previously submitted. "
-        f"Field '{name}' already exists for type '{detail['category']}' and has a data type of "
-        f"'{detail['expectedType']}' but possible types '{detail['incomingTypes'][0]}' "
-        "in the request."
+LITERAL_PATHS = frozenset(route.path for route in ROUTES if "{" not in route.path)
+# A path parameter never takes a name another route spells at that place ("update",
+# "byUserId", ...): GET /api/users/update is a wrong method, not a user called "update".
+RESERVED_SEGMENTS: dict[int, frozenset[str]] = {
+    index: frozenset(
+        route.path.split("/")[index]
+        for route in ROUTES
+        if len(route.path.split("/")) > index and "{" not in route.path.split("/")[index]
     )
-    return ApiError(400, "RequestFieldsTypesMismatched", msg, {"validationErrors": mismatches})
+    for index in range(max(len(route.path.split("/")) for route in ROUTES))
+}
 
 
-def filter_new_fields(
-    data: JsonObject, known: Mapping[str, str], create_new: bool | None, filtered: set[str]
-) -> JsonObject:
-    """With createNewFields false Iterable drops fields it does not know yet."""
-    if create_new is not False:
-        return data
-    filtered.update(name for name in data if name not in known)
-    return {name: value for name, value in data.items() if name in known}
+class RouteMatch(NamedTuple):
+    endpoint: str
+    param: str | None = None  # "email" or "userId" when the path carries one
+    value: str | None = None  # that parameter, percent-decoded
 
 
-def bulk_result(
-    success: int, failed: dict[str, list[str]], created: Iterable[str], filtered: set[str]
-) -> JsonObject:
-    return {
-        "successCount": success,
-        "failCount": sum(len(names) for names in failed.values()),
-        # Deprecated top-level copies that Iterable still sends.
-        "invalidEmails": failed["invalidEmails"],
-        "invalidUserIds": failed["invalidUserIds"],
-        "failedUpdates": failed,
-        "createdFields": sorted(set(created)),
-        "filteredOutFields": sorted(filtered),
-    }
+def match_route(method: str, path: str) -> RouteMatch | None:
+    """The endpoint a request goes to, or None (Iterable's HTML 404) for an unknown route."""
+    if path in LITERAL_PATHS:
+        for route in ROUTES:
+            if route.path == path and route.method == method:
+                return RouteMatch(route.endpoint)
+        return None
+    segments = path.split("/")
+    for route in ROUTES:
+        if route.method == method and "{" in route.path:
+            match = match_segments(route, segments)
+            if match is not None:
+                return match
+    return None
 
 
-def request_emails(endpoint: str, request: Request) -> set[str]:
+def match_segments(route: Route, segments: list[str]) -> RouteMatch | None:
+    pattern = route.path.split("/")
+    if len(pattern) != len(segments):
+        return None
+    found: RouteMatch | None = RouteMatch(route.endpoint)
+    for index, (want, got) in enumerate(zip(pattern, segments, strict=True)):
+        if want.startswith("{"):
+            if not got or got in RESERVED_SEGMENTS[index]:
+                return None
+            found = RouteMatch(route.endpoint, want.strip("{}"), unquote(got))
+        elif want != got:
+            return None
+    return found
+
+
+def request_emails(match: RouteMatch, request: Request) -> set[str]:
     """The emails a request is about, for faults narrowed to one email."""
-    if endpoint == USERS_GET_BY_EMAIL:
+    if match.param == "email" and match.value is not None:
+        return {match.value}
+    if match.endpoint == USERS_GET_BY_EMAIL:
         return set(parse_qs(request.query).get("email", []))
     try:
         data = json.loads(request.body)
@@ -299,14 +154,81 @@ def request_emails(endpoint: str, request: Request) -> set[str]:
         return set()
     if not isinstance(data, dict):
         return set()
-    items = data.get("users") or data.get("events") or [data]
+    items = data.get("users") or data.get("events") or data.get("subscribers") or [data]
     if not isinstance(items, list):
         return set()
-    return {
+    emails = {
         item["email"]
         for item in items
         if isinstance(item, dict) and isinstance(item.get("email"), str)
     }
+    emails.update(data[name] for name in ("currentEmail", "newEmail") if name in data)
+    return {email for email in emails if isinstance(email, str)}
+
+
+# --- Refusals -------------------------------------------------------------------------------
+
+
+class Refusal(NamedTuple):
+    """Why a write about one user is refused: answered alone, or listed in a bulk answer.
+
+    reason is invalid, forgotten, conflict (marked by a test), taken (an email that
+    belongs to another profile), notFound or invalidData.
+    """
+
+    reason: str
+    identity: Identity
+
+    def failure_list(self) -> str:
+        """The failedUpdates list that names the refused user, e.g. forgottenEmails."""
+        return self.identity.failure_list("conflict" if self.reason == "taken" else self.reason)
+
+    def error(self) -> ApiError:
+        """The answer of a single-user endpoint."""
+        value, by_email = self.identity.value, self.identity.by_email
+        if self.reason == "invalid" and by_email:
+            return ApiError(400, "InvalidEmailAddressError", f"Invalid email: {value}")
+        if self.reason == "invalid":
+            return ApiError(400, "InvalidUserIdError", f"Invalid userId: {value}")
+        if self.reason == "forgotten":
+            return ApiError(409, "ForgottenUserError", f"User {value} was forgotten (GDPR)")
+        if self.reason == "conflict":
+            return ApiError(409, "ExternalKeyConflict", f"Email and userId conflict for {value}")
+        if self.reason == "taken":
+            return ApiError(409, "EmailAlreadyExists", f"Another user has the email {value}")
+        if self.reason == "notFound":
+            code = "UnknownEmailError" if by_email else "UnknownUserIdError"
+            return ApiError(400, code, f"No user exists with {self.identity.kind} {value}")
+        return bad_params(
+            {"obj.dataFields.email": "differs from email; change an email with users/updateEmail"}
+        )
+
+
+def valid_user_id(user_id: str) -> bool:
+    """Iterable's userId: 1 to 52 printable ASCII characters, no trailing space."""
+    return (
+        bool(user_id.strip())
+        and len(user_id) <= MAX_USER_ID_CHARS
+        and user_id.isascii()
+        and user_id.isprintable()
+        and user_id == user_id.rstrip()
+    )
+
+
+class UserWrite(NamedTuple):
+    identity: Identity
+    data: JsonObject
+    merge_nested: bool
+    new_email: str | None  # dataFields.email: the email the profile is to have
+
+
+class EventWrite(NamedTuple):
+    identity: Identity
+    item: JsonObject
+    data: JsonObject
+
+
+Handler = Callable[[Request, RouteMatch], Response]
 
 
 # --- Handlers -------------------------------------------------------------------------------
@@ -315,196 +237,450 @@ def request_emails(endpoint: str, request: Request) -> set[str]:
 class Handlers:
     """One handler per endpoint, reading and writing one Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, config: SandboxConfig, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
+        self.config = config
+        self._wall_clock = wall_clock
+        self._handlers: dict[str, Handler] = {
+            USERS_UPDATE: self._users_update,
+            EVENTS_TRACK: self._events_track,
+            USERS_BULK_UPDATE: self._users_bulk_update,
+            EVENTS_TRACK_BULK: self._events_track_bulk,
+            USERS_GET_BY_EMAIL: self._get_by_email,
+            USERS_GET: self._get_user,
+            USERS_GET_BY_USER_ID: self._get_user,
+            USERS_UPDATE_EMAIL: self._update_email,
+            USERS_DELETE: self._delete_user,
+            USERS_FORGOTTEN: self._forgotten,
+            USERS_FORGET: self._forget,
+            LISTS: self._get_lists,
+            LISTS_CREATE: self._create_list,
+            LISTS_SUBSCRIBE: self._subscribe,
+            LISTS_UNSUBSCRIBE: self._unsubscribe,
+        }
 
-    def handle(self, endpoint: str, request: Request) -> Response:
-        if endpoint == USERS_UPDATE:
-            return self._users_update(request)
-        if endpoint == EVENTS_TRACK:
-            return self._events_track(request)
-        if endpoint == USERS_BULK_UPDATE:
-            return self._users_bulk_update(request)
-        if endpoint == EVENTS_TRACK_BULK:
-            return self._events_track_bulk(request)
-        return self._get_by_email(request)
+    def handle(self, match: RouteMatch, request: Request) -> Response:
+        return self._handlers[match.endpoint](request, match)
 
-    def _rejection(self, identity: Identity, is_event: bool) -> str | None:
-        """Why Iterable would refuse a write about this identity: a failedUpdates reason."""
-        if identity.kind == "email" and not EMAIL_RE.fullmatch(identity.value):
-            return "invalid"
-        if identity.kind == "userId" and not identity.value.strip():
-            return "invalid"
-        if identity.value in self.store.forgotten:
-            return "forgotten"
-        if not is_event and identity.value in self.store.conflicts:
-            return "conflict"
-        if is_event and identity.value in self.store.not_found:
-            return "notFound"
+    # --- who a request is about ---
+
+    def _identity_refusal(self, identity: Identity) -> Refusal | None:
+        if identity.by_email and not EMAIL_RE.fullmatch(identity.value):
+            return Refusal("invalid", identity)
+        if not identity.by_email and not valid_user_id(identity.value):
+            return Refusal("invalid", identity)
+        if self.store.is_forgotten(identity):
+            return Refusal("forgotten", identity)
         return None
 
-    def _refuse_single(self, identity: Identity, is_event: bool) -> None:
-        """Raises the error a single-record endpoint answers for a refused identity."""
-        reason = self._rejection(identity, is_event)
-        value, by_email = identity.value, identity.kind == "email"
-        if reason == "invalid" and by_email:
-            raise ApiError(400, "InvalidEmailAddressError", f"Invalid email: {value}")
-        if reason == "invalid":
-            raise ApiError(400, "InvalidUserIdError", f"Invalid userId: {value}")
-        if reason == "forgotten":
-            raise ApiError(409, "ForgottenUserError", f"User {value} was forgotten (GDPR)")
-        if reason == "conflict":
-            raise ApiError(409, "ExternalKeyConflict", f"Email and userId conflict for {value}")
-        if reason == "notFound":
-            code = "UnknownEmailError" if by_email else "UnknownUserIdError"
-            raise ApiError(400, code, f"No user exists with {identity.kind} {value}")
+    def _write_refusal(
+        self, identity: Identity, *, is_event: bool, may_create: bool
+    ) -> Refusal | None:
+        """Why Iterable would refuse a user update or event about this identity."""
+        refusal = self._identity_refusal(identity)
+        if refusal is not None:
+            return refusal
+        if not is_event and identity.value in self.store.conflicts:
+            return Refusal("conflict", identity)
+        if is_event and identity.value in self.store.not_found:
+            return Refusal("notFound", identity)
+        if not may_create and self.store.find(identity) is None:
+            return Refusal("notFound", identity)
+        return None
 
-    def _users_update(self, request: Request) -> Response:
-        item = parse_single(request.body, USER_UPDATE_SCHEMA, is_event=False)
-        identity = Identity.of(item)
-        self._refuse_single(identity, is_event=False)
-        pending: dict[str, str] = {}
-        mismatches: JsonObject = {}
-        data = filter_new_fields(
-            item.get("dataFields") or {}, self.store.user_types, item.get("createNewFields"), set()
-        )
-        check_field_types(self.store.user_types, pending, data, "user", mismatches)
-        if mismatches:
-            raise types_mismatched(mismatches)
-        self.store.user_types.update(pending)
-        self._write_user(identity, data, bool(item.get("mergeNestedObjects")))
-        return SUCCESS
+    def _may_create(self, identity: Identity, prefer_user_id: bool = False) -> bool:
+        """Whether a write about an unknown user creates the profile.
 
-    def _events_track(self, request: Request) -> Response:
-        item = parse_single(request.body, TRACK_SCHEMA, is_event=True)
-        identity = Identity.of(item)
-        self._refuse_single(identity, is_event=True)
-        pending: dict[str, dict[str, str]] = {}
-        mismatches: JsonObject = {}
-        data = self._event_data(item, item.get("createNewFields"), pending, mismatches, set())
-        if mismatches:
-            raise types_mismatched(mismatches)
-        self._commit_event_types(pending)
-        event_id = self._write_event(identity, item, data)
-        return json_response(200, {"msg": "", "code": "Success", "params": {"id": event_id}})
+        In an email-based project a userId alone creates nobody, unless preferUserId says so.
+        """
+        return identity.by_email or self.store.project_type != "email" or prefer_user_id
 
-    def _users_bulk_update(self, request: Request) -> Response:
-        self._check_batch_size(request)
-        obj, items = parse_batch(
-            request.body, "users", BULK_USERS_SCHEMA, BULK_USER_SCHEMA, is_event=False
-        )
-        failed: dict[str, list[str]] = {name: [] for name in USER_FAILURE_LISTS}
-        pending: dict[str, str] = {}
-        mismatches: JsonObject = {}
-        filtered: set[str] = set()
-        accepted: list[tuple[Identity, JsonObject, bool]] = []
-        for item in items:
-            identity = Identity.of(item)
-            reason = self._rejection(identity, is_event=False)
-            if reason is not None:
-                failed[identity.failure_list(reason)].append(identity.value)
-                continue
-            data = filter_new_fields(
-                item.get("dataFields") or {},
-                self.store.user_types,
-                obj.get("createNewFields"),
-                filtered,
-            )
-            check_field_types(self.store.user_types, pending, data, "user", mismatches)
-            accepted.append((identity, data, bool(item.get("mergeNestedObjects"))))
-        if mismatches:
-            raise types_mismatched(mismatches)
-        self.store.user_types.update(pending)
-        for identity, data, merge_nested in accepted:
-            self._write_user(identity, data, merge_nested)
-        self.store.batch_sizes[USERS_BULK_UPDATE].append(len(items))
-        return json_response(200, bulk_result(len(accepted), failed, pending, filtered))
+    def _email_refusal(self, identity: Identity, new_email: Any) -> Refusal | None:
+        """Why dataFields.email cannot become the email of the profile identity names."""
+        if new_email is None:
+            return None
+        if not isinstance(new_email, str) or not EMAIL_RE.fullmatch(new_email):
+            return Refusal("invalid", Identity("email", str(new_email)))
+        if identity.by_email:
+            # The email is the key here: moving a profile to another is users/updateEmail's job.
+            return None if new_email == identity.value else Refusal("invalidData", identity)
+        target = Identity("email", new_email)
+        if self.store.is_forgotten(target):
+            return Refusal("forgotten", target)
+        owner = self.store.email_owner(new_email)
+        if owner is not None and owner is not self.store.find(identity):
+            return Refusal("taken", target)
+        return None
 
-    def _events_track_bulk(self, request: Request) -> Response:
-        self._check_batch_size(request)
-        _, items = parse_batch(
-            request.body, "events", BULK_EVENTS_SCHEMA, TRACK_SCHEMA, is_event=True
-        )
-        failed: dict[str, list[str]] = {name: [] for name in EVENT_FAILURE_LISTS}
-        pending: dict[str, dict[str, str]] = {}
-        mismatches: JsonObject = {}
-        filtered: set[str] = set()
-        accepted: list[tuple[Identity, JsonObject, JsonObject]] = []
-        for item in items:
-            identity = Identity.of(item)
-            reason = self._rejection(identity, is_event=True)
-            if reason is not None:
-                failed[identity.failure_list(reason)].append(identity.value)
-                continue
-            data = self._event_data(
-                item, item.get("createNewFields"), pending, mismatches, filtered
-            )
-            accepted.append((identity, item, data))
-        if mismatches:
-            raise types_mismatched(mismatches)
-        self._commit_event_types(pending)
-        for identity, item, data in accepted:
-            self._write_event(identity, item, data)
-        self.store.batch_sizes[EVENTS_TRACK_BULK].append(len(items))
-        created = [name for types in pending.values() for name in types]
-        result = bulk_result(len(accepted), failed, created, filtered)
-        result["disallowedEventNames"] = []
-        return json_response(200, result)
+    def _lookup_identity(self, identity: Identity) -> None:
+        """Refuses a read or delete by an identifier Iterable would not accept."""
+        if identity.by_email and self.store.project_type == "userId":
+            raise bad_params({"email": NOT_BY_EMAIL})
+        refusal = self._identity_refusal(identity)
+        if refusal is not None and refusal.reason == "invalid":
+            raise refusal.error()
 
-    def _get_by_email(self, request: Request) -> Response:
-        email = parse_qs(request.query).get("email", [""])[0]
-        if not email:
-            raise bad_params({"email": "email is required"})
-        if not EMAIL_RE.fullmatch(email):
-            raise ApiError(400, "InvalidEmailAddressError", f"Invalid email: {email}")
-        profile = self.store.users.get(("email", email))
-        if profile is None or email in self.store.forgotten:
-            return json_response(200, {})
-        return json_response(200, {"user": {"email": email, "dataFields": profile}})
+    # --- user updates ---
 
-    @staticmethod
-    def _check_batch_size(request: Request) -> None:
-        if len(request.body) > MAX_BULK_BODY_BYTES:
-            raise ApiError(
-                400, "BatchTooLarge", f"Request body is larger than {MAX_BULK_BODY_BYTES} bytes"
-            )
-
-    def _event_data(
+    def _check_user(
         self,
         item: JsonObject,
         create_new: bool | None,
+        pending: dict[str, str],
+        mismatches: JsonObject,
+        filtered: set[str],
+        existing_only: bool = False,
+    ) -> UserWrite | Refusal:
+        """A user update checked against the store; types it would fix go to pending."""
+        identity = Identity.of(item)
+        may_create = not existing_only and self._may_create(
+            identity, bool(item.get("preferUserId"))
+        )
+        refusal = self._write_refusal(identity, is_event=False, may_create=may_create)
+        if refusal is not None:
+            return refusal
+        data = dict(item.get("dataFields") or {})
+        new_email = data.pop("email", None)
+        refusal = self._email_refusal(identity, new_email)
+        if refusal is not None:
+            return refusal
+        data = filter_new_fields(data, self.store.user_types, create_new, filtered)
+        check_field_types(self.store.user_types, pending, data, "user", mismatches)
+        return UserWrite(identity, data, bool(item.get("mergeNestedObjects")), new_email)
+
+    def _write_user(self, write: UserWrite, counted: bool = True) -> Profile | Refusal:
+        # Checked again: an earlier user of the same batch may have taken the email since.
+        refusal = self._email_refusal(write.identity, write.new_email)
+        if refusal is not None:
+            return refusal
+        profile = self.store.find_or_create(write.identity)
+        if write.new_email is not None and profile.email != write.new_email:
+            self.store.set_email(profile, write.new_email)
+        merge_fields(profile.data, write.data, write.merge_nested)
+        if counted:
+            profile.writes += 1
+        return profile
+
+    def _write_users(
+        self, writes: Iterable[UserWrite], failed: dict[str, list[str]], counted: bool = True
+    ) -> list[Profile]:
+        """Applies checked updates in order; the ones refused now are added to failed."""
+        profiles: list[Profile] = []
+        for write in writes:
+            written = self._write_user(write, counted)
+            if isinstance(written, Refusal):
+                failed[written.failure_list()].append(written.identity.value)
+            else:
+                profiles.append(written)
+        return profiles
+
+    def _users_update(self, request: Request, match: RouteMatch) -> Response:
+        item = parse_single(request.body, USER_UPDATE_SCHEMA, False, self.store.project_type)
+        pending: dict[str, str] = {}
+        mismatches: JsonObject = {}
+        checked = self._check_user(item, item.get("createNewFields"), pending, mismatches, set())
+        if isinstance(checked, Refusal):
+            raise checked.error()
+        if mismatches:
+            raise types_mismatched(mismatches)
+        self.store.user_types.update(pending)
+        written = self._write_user(checked)
+        if isinstance(written, Refusal):
+            raise written.error()
+        return SUCCESS
+
+    def _users_bulk_update(self, request: Request, match: RouteMatch) -> Response:
+        self._check_body_size(request)
+        obj, items = parse_batch(
+            request.body,
+            "users",
+            BULK_USERS_SCHEMA,
+            BULK_USER_SCHEMA,
+            False,
+            self.store.project_type,
+        )
+        self._check_item_count(len(items))
+        failed = failure_lists()
+        pending: dict[str, str] = {}
+        mismatches: JsonObject = {}
+        filtered: set[str] = set()
+        writes: list[UserWrite] = []
+        for item in items:
+            checked = self._check_user(
+                item, obj.get("createNewFields"), pending, mismatches, filtered
+            )
+            if isinstance(checked, Refusal):
+                failed[checked.failure_list()].append(checked.identity.value)
+            else:
+                writes.append(checked)
+        if mismatches:
+            raise types_mismatched(mismatches)
+        self.store.user_types.update(pending)
+        written = self._write_users(writes, failed)
+        self.store.batch_sizes[USERS_BULK_UPDATE].append(len(items))
+        return json_response(200, bulk_result(len(written), failed, pending, filtered))
+
+    def _update_email(self, request: Request, match: RouteMatch) -> Response:
+        """Moves a profile, with its data, events and lists, to a new email."""
+        obj = parse_shape(request.body, UPDATE_EMAIL_SCHEMA)
+        require(obj, "newEmail")
+        if obj.get("currentEmail") is None and obj.get("currentUserId") is None:
+            raise bad_params({"obj": "One of currentEmail or currentUserId must be given"})
+        if self.store.project_type == "userId":
+            raise bad_params({"obj": "In a userID-based project change an email with users/update"})
+        # Iterable: with both given, currentEmail wins.
+        current = (
+            Identity("email", obj["currentEmail"])
+            if obj.get("currentEmail") is not None
+            else Identity("userId", obj["currentUserId"])
+        )
+        new_email: str = obj["newEmail"]
+        refusal = self._identity_refusal(current) or self._identity_refusal(
+            Identity("email", new_email)
+        )
+        if refusal is not None:
+            raise refusal.error()
+        profile = self.store.find(current)
+        if profile is None:
+            raise Refusal("notFound", current).error()
+        owner = self.store.email_owner(new_email)
+        if owner is not None and owner is not profile:
+            raise ApiError(409, "EmailAlreadyExists", f"A user with email {new_email} exists")
+        self.store.set_email(profile, new_email)
+        return SUCCESS
+
+    # --- events ---
+
+    def _check_event(
+        self,
+        item: JsonObject,
         pending: dict[str, dict[str, str]],
         mismatches: JsonObject,
         filtered: set[str],
-    ) -> JsonObject:
-        """An event's dataFields after field filtering, its types checked per event name."""
+    ) -> EventWrite | Refusal:
+        identity = Identity.of(item)
+        refusal = self._write_refusal(
+            identity, is_event=True, may_create=self._may_create(identity)
+        )
+        if refusal is not None:
+            return refusal
         name = item["eventName"]
         known = self.store.event_types.get(name, {})
-        data = filter_new_fields(item.get("dataFields") or {}, known, create_new, filtered)
+        data = filter_new_fields(
+            item.get("dataFields") or {}, known, item.get("createNewFields"), filtered
+        )
         check_field_types(known, pending.setdefault(name, {}), data, "event", mismatches)
-        return data
+        return EventWrite(identity, item, data)
 
-    def _commit_event_types(self, pending: Mapping[str, Mapping[str, str]]) -> None:
+    def _commit_event_types(self, pending: dict[str, dict[str, str]]) -> None:
         for name, types in pending.items():
             if types:
                 self.store.event_types.setdefault(name, {}).update(types)
 
-    def _write_user(self, identity: Identity, data: JsonObject, merge_nested: bool) -> None:
-        key = (identity.kind, identity.value)
-        merge_fields(self.store.users.setdefault(key, {}), data, merge_nested)
-        self.store.user_writes[key] += 1
-
-    def _write_event(self, identity: Identity, item: JsonObject, data: JsonObject) -> str:
+    def _write_event(self, write: EventWrite) -> str:
         """Stores an event under its id, replacing an earlier one with that id."""
+        item = write.item
         event_id = item.get("id") or uuid.uuid4().hex
-        event: JsonObject = {"id": event_id, identity.kind: identity.value}
-        event["eventName"] = item["eventName"]
+        fields: JsonObject = {"id": event_id, "eventName": item["eventName"]}
         for name in ("createdAt", "campaignId", "templateId"):
             if item.get(name) is not None:
-                event[name] = int(item[name])
-        event["dataFields"] = copy.deepcopy(data)
-        self.store.events[event_id] = event
-        self.store.event_writes[event_id] += 1
+                fields[name] = int(item[name])
+        fields["dataFields"] = write.data
+        profile = self.store.find_or_create(write.identity)
+        self.store.put_event(profile, event_id, copy.deepcopy(fields))
         return event_id
 
-    # --- /_sandbox/ control API ---
+    def _events_track(self, request: Request, match: RouteMatch) -> Response:
+        item = parse_single(request.body, TRACK_SCHEMA, True, self.store.project_type)
+        pending: dict[str, dict[str, str]] = {}
+        mismatches: JsonObject = {}
+        checked = self._check_event(item, pending, mismatches, set())
+        if isinstance(checked, Refusal):
+            raise checked.error()
+        if mismatches:
+            raise types_mismatched(mismatches)
+        self._commit_event_types(pending)
+        event_id = self._write_event(checked)
+        return json_response(200, {"msg": "", "code": "Success", "params": {"id": event_id}})
+
+    def _events_track_bulk(self, request: Request, match: RouteMatch) -> Response:
+        self._check_body_size(request)
+        _, items = parse_batch(
+            request.body, "events", BULK_EVENTS_SCHEMA, TRACK_SCHEMA, True, self.store.project_type
+        )
+        self._check_item_count(len(items))
+        failed = failure_lists(EVENT_FAILURE_LISTS)
+        pending: dict[str, dict[str, str]] = {}
+        mismatches: JsonObject = {}
+        filtered: set[str] = set()
+        writes: list[EventWrite] = []
+        for item in items:
+            checked = self._check_event(item, pending, mismatches, filtered)
+            if isinstance(checked, Refusal):
+                failed[checked.failure_list()].append(checked.identity.value)
+            else:
+                writes.append(checked)
+        if mismatches:
+            raise types_mismatched(mismatches)
+        self._commit_event_types(pending)
+        for write in writes:
+            self._write_event(write)
+        self.store.batch_sizes[EVENTS_TRACK_BULK].append(len(items))
+        created = [name for types in pending.values() for name in types]
+        result = bulk_result(len(writes), failed, created, filtered)
+        result["disallowedEventNames"] = []
+        return json_response(200, result)
+
+    # --- reading and deleting users ---
+
+    def _get_by_email(self, request: Request, match: RouteMatch) -> Response:
+        email = parse_qs(request.query).get("email", [""])[0]
+        if not email:
+            raise bad_params({"email": "email is required"})
+        return self._user_answer(Identity("email", email))
+
+    def _get_user(self, request: Request, match: RouteMatch) -> Response:
+        return self._user_answer(path_identity(match))
+
+    def _user_answer(self, identity: Identity) -> Response:
+        """{"user": ...} for a known user; {} for an unknown or forgotten one, as Iterable."""
+        self._lookup_identity(identity)
+        profile = self.store.find(identity)
+        if profile is None:
+            return json_response(200, {})
+        return json_response(200, {"user": profile.api_user()})
+
+    def _delete_user(self, request: Request, match: RouteMatch) -> Response:
+        identity = path_identity(match)
+        self._lookup_identity(identity)
+        profile = self.store.find(identity)
+        if profile is None:
+            raise ApiError(400, "NotFound", f"No user exists with {identity.kind} {identity.value}")
+        self.store.delete(profile)
+        return SUCCESS
+
+    def _forgotten(self, request: Request, match: RouteMatch) -> Response:
+        if self.store.project_type == "userId":
+            raise bad_params({"projectType": "Only email-based and hybrid projects have these"})
+        hashes = sorted(email_hash(email) for email in self.store.forgotten_emails)
+        return json_response(200, {"hashedEmails": hashes})
+
+    def _forget(self, request: Request, match: RouteMatch) -> Response:
+        item = parse_single(request.body, USER_SCHEMA, False, self.store.project_type)
+        identity = Identity.of(item)
+        refusal = self._identity_refusal(identity)
+        if refusal is not None and refusal.reason == "invalid":
+            raise refusal.error()
+        self.store.forget(identity)
+        return SUCCESS
+
+    # --- lists ---
+
+    def _get_lists(self, request: Request, match: RouteMatch) -> Response:
+        lists = [static_list.details() for static_list in self.store.lists.values()]
+        return json_response(200, {"lists": lists})
+
+    def _create_list(self, request: Request, match: RouteMatch) -> Response:
+        obj = parse_shape(request.body, CREATE_LIST_SCHEMA)
+        require(obj, "name")
+        if not obj["name"].strip():
+            raise bad_params({"obj.name": "name must not be empty"})
+        created_at = int(self._wall_clock() * 1000)
+        static_list = self.store.create_list(obj["name"], obj.get("description"), created_at)
+        return json_response(200, {"listId": static_list.id})
+
+    def _static_list(self, obj: JsonObject) -> StaticList:
+        list_id = int(obj["listId"])
+        static_list = self.store.lists.get(list_id)
+        if static_list is None:
+            raise bad_params({"obj.listId": f"No list with id {list_id}"})
+        return static_list
+
+    def _subscribe(self, request: Request, match: RouteMatch) -> Response:
+        """Adds users to a static list, creating unknown ones unless updateExistingUsersOnly."""
+        obj, items = parse_batch(
+            request.body,
+            "subscribers",
+            SUBSCRIBE_SCHEMA,
+            BULK_USER_SCHEMA,
+            False,
+            self.store.project_type,
+            required=("listId",),
+        )
+        static_list = self._static_list(obj)
+        # Iterable respects updateExistingUsersOnly in userID-based and hybrid projects only.
+        existing_only = bool(obj.get("updateExistingUsersOnly"))
+        existing_only = existing_only and self.store.project_type != "email"
+        failed = failure_lists()
+        pending: dict[str, str] = {}
+        mismatches: JsonObject = {}
+        filtered: set[str] = set()
+        writes: list[UserWrite] = []
+        for item in items:
+            checked = self._check_user(item, None, pending, mismatches, filtered, existing_only)
+            if isinstance(checked, Refusal):
+                failed[checked.failure_list()].append(checked.identity.value)
+            else:
+                writes.append(checked)
+        if mismatches:
+            raise types_mismatched(mismatches)
+        self.store.user_types.update(pending)
+        profiles = self._write_users(writes, failed, counted=False)
+        for profile in profiles:
+            static_list.members[profile.key] = None
+        return json_response(200, bulk_result(len(profiles), failed, pending, filtered))
+
+    def _unsubscribe(self, request: Request, match: RouteMatch) -> Response:
+        """Removes users from a static list; someone not on it counts as removed."""
+        obj, items = parse_batch(
+            request.body,
+            "subscribers",
+            UNSUBSCRIBE_SCHEMA,
+            USER_SCHEMA,
+            False,
+            self.store.project_type,
+            required=("listId",),
+        )
+        static_list = self._static_list(obj)
+        channel_unsubscribe = obj.get("channelUnsubscribe")
+        self.store.channel_unsubscribes.append(channel_unsubscribe)
+        failed = failure_lists()
+        removed = 0
+        for item in items:
+            identity = Identity.of(item)
+            refusal = self._identity_refusal(identity)
+            profile = None if refusal else self.store.find(identity)
+            if profile is None:
+                refusal = refusal or Refusal("notFound", identity)
+                failed[refusal.failure_list()].append(identity.value)
+                continue
+            static_list.members.pop(profile.key, None)
+            # Iterable's default is disputed (false in the spec, true in practice): an
+            # omitted value counts as the global unsubscribe it may well be.
+            if channel_unsubscribe is not False:
+                profile.unsubscribed_globally = True
+            removed += 1
+        return json_response(200, bulk_result(removed, failed))
+
+    # --- oversized bulk requests ---
+
+    def _check_body_size(self, request: Request) -> None:
+        if len(request.body) > MAX_BULK_BODY_BYTES:
+            raise self._batch_too_large(f"Request body is larger than {MAX_BULK_BODY_BYTES} bytes")
+
+    def _check_item_count(self, count: int) -> None:
+        limit = self.config.max_bulk_items
+        if limit is not None and count > limit:
+            raise self._batch_too_large(f"At most {limit} items a request, got {count}")
+
+    def _batch_too_large(self, msg: str) -> ApiError:
+        return ApiError(self.config.batch_too_large_status, "BatchTooLarge", msg)
+
+
+def path_identity(match: RouteMatch) -> Identity:
+    assert match.value is not None, "a route without a path parameter"
+    if match.param == "email":
+        return Identity("email", match.value)
+    return Identity("userId", match.value)

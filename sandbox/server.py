@@ -17,24 +17,30 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from sandbox.config import (
+    BATCH_TOO_LARGE_STATUSES,
     DEFAULT_API_KEY,
+    EVENTS_TRACK,
+    PROJECT_TYPES,
     RATE_LIMIT_JSON,
     RATE_LIMIT_TEXT,
+    USERS_UPDATE,
     Clock,
     FaultKind,
     FaultRule,
+    ProjectType,
     RateLimitBody,
     RateLimitSpec,
     SandboxConfig,
     TokenBucket,
     parse_rate_limits,
 )
-from sandbox.handlers import API_ROUTES, ApiError, Handlers, request_emails
+from sandbox.handlers import Handlers, RouteMatch, match_route, request_emails
 from sandbox.store import Store
+from sandbox.validation import ApiError
 from sandbox.wire import (
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
@@ -73,6 +79,9 @@ class Sandbox:
         forbidden_keys: Iterable[str] = (),
         retry_after: float | None = None,
         rate_limit_body: RateLimitBody = "alternate",
+        project_type: ProjectType = "hybrid",
+        max_bulk_items: int | None = None,
+        batch_too_large_status: int = 400,
         clock: Clock = time.monotonic,
     ) -> None:
         self._lock = threading.RLock()
@@ -93,12 +102,14 @@ class Sandbox:
         self.host = DEFAULT_HOST
         self.port = 0
         self._clear()
+        self.set_project_type(project_type)
+        self.set_bulk_limits(max_bulk_items, batch_too_large_status)
 
     def _clear(self) -> None:
         """Forgets everything stored, counted or injected; keeps the configuration."""
         with self._lock:
-            self._store = Store()
-            self._handlers = Handlers(self._store)
+            self._store = Store(self._config.project_type)
+            self._handlers = Handlers(self._store, self._config)
             self._faults: list[FaultRule] = []
             self._outcomes: Counter[tuple[str, str]] = Counter()
             self._log: deque[JsonObject] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -116,30 +127,52 @@ class Sandbox:
         return f"http://{self.host}:{self.port}"
 
     def users(self) -> dict[str, JsonObject]:
-        """email -> dataFields of every user identified by email."""
-        return self._users_of_kind("email")
-
-    def user_ids(self) -> dict[str, JsonObject]:
-        """userId -> dataFields of every user identified by userId only."""
-        return self._users_of_kind("userId")
-
-    def _users_of_kind(self, kind: str) -> dict[str, JsonObject]:
+        """email -> dataFields of every profile that has an email."""
         with self._lock:
             return {
-                value: copy.deepcopy(data)
-                for (k, value), data in self._store.users.items()
-                if k == kind
+                p.email: copy.deepcopy(p.data)
+                for p in self._store.profiles.values()
+                if p.email is not None
+            }
+
+    def user_ids(self) -> dict[str, JsonObject]:
+        """userId -> dataFields of every profile that has a userId."""
+        with self._lock:
+            return {
+                p.user_id: copy.deepcopy(p.data)
+                for p in self._store.profiles.values()
+                if p.user_id is not None
             }
 
     def user_writes(self) -> dict[str, int]:
-        """How many accepted updates each user got, keyed by email (or userId)."""
+        """How many accepted user updates each profile got, keyed by its email (or userId)."""
         with self._lock:
-            return {value: count for (_, value), count in self._store.user_writes.items()}
+            return {
+                cast(str, p.email or p.user_id): p.writes
+                for p in self._store.profiles.values()
+                if p.writes
+            }
+
+    def profiles(self) -> list[JsonObject]:
+        """Every profile, oldest first: {"email", "userId", "dataFields", "events" (ids),
+        "lists" (ids), "unsubscribed_globally"}; email or userId is None when it has none."""
+        with self._lock:
+            return [
+                {
+                    **profile.identifiers(),
+                    "dataFields": copy.deepcopy(profile.data),
+                    "events": list(profile.events),
+                    "lists": self._store.lists_of(profile),
+                    "unsubscribed_globally": profile.unsubscribed_globally,
+                }
+                for profile in self._store.profiles.values()
+            ]
 
     def events(self) -> dict[str, JsonObject]:
-        """id -> event as stored (id, email or userId, eventName, createdAt, dataFields...)."""
+        """id -> event (id, its profile's current email and/or userId, eventName, createdAt,
+        dataFields...)."""
         with self._lock:
-            return copy.deepcopy(self._store.events)
+            return {event_id: self._store.event_view(event_id) for event_id in self._store.events}
 
     def event_writes(self) -> dict[str, int]:
         """How many times each event id was written (a resend with the same id adds one)."""
@@ -150,19 +183,49 @@ class Sandbox:
         """Logical duplicates: same user, eventName, createdAt and dataFields under several ids."""
         groups: dict[str, list[str]] = {}
         samples: dict[str, JsonObject] = {}
-        with self._lock:
-            for event_id, event in self._store.events.items():
-                key_fields = {
-                    "email": event.get("email"),
-                    "userId": event.get("userId"),
-                    "eventName": event.get("eventName"),
-                    "createdAt": event.get("createdAt"),
-                    "dataFields": event.get("dataFields"),
-                }
-                key = json.dumps(key_fields, sort_keys=True)
-                groups.setdefault(key, []).append(event_id)
-                samples.setdefault(key, copy.deepcopy(key_fields))
+        for event_id, event in self.events().items():
+            key_fields = {
+                "email": event.get("email"),
+                "userId": event.get("userId"),
+                "eventName": event.get("eventName"),
+                "createdAt": event.get("createdAt"),
+                "dataFields": event.get("dataFields"),
+            }
+            key = json.dumps(key_fields, sort_keys=True)
+            groups.setdefault(key, []).append(event_id)
+            samples.setdefault(key, key_fields)
         return [{**samples[key], "ids": ids} for key, ids in groups.items() if len(ids) > 1]
+
+    def lists(self) -> list[JsonObject]:
+        """Every static list as GET /api/lists shows it (id, name, createdAt, listType...)."""
+        with self._lock:
+            return [static_list.details() for static_list in self._store.lists.values()]
+
+    def list_members(self, list_id: int) -> list[JsonObject]:
+        """{"email", "userId"} of everyone on a list, sorted; ValueError for an unknown list."""
+        with self._lock:
+            if list_id not in self._store.lists:
+                raise ValueError(f"no list with id {list_id}")
+            members = [profile.identifiers() for profile in self._store.members(list_id)]
+        return sorted(members, key=lambda m: (m["email"] or "", m["userId"] or ""))
+
+    def deleted(self) -> list[JsonObject]:
+        """{"email", "userId"} of every profile deleted through the API, in order."""
+        with self._lock:
+            return copy.deepcopy(self._store.deleted)
+
+    def forgotten(self) -> JsonObject:
+        """{"emails": [...], "userIds": [...]}: who is GDPR-forgotten (emails lowercased)."""
+        with self._lock:
+            return {
+                "emails": sorted(self._store.forgotten_emails),
+                "userIds": sorted(self._store.forgotten_user_ids),
+            }
+
+    def channel_unsubscribes(self) -> list[bool | None]:
+        """The channelUnsubscribe of every lists/unsubscribe request, None where omitted."""
+        with self._lock:
+            return list(self._store.channel_unsubscribes)
 
     def field_types(self) -> JsonObject:
         """The field types fixed so far: {"user": {field: type}, "events": {name: {...}}}."""
@@ -202,11 +265,34 @@ class Sandbox:
         with self._lock:
             return list(self._log)
 
-    # --- programmatic API: changing behaviour ---
+    # --- programmatic API: changing what is stored ---
 
     def reset(self) -> None:
         """Empties the store, statistics, faults and forgotten/conflict/not-found sets."""
         self._clear()
+
+    def create_list(self, name: str, description: str | None = None) -> int:
+        """Creates a static list, as POST /api/lists does; returns its id."""
+        with self._lock:
+            created_at = int(time.time() * 1000)
+            return self._store.create_list(name, description, created_at).id
+
+    def forget(self, identifier: str) -> None:
+        """GDPR-forgets an email or userId: its profile's data goes, later writes are refused."""
+        with self._lock:
+            self._store.forget(self._store.identity_of(identifier))
+
+    def mark_conflict(self, identifier: str) -> None:
+        """User updates about this email or userId fail with an email/userId conflict."""
+        with self._lock:
+            self._store.conflicts.add(identifier)
+
+    def mark_not_found(self, identifier: str) -> None:
+        """Events about this email or userId fail as for a user that does not exist."""
+        with self._lock:
+            self._store.not_found.add(identifier)
+
+    # --- programmatic API: changing behaviour ---
 
     def config(self) -> JsonObject:
         with self._lock:
@@ -250,20 +336,27 @@ class Sandbox:
             if forbidden is not None:
                 self._config.forbidden_keys = set(forbidden)
 
-    def forget(self, identifier: str) -> None:
-        """GDPR-forgets an email or userId: later writes about it are refused."""
+    def set_project_type(self, project_type: ProjectType) -> None:
+        """hybrid, email or userId; only while nothing is stored, as Iterable never changes it."""
+        if project_type not in PROJECT_TYPES:
+            raise ValueError(f"unknown project type {project_type!r}, not one of {PROJECT_TYPES}")
         with self._lock:
-            self._store.forgotten.add(identifier)
+            if project_type != self._store.project_type and not self._store.is_empty():
+                raise ValueError("the project type can only change while the sandbox is empty")
+            self._config.project_type = project_type
+            self._store.project_type = project_type
 
-    def mark_conflict(self, identifier: str) -> None:
-        """User updates about this email or userId fail with an email/userId conflict."""
+    def set_bulk_limits(self, max_items: int | None, too_large_status: int | None = None) -> None:
+        """Most items a bulkUpdate/trackBulk may carry (None: no limit) and the status
+        (400 or 413) that answers more items or a body over 4 MB; None keeps the status."""
+        if max_items is not None and (isinstance(max_items, bool) or max_items < 1):
+            raise ValueError("max_bulk_items must be a positive integer or None")
+        if too_large_status is not None and too_large_status not in BATCH_TOO_LARGE_STATUSES:
+            raise ValueError(f"batch_too_large_status must be one of {BATCH_TOO_LARGE_STATUSES}")
         with self._lock:
-            self._store.conflicts.add(identifier)
-
-    def mark_not_found(self, identifier: str) -> None:
-        """Events about this email or userId fail as for a user that does not exist."""
-        with self._lock:
-            self._store.not_found.add(identifier)
+            self._config.max_bulk_items = max_items
+            if too_large_status is not None:
+                self._config.batch_too_large_status = too_large_status
 
     def add_fault(self, rule: FaultRule | FaultKind, **options: Any) -> FaultRule:
         """Adds a fault rule, given as a FaultRule or as a kind plus FaultRule's options."""
@@ -285,7 +378,7 @@ class Sandbox:
 
     def configure(self, options: Mapping[str, Any]) -> None:
         """Applies the options POST /_sandbox/config takes; unknown names are refused up front."""
-        setters = {
+        setters: dict[str, Callable[[Any], None]] = {
             "latency": lambda v: self.set_latency(float(v)),
             "latency_ms": lambda v: self.set_latency(float(v) / 1000.0),
             "rate_limits": self.set_rate_limits,
@@ -294,9 +387,14 @@ class Sandbox:
             "api_keys": lambda v: self.set_api_keys(valid=list_of_strings(v)),
             "disabled_keys": lambda v: self.set_api_keys(disabled=list_of_strings(v)),
             "forbidden_keys": lambda v: self.set_api_keys(forbidden=list_of_strings(v)),
-            "forgotten": lambda v: self._add_identifiers(self._store.forgotten, v),
-            "conflict": lambda v: self._add_identifiers(self._store.conflicts, v),
-            "not_found": lambda v: self._add_identifiers(self._store.not_found, v),
+            "project_type": self.set_project_type,
+            "max_bulk_items": lambda v: self.set_bulk_limits(None if v is None else int(v)),
+            "batch_too_large_status": lambda v: self.set_bulk_limits(
+                self._config.max_bulk_items, int(v)
+            ),
+            "forgotten": lambda v: for_each(self.forget, v),
+            "conflict": lambda v: for_each(self.mark_conflict, v),
+            "not_found": lambda v: for_each(self.mark_not_found, v),
         }
         unknown = set(options) - set(setters)
         if unknown:
@@ -304,42 +402,37 @@ class Sandbox:
         for name, value in options.items():
             setters[name](value)
 
-    def _add_identifiers(self, target: set[str], values: Any) -> None:
-        identifiers = list_of_strings(values)
-        with self._lock:
-            target.update(identifiers)
-
     # --- request handling ---
 
     async def _dispatch(self, request: Request, reader: asyncio.StreamReader) -> Response | None:
         """The answer to one request; None means close the connection without one."""
         if request.path.startswith("/_sandbox/"):
             return self._control(request)
-        endpoint = API_ROUTES.get((request.method, request.path))
-        if endpoint is None:
+        match = match_route(request.method, request.path)
+        if match is None:
             self._record("unknown", NOT_FOUND, None, None)
             return NOT_FOUND
         if self._config.latency > 0:
             await asyncio.sleep(self._config.latency)
-        fault = self._take_fault(endpoint, request)
+        fault = self._take_fault(match, request)
         if fault is None:
-            response: Response | None = self._process(endpoint, request)
+            response: Response | None = self._process(match, request)
         else:
-            response = await self._apply_fault(fault, endpoint, request, reader)
-        self._record(endpoint, response, fault, request)
+            response = await self._apply_fault(fault, match, request, reader)
+        self._record(match.endpoint, response, fault, request)
         return response
 
-    def _take_fault(self, endpoint: str, request: Request) -> FaultRule | None:
+    def _take_fault(self, match: RouteMatch, request: Request) -> FaultRule | None:
         if not self._faults:
             return None
         with self._lock:
             emails: set[str] | None = None
             for rule in self._faults:
-                if not rule.matches_endpoint(endpoint):
+                if not rule.matches_endpoint(match.endpoint):
                     continue
                 if rule.email is not None:
                     if emails is None:
-                        emails = request_emails(endpoint, request)
+                        emails = request_emails(match, request)
                     if rule.email not in emails:
                         continue
                 if not rule.fires():
@@ -353,10 +446,12 @@ class Sandbox:
         return None
 
     async def _apply_fault(
-        self, fault: FaultRule, endpoint: str, request: Request, reader: asyncio.StreamReader
+        self, fault: FaultRule, match: RouteMatch, request: Request, reader: asyncio.StreamReader
     ) -> Response | None:
-        applied = self._process(endpoint, request) if fault.apply_first else None
-        logger.debug("fault %s on %s (applied first: %s)", fault.kind, endpoint, fault.apply_first)
+        applied = self._process(match, request) if fault.apply_first else None
+        logger.debug(
+            "fault %s on %s (applied first: %s)", fault.kind, match.endpoint, fault.apply_first
+        )
         if fault.kind == "status":
             return fault.response()
         if fault.kind == "drop":
@@ -365,7 +460,7 @@ class Sandbox:
         if reader.at_eof():
             # The client gave up while we were slow: a write not yet applied never happens.
             return None
-        return applied if applied is not None else self._process(endpoint, request)
+        return applied if applied is not None else self._process(match, request)
 
     def _record(
         self,
@@ -377,8 +472,8 @@ class Sandbox:
         # Single-user requests are small, so naming their email costs little and lets a
         # test check per-user ordering; bulk bodies are too big to parse twice.
         emails = (
-            sorted(request_emails(endpoint, request))
-            if request is not None and endpoint in ("users/update", "events/track")
+            sorted(request_emails(RouteMatch(endpoint), request))
+            if request is not None and endpoint in (USERS_UPDATE, EVENTS_TRACK)
             else []
         )
         if response is not None:
@@ -397,15 +492,15 @@ class Sandbox:
                 }
             )
 
-    def _process(self, endpoint: str, request: Request) -> Response:
+    def _process(self, match: RouteMatch, request: Request) -> Response:
         """Authenticates, rate-limits, validates and applies one API request."""
         with self._lock:
             try:
                 self._authorize(request.headers.get("api-key"))
-                limited = self._check_rate(endpoint)
+                limited = self._check_rate(match.endpoint)
                 if limited is not None:
                     return limited
-                return self._handlers.handle(endpoint, request)
+                return self._handlers.handle(match, request)
             except ApiError as error:
                 return error.response()
 
@@ -433,6 +528,8 @@ class Sandbox:
             return json_response(429, RATE_LIMIT_JSON, headers)
         return Response(429, RATE_LIMIT_TEXT, "text/plain; charset=utf-8", headers)
 
+    # --- /_sandbox/ control API ---
+
     def _control(self, request: Request) -> Response:
         route = (request.method, request.path.removeprefix("/_sandbox/").rstrip("/"))
         try:
@@ -444,30 +541,47 @@ class Sandbox:
         return json_response(200, payload)
 
     def _control_payload(self, route: tuple[str, str], request: Request) -> JsonObject | None:
-        if route == ("GET", "users"):
-            return {"users": self.users(), "userIds": self.user_ids(), "writes": self.user_writes()}
-        if route == ("GET", "events"):
-            return {"events": self.events(), "writes": self.event_writes()}
-        if route == ("GET", "duplicates"):
-            return {"duplicates": self.duplicate_events()}
-        if route == ("GET", "stats"):
-            return self.stats()
-        if route == ("GET", "requests"):
-            return {"requests": self.request_log()}
-        if route == ("GET", "fields"):
-            return self.field_types()
-        if route == ("GET", "config"):
-            return self.config()
+        method, path = route
+        reads: dict[str, Callable[[], JsonObject]] = {
+            "users": lambda: {
+                "users": self.users(),
+                "userIds": self.user_ids(),
+                "writes": self.user_writes(),
+            },
+            "events": lambda: {"events": self.events(), "writes": self.event_writes()},
+            "duplicates": lambda: {"duplicates": self.duplicate_events()},
+            "profiles": lambda: {"profiles": self.profiles()},
+            "lists": lambda: {"lists": self.lists()},
+            "deleted": lambda: {"deleted": self.deleted()},
+            "forgotten": self.forgotten,
+            "channel_unsubscribes": lambda: {"channelUnsubscribes": self.channel_unsubscribes()},
+            "stats": self.stats,
+            "requests": lambda: {"requests": self.request_log()},
+            "fields": self.field_types,
+            "config": self.config,
+            "faults": lambda: {"faults": [rule.to_dict() for rule in self.faults()]},
+        }
+        if method == "GET" and path in reads:
+            return reads[path]()
+        if method == "GET" and path.startswith("lists/") and path.endswith("/members"):
+            list_id = int(path.removeprefix("lists/").removesuffix("/members"))
+            return {"members": self.list_members(list_id)}
+        return self._control_change(route, control_body(request))
+
+    def _control_change(self, route: tuple[str, str], body: JsonObject) -> JsonObject | None:
         if route == ("POST", "config"):
-            self.configure(control_body(request))
+            self.configure(body)
             return self.config()
         if route == ("POST", "reset"):
             self.reset()
             return {"ok": True}
-        if route == ("GET", "faults"):
-            return {"faults": [rule.to_dict() for rule in self.faults()]}
+        if route == ("POST", "lists"):
+            return {"listId": self.create_list(body["name"], body.get("description"))}
+        if route == ("POST", "forget"):
+            self.forget(body["identifier"])
+            return {"ok": True}
         if route == ("POST", "faults"):
-            return {"fault": self.add_fault(FaultRule.from_dict(control_body(request))).to_dict()}
+            return {"fault": self.add_fault(FaultRule.from_dict(body)).to_dict()}
         if route == ("DELETE", "faults"):
             self.clear_faults()
             return {"ok": True}
@@ -573,6 +687,11 @@ def control_body(request: Request) -> JsonObject:
     if not isinstance(data, dict):
         raise ValueError("body must be a JSON object")
     return data
+
+
+def for_each(action: Callable[[str], None], values: Any) -> None:
+    for value in list_of_strings(values):
+        action(value)
 
 
 def list_of_strings(value: Any) -> list[str]:

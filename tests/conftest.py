@@ -121,6 +121,9 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
             "api_keys": [API_KEY],
             "disabled_keys": [],
             "forbidden_keys": [],
+            "project_type": "hybrid",
+            "max_bulk_items": None,
+            "batch_too_large_status": 400,
         }
     )
     yield sandbox_server

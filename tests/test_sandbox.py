@@ -607,6 +607,12 @@ def test_parse_rate_limits() -> None:
         "events/track": 2000.0,
         "users/bulkUpdate": 5.0,
         "events/trackBulk": 10.0,
+        "users/get": 100.0,
+        "users/getByUserId": 100.0,
+        "users/delete": 100.0,
+        "users/forgotten": 3.0,
+        "users/forget": 3.0,
+        "lists": 100.0,
     }
     assert parse_rate_limits("off") is None
     assert parse_rate_limits("users/update=50, events/track=7") == {
