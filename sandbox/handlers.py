@@ -10,8 +10,8 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qs, unquote
 
 from sandbox.config import (
@@ -48,6 +48,7 @@ from sandbox.validation import (
     USER_SCHEMA,
     USER_UPDATE_SCHEMA,
     ApiError,
+    FieldKind,
     bad_params,
     bulk_result,
     check_field_types,
@@ -169,14 +170,14 @@ def request_emails(match: RouteMatch, request: Request) -> set[str]:
 # --- Refusals -------------------------------------------------------------------------------
 
 
+# conflict: marked by a test (mark_conflict); taken: an email another profile has.
+RefusalReason = Literal["invalid", "forgotten", "conflict", "taken", "notFound", "invalidData"]
+
+
 class Refusal(NamedTuple):
-    """Why a write about one user is refused: answered alone, or listed in a bulk answer.
+    """Why a write about one user is refused: answered alone, or listed in a bulk answer."""
 
-    reason is invalid, forgotten, conflict (marked by a test), taken (an email that
-    belongs to another profile), notFound or invalidData.
-    """
-
-    reason: str
+    reason: RefusalReason
     identity: Identity
 
     def failure_list(self) -> str:
@@ -220,6 +221,15 @@ class UserWrite(NamedTuple):
     data: JsonObject
     merge_nested: bool
     new_email: str | None  # dataFields.email: the email the profile is to have
+
+
+class UserBatch(NamedTuple):
+    """A batch of user updates, checked: what to write, who failed, which fields are new."""
+
+    writes: list[UserWrite]
+    failed: dict[str, list[str]]
+    created: dict[str, str]  # field types the batch fixes
+    filtered: set[str]  # fields dropped because createNewFields was false
 
 
 class EventWrite(NamedTuple):
@@ -350,6 +360,28 @@ class Handlers:
         check_field_types(self.store.user_types, pending, data, "user", mismatches)
         return UserWrite(identity, data, bool(item.get("mergeNestedObjects")), new_email)
 
+    def _check_users(
+        self, items: Iterable[JsonObject], create_new: bool | None, existing_only: bool = False
+    ) -> UserBatch:
+        """Checks every user of a bulk or list request; a type clash fails the whole request.
+
+        Refused users go to the batch's failed lists; the types the others fix are fixed.
+        """
+        batch = UserBatch([], failure_lists(), {}, set())
+        mismatches: JsonObject = {}
+        for item in items:
+            checked = self._check_user(
+                item, create_new, batch.created, mismatches, batch.filtered, existing_only
+            )
+            if isinstance(checked, Refusal):
+                batch.failed[checked.failure_list()].append(checked.identity.value)
+            else:
+                batch.writes.append(checked)
+        if mismatches:
+            raise types_mismatched(mismatches)
+        self.store.user_types.update(batch.created)
+        return batch
+
     def _write_user(self, write: UserWrite, counted: bool = True) -> Profile | Refusal:
         # Checked again: an earlier user of the same batch may have taken the email since.
         refusal = self._email_refusal(write.identity, write.new_email)
@@ -402,25 +434,11 @@ class Handlers:
             self.store.project_type,
         )
         self._check_item_count(len(items))
-        failed = failure_lists()
-        pending: dict[str, str] = {}
-        mismatches: JsonObject = {}
-        filtered: set[str] = set()
-        writes: list[UserWrite] = []
-        for item in items:
-            checked = self._check_user(
-                item, obj.get("createNewFields"), pending, mismatches, filtered
-            )
-            if isinstance(checked, Refusal):
-                failed[checked.failure_list()].append(checked.identity.value)
-            else:
-                writes.append(checked)
-        if mismatches:
-            raise types_mismatched(mismatches)
-        self.store.user_types.update(pending)
-        written = self._write_users(writes, failed)
+        batch = self._check_users(items, obj.get("createNewFields"))
+        written = self._write_users(batch.writes, batch.failed)
         self.store.batch_sizes[USERS_BULK_UPDATE].append(len(items))
-        return json_response(200, bulk_result(len(written), failed, pending, filtered))
+        result = bulk_result(len(written), batch.failed, batch.created, batch.filtered)
+        return json_response(200, result)
 
     def _update_email(self, request: Request, match: RouteMatch) -> Response:
         """Moves a profile, with its data, events and lists, to a new email."""
@@ -591,59 +609,44 @@ class Handlers:
         static_list = self.store.create_list(obj["name"], obj.get("description"), created_at)
         return json_response(200, {"listId": static_list.id})
 
-    def _static_list(self, obj: JsonObject) -> StaticList:
+    def _list_request(
+        self,
+        request: Request,
+        schema: Mapping[str, FieldKind],
+        item_schema: Mapping[str, FieldKind],
+    ) -> tuple[JsonObject, list[JsonObject], StaticList]:
+        """The body of a subscribe or unsubscribe request, its subscribers and its list."""
+        obj, items = parse_batch(
+            request.body,
+            "subscribers",
+            schema,
+            item_schema,
+            False,
+            self.store.project_type,
+            required=("listId",),
+        )
         list_id = int(obj["listId"])
         static_list = self.store.lists.get(list_id)
         if static_list is None:
             raise bad_params({"obj.listId": f"No list with id {list_id}"})
-        return static_list
+        return obj, items, static_list
 
     def _subscribe(self, request: Request, match: RouteMatch) -> Response:
         """Adds users to a static list, creating unknown ones unless updateExistingUsersOnly."""
-        obj, items = parse_batch(
-            request.body,
-            "subscribers",
-            SUBSCRIBE_SCHEMA,
-            BULK_USER_SCHEMA,
-            False,
-            self.store.project_type,
-            required=("listId",),
-        )
-        static_list = self._static_list(obj)
+        obj, items, static_list = self._list_request(request, SUBSCRIBE_SCHEMA, BULK_USER_SCHEMA)
         # Iterable respects updateExistingUsersOnly in userID-based and hybrid projects only.
         existing_only = bool(obj.get("updateExistingUsersOnly"))
         existing_only = existing_only and self.store.project_type != "email"
-        failed = failure_lists()
-        pending: dict[str, str] = {}
-        mismatches: JsonObject = {}
-        filtered: set[str] = set()
-        writes: list[UserWrite] = []
-        for item in items:
-            checked = self._check_user(item, None, pending, mismatches, filtered, existing_only)
-            if isinstance(checked, Refusal):
-                failed[checked.failure_list()].append(checked.identity.value)
-            else:
-                writes.append(checked)
-        if mismatches:
-            raise types_mismatched(mismatches)
-        self.store.user_types.update(pending)
-        profiles = self._write_users(writes, failed, counted=False)
+        batch = self._check_users(items, None, existing_only)
+        profiles = self._write_users(batch.writes, batch.failed, counted=False)
         for profile in profiles:
             static_list.members[profile.key] = None
-        return json_response(200, bulk_result(len(profiles), failed, pending, filtered))
+        result = bulk_result(len(profiles), batch.failed, batch.created, batch.filtered)
+        return json_response(200, result)
 
     def _unsubscribe(self, request: Request, match: RouteMatch) -> Response:
         """Removes users from a static list; someone not on it counts as removed."""
-        obj, items = parse_batch(
-            request.body,
-            "subscribers",
-            UNSUBSCRIBE_SCHEMA,
-            USER_SCHEMA,
-            False,
-            self.store.project_type,
-            required=("listId",),
-        )
-        static_list = self._static_list(obj)
+        obj, items, static_list = self._list_request(request, UNSUBSCRIBE_SCHEMA, USER_SCHEMA)
         channel_unsubscribe = obj.get("channelUnsubscribe")
         self.store.channel_unsubscribes.append(channel_unsubscribe)
         failed = failure_lists()

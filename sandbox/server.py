@@ -536,6 +536,8 @@ class Sandbox:
             payload = self._control_payload(route, request)
         except (ValueError, TypeError) as exc:
             return json_response(400, {"error": str(exc)})
+        except KeyError as exc:
+            return json_response(400, {"error": f"{exc} is required"})
         if payload is None:
             return json_response(404, {"error": f"no sandbox route {route[0]} {request.path}"})
         return json_response(200, payload)

@@ -707,6 +707,9 @@ def test_control_api_shows_profiles_lists_and_gdpr_state(api: Api, sandbox: Sand
     assert read("forgotten") == {"emails": [], "userIds": ["u-9"]}
     assert read("channel_unsubscribes") == {"channelUnsubscribes": [False]}
     assert control.get(base + "/lists/77/members", timeout=5).status_code == 400
+    assert control.post(base + "/lists", json={}, timeout=5).json() == {
+        "error": "'name' is required"
+    }
     config = control.post(base + "/config", json={"max_bulk_items": 5}, timeout=5).json()
     assert config["max_bulk_items"] == 5 and config["project_type"] == "hybrid"
     control.close()
