@@ -672,8 +672,12 @@ def test_body_over_4_mb_answers_the_configured_status(api: Api, sandbox: Sandbox
 # --- rate limits and the control API ---
 
 
+def frozen_clock() -> float:
+    """A rate-limit clock at which no time passes, so no spent token comes back."""
+    return 0.0
+
+
 def test_iterable_limits_cover_the_lifecycle_endpoints() -> None:
-    frozen_clock = lambda: 0.0  # noqa: E731 - no time passes, so no token comes back
     with SandboxServer(rate_limits="iterable", clock=frozen_clock) as server:
         api = Api(server.base_url)
         forgotten = [api.get("/api/users/forgotten").status_code for _ in range(4)]
