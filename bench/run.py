@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 from bench import dataset as data  # noqa: E402
 from bench.sandbox_process import SandboxProcess  # noqa: E402
 from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
-from iterable_sandbox import DEFAULT_API_KEY  # noqa: E402
+from sandbox import DEFAULT_API_KEY  # noqa: E402
 from settings import load_settings  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,8 +19,14 @@ STARTUP_TIMEOUT = 15.0
 CONTROL_TIMEOUT = 600.0  # reading a million stored users takes a while
 
 
+def sandbox_environment() -> dict[str, str]:
+    """This environment with the repository root first on the import path, for `-m sandbox`."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) if not path else f"{ROOT}{os.pathsep}{path}"}
+
+
 class SandboxProcess:
-    """`python iterable_sandbox.py --port 0 ...` on 127.0.0.1; stopped on exit, even on errors."""
+    """`python -m sandbox --port 0 ...` on 127.0.0.1; stopped on exit, even on errors."""
 
     def __init__(self, latency_ms: float, rate_limits: str = "iterable") -> None:
         self.latency_ms = latency_ms
@@ -43,7 +50,8 @@ class SandboxProcess:
         self._process = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "iterable_sandbox.py"),
+                "-m",
+                "sandbox",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -56,6 +64,7 @@ class SandboxProcess:
                 str(port_file),
             ],
             cwd=ROOT,
+            env=sandbox_environment(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

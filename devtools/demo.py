@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from devtools.mariadb_server import ThrowawayMariaDB
-from iterable_sandbox import DEFAULT_API_KEY, SandboxServer
+from sandbox import DEFAULT_API_KEY, SandboxServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "demo-output"

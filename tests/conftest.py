@@ -98,7 +98,7 @@ def app_user(mariadb: ServerHandle) -> Iterator[AppUserFactory]:
 
 # -- the local Iterable sandbox and the job as a user runs it ------------------------------
 
-from iterable_sandbox import DEFAULT_API_KEY, SandboxServer  # noqa: E402
+from sandbox import DEFAULT_API_KEY, SandboxServer  # noqa: E402
 
 API_KEY = DEFAULT_API_KEY
 
@@ -121,6 +121,9 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
             "api_keys": [API_KEY],
             "disabled_keys": [],
             "forbidden_keys": [],
+            "project_type": "hybrid",
+            "max_bulk_items": None,
+            "batch_too_large_status": 400,
         }
     )
     yield sandbox_server

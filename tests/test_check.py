@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from iterable_sandbox import DEFAULT_API_KEY as API_KEY
+from sandbox import DEFAULT_API_KEY as API_KEY
 
 CHECK_FAILED = 3
 

@@ -28,7 +28,7 @@ from devtools.bulk_seed import (
     synthetic_email,
 )
 from devtools.seed import SEED_QUALIFYING
-from iterable_sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
+from sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
 from tests.support.oracle import Expected, audit, expected_store, unbacked_state_claims
 from tests.support.waiting import wait_until
 

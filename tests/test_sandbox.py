@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 import requests
 
-from iterable_sandbox import (
+from devtools.bulk_seed import wait_until
+from sandbox import (
     MAX_BULK_BODY_BYTES,
     FaultRule,
     SandboxServer,
+    TokenBucket,
     parse_rate_limits,
 )
 
@@ -66,9 +68,29 @@ class Api:
         return self.post("/api/events/track", {"eventName": "login", **event}, timeout=timeout)
 
 
+class FakeClock:
+    """The sandbox's rate-limit clock, moved on by the test instead of by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(disabled_keys={"old-key"}, forbidden_keys={"read-only-key"}) as server:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sandbox(clock: FakeClock) -> Iterator[SandboxServer]:
+    with SandboxServer(
+        disabled_keys={"old-key"}, forbidden_keys={"read-only-key"}, clock=clock
+    ) as server:
         yield server
 
 
@@ -537,25 +559,46 @@ def test_rate_limit_answers_429_in_both_body_styles(api: Api, sandbox: SandboxSe
     assert sandbox.stats()["rate_limited"] == 3
 
 
-def test_rate_limit_is_per_endpoint_and_refills(api: Api, sandbox: SandboxServer) -> None:
+def test_rate_limit_is_per_endpoint_and_refills(
+    api: Api, sandbox: SandboxServer, clock: FakeClock
+) -> None:
     sandbox.set_rate_limits({"users/update": 20})
-    statuses = [api.update_user("a@example.com", {}).status_code for _ in range(25)]
 
-    assert statuses.count(429) >= 1
-    assert api.track(email="a@example.com").status_code == 200
-    time.sleep(0.1)  # two tokens at 20/s
-    assert api.update_user("a@example.com", {}).status_code == 200
+    burst = [api.update_user("a@example.com", {}).status_code for _ in range(21)]
+    other_endpoint = api.track(email="a@example.com").status_code
+    clock.advance(0.1)  # two tokens at 20/s
+    refilled = [api.update_user("a@example.com", {}).status_code for _ in range(3)]
+
+    assert burst == [200] * 20 + [429]
+    assert other_endpoint == 200
+    assert refilled == [200, 200, 429]
 
 
-def test_client_pacing_at_the_limit_never_sees_429(api: Api, sandbox: SandboxServer) -> None:
+def test_client_pacing_at_the_limit_never_sees_429(
+    api: Api, sandbox: SandboxServer, clock: FakeClock
+) -> None:
     sandbox.set_rate_limits({"users/bulkUpdate": 40})
     statuses = []
-    for _ in range(80):
-        started = time.monotonic()
+    for _ in range(120):
+        clock.advance(1 / 40)
         statuses.append(api.post("/api/users/bulkUpdate", {"users": []}).status_code)
-        time.sleep(max(0.0, 1 / 40 - (time.monotonic() - started)))
+    burst = [api.post("/api/users/bulkUpdate", {"users": []}).status_code for _ in range(41)]
 
     assert set(statuses) == {200}
+    assert burst.count(429) >= 1
+
+
+def test_token_bucket_holds_one_second_of_tokens() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(5, clock)
+
+    first_second = [bucket.take() for _ in range(6)]
+    clock.advance(10)  # a long pause refills only up to the capacity
+    after_pause = [bucket.take() for _ in range(6)]
+    clock.advance(0.2)
+
+    assert first_second == after_pause == [True] * 5 + [False]
+    assert bucket.take() and not bucket.take()
 
 
 def test_parse_rate_limits() -> None:
@@ -564,6 +607,12 @@ def test_parse_rate_limits() -> None:
         "events/track": 2000.0,
         "users/bulkUpdate": 5.0,
         "events/trackBulk": 10.0,
+        "users/get": 100.0,
+        "users/getByUserId": 100.0,
+        "users/delete": 100.0,
+        "users/forgotten": 3.0,
+        "users/forget": 3.0,
+        "lists": 100.0,
     }
     assert parse_rate_limits("off") is None
     assert parse_rate_limits("users/update=50, events/track=7") == {
@@ -640,10 +689,11 @@ def test_delay_fault_beyond_client_timeout_applies_nothing(
 
     with pytest.raises(requests.ReadTimeout):
         api.update_user("a@example.com", {"n": 1}, timeout=0.2)
-    time.sleep(0.6)
+    wait_until(
+        lambda: sandbox.request_count("users/update", "client_gone") == 1, 5, "the late answer"
+    )
 
     assert sandbox.users() == {}
-    assert sandbox.request_count("users/update", "client_gone") == 1
 
 
 def test_delay_fault_apply_first_stores_write_client_never_hears(
@@ -856,7 +906,8 @@ def test_command_line_server(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     command = [
         sys.executable,
-        str(ROOT / "iterable_sandbox.py"),
+        "-m",
+        "sandbox",
         "--port",
         "0",
         "--latency-ms",
@@ -868,7 +919,7 @@ def test_command_line_server(tmp_path: Path) -> None:
         "--port-file",
         str(port_file),
     ]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline().strip()

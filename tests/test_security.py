@@ -28,7 +28,7 @@ from db_connection import ConnectionSettings, DatabaseConnection, DatabaseError
 from devtools.mariadb_server import Database, ThrowawayMariaDB, server_binaries_available
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
 from iterable_client import IterableClient
-from iterable_sandbox import DEFAULT_API_KEY as API_KEY
+from sandbox import DEFAULT_API_KEY as API_KEY
 from settings import ConfigError, load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 import sync_state
 from iterable_client import IterableClient, RetryPolicy
-from iterable_sandbox import DEFAULT_API_KEY
 from results import ResultsWriter
+from sandbox import DEFAULT_API_KEY
 from sync import Syncer
 from sync_state import SyncState
 from tests.support.oracle import unbacked_state_claims

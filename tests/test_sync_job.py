@@ -7,7 +7,7 @@ import stat
 from datetime import UTC, datetime
 
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
-from iterable_sandbox import DEFAULT_API_KEY as API_KEY
+from sandbox import DEFAULT_API_KEY as API_KEY
 
 SEED_EMAILS = {
     1: "alice.pro@example.com",
