@@ -14,8 +14,8 @@ from iterable_client import (
     EVENTS_TRACK_BULK,
     USERS_BULK_UPDATE,
     CallResult,
-    IterableAuthError,
     IterableClient,
+    StopRun,
     encode,
 )
 from payloads import Payloads
@@ -203,7 +203,7 @@ class Delivered:
 
     outcomes: list[RowOutcome] = field(default_factory=list)
     interrupted: bool = False  # the run was stopping: nothing was sent
-    auth_error: IterableAuthError | None = None
+    auth_error: StopRun | None = None  # the run had to stop (key rejected, ...)
     unexpected: bool = False  # an unexpected error, logged where it happened
 
 

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -131,7 +131,13 @@ class CallResult:
         return data
 
 
-class IterableAuthError(Exception):
+class StopRun(Exception):
+    """No further call can succeed: the run stops; `reason` goes on the rows in flight."""
+
+    reason = "interrupted"
+
+
+class IterableAuthError(StopRun):
     """Iterable rejected the API key (401) or its permissions (403): no call will succeed."""
 
     def __init__(self, status: int, code: str | None, msg: str | None) -> None:
@@ -140,6 +146,7 @@ class IterableAuthError(Exception):
         )
         self.status = status
         self.code = code
+        self.reason = code or f"http_{status}"
 
 
 class RequestStats:
@@ -230,6 +237,35 @@ class IterableClient:
             self.base_url, {}, None, None, None
         )
         self._templates: dict[tuple[str, str], requests.PreparedRequest] = {}
+        # A check that must pass before the run's first call (see set_gate).
+        self._gate: Callable[[], None] | None = None
+        self._gate_open = threading.Event()
+        self._gate_open.set()
+        self._gate_lock = threading.RLock()
+        self._gate_error: StopRun | None = None
+
+    def set_gate(self, check: Callable[[], None]) -> None:
+        """Run `check` before the first call (it may call this client); if it raises StopRun,
+        that call and every later one raise it too. Costs nothing in a run that calls nothing.
+        """
+        self._gate = check
+        self._gate_open.clear()
+
+    def _pass_gate(self) -> None:
+        if self._gate_open.is_set():
+            return
+        with self._gate_lock:
+            if self._gate_error is not None:
+                raise self._gate_error
+            check, self._gate = self._gate, None
+            if check is None:
+                return  # a call the check itself makes
+            try:
+                check()
+            except StopRun as exc:
+                self._gate_error = exc
+                raise
+            self._gate_open.set()
 
     def close(self) -> None:
         self.session.close()
@@ -285,6 +321,7 @@ class IterableClient:
         path: str | None = None,
     ) -> CallResult:
         """Send with retries; raise IterableAuthError on 401/403, otherwise return a CallResult."""
+        self._pass_gate()
         data = body if body is not None else encode(payload) if payload is not None else None
         started = time.monotonic()
         attempt = 0

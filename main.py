@@ -31,7 +31,7 @@ from progress import Progress
 from rate_limit import RateLimiters
 from report import report_command
 from results import ResultsWriter, Summary
-from segment import ListMirror, ListNotFound, check_list_exists
+from segment import ListMirror, check_list_exists
 from settings import ConfigError, Settings, load_settings, parse_command_line
 from sync import Outcome, Syncer
 from sync_state import StateError, SyncState
@@ -111,11 +111,12 @@ def open_state(settings: Settings) -> SyncState | None:
 def open_list(
     settings: Settings, client: IterableClient | None, state: SyncState | None
 ) -> ListMirror | None:
-    """The list to mirror the segment into, after checking that Iterable has it."""
+    """The list to mirror the segment into; Iterable must have it before the first call."""
     if settings.list_id is None or client is None or state is None:
         return None
-    check_list_exists(client, settings.list_id)
-    return ListMirror(client, state, settings.list_id, settings.identify_by)
+    list_id = settings.list_id
+    client.set_gate(lambda: check_list_exists(client, list_id))
+    return ListMirror(client, state, list_id, settings.identify_by)
 
 
 def run(settings: Settings, stop: threading.Event) -> RunReport:
@@ -146,7 +147,7 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
             outcome = sync_rows(
                 settings, RowSource(db, settings.plan_type, settings.lookback_days), syncer
             )
-    except (DatabaseError, ListNotFound) as exc:
+    except DatabaseError as exc:
         error = str(exc)
         raise
     finally:
@@ -293,7 +294,7 @@ def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
         return fail(str(exc), EXIT_LOCKED), None
     except StateError as exc:
         return fail(str(exc), EXIT_CONFIG), None
-    except (DatabaseError, ListNotFound) as exc:
+    except DatabaseError as exc:
         return fail(str(exc), EXIT_ABORTED), None
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_ABORTED), None

@@ -9,8 +9,9 @@ from typing import TextIO
 
 from db_connection import DatabaseConnection, DatabaseError, RowSource
 from exit_codes import EXIT_ABORTED, EXIT_OK
-from iterable_client import IterableAuthError, IterableClient, RetryPolicy
+from iterable_client import IterableClient, RetryPolicy, StopRun
 from logger_config import mask_email
+from segment import check_list_exists
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,15 @@ def check_api_key(settings: Settings) -> list[str]:
     )
     with client:
         call = client.check_key()
-    if not call.ok:
-        # call.error says "HTTP 503 ..." for an answer and "connection failed: ..." for none.
-        problem = call.error or f"HTTP {call.http_status}"
-        raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
-    return [f"Iterable at {settings.iterable_base_url} accepts the key"]
+        if not call.ok:
+            # call.error says "HTTP 503 ..." for an answer and "connection failed: ..." for none.
+            problem = call.error or f"HTTP {call.http_status}"
+            raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
+        lines = [f"Iterable at {settings.iterable_base_url} accepts the key"]
+        if settings.list_id is not None:
+            check_list_exists(client, settings.list_id)
+            lines.append(f"list {settings.list_id} exists (ITERABLE_LIST_ID)")
+    return lines
 
 
 class CheckFailed(Exception):
@@ -70,7 +75,7 @@ def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
         try:
             for line in step(settings):
                 out.write(f"{name}: ok: {line}\n")
-        except (DatabaseError, IterableAuthError, CheckFailed) as exc:
+        except (DatabaseError, StopRun, CheckFailed) as exc:
             passed = False
             out.write(f"{name}: FAILED: {exc}\n")
     out.write("all checks passed\n" if passed else "some checks failed\n")

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from iterable_client import CallResult, IterableClient
+from iterable_client import CallResult, IterableClient, StopRun
 from payloads import BY_USER_ID, Customer, is_valid_email, leaver_update, normalize_email
 from sync_state import Member, SyncState
 
@@ -54,7 +54,7 @@ def plan_leaver(member: Member, customer: Customer, identify_by: str) -> LeaverU
     return LeaverUpdate(update, profile, email, previous)
 
 
-class ListNotFound(Exception):
+class ListNotFound(StopRun):
     """ITERABLE_LIST_ID names no list of the project (or the lists could not be read)."""
 
 

@@ -26,7 +26,7 @@ from bulk import (
     event_item,
     user_item,
 )
-from iterable_client import CallResult, IterableAuthError, IterableClient
+from iterable_client import CallResult, IterableClient, StopRun
 from logger_config import mask_email
 from payloads import (
     BY_EMAIL,
@@ -366,11 +366,15 @@ class Syncer:
         self.record(work.result)
 
     def _keep_listed(self, work: Work) -> None:
-        """The customer's profile is in Iterable: make sure the list has them, once."""
-        if self.lists is None or work.result.segment != IN_SEGMENT:
+        """The customer's profile is up to date in Iterable: a member of the segment goes on
+        the list (once), a leaver comes off it, under the identifier the profile has now."""
+        if self.lists is None:
             return
-        if work.listed_as != work.payloads.identifier:
-            self.lists.subscribe(work.row.customer_id, work.payloads.identifier)
+        if work.result.segment == IN_SEGMENT:
+            if work.listed_as != work.payloads.identifier:
+                self.lists.subscribe(work.row.customer_id, work.payloads.identifier)
+        elif work.listed_as is not None:
+            self.lists.unsubscribe(work.row.customer_id, work.payloads.identifier)
 
     def apply_user_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
         """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
@@ -397,7 +401,7 @@ class Syncer:
             work.result.event_track = {"skipped": UNCHANGED}
         self.record(work.result)
 
-    def abort(self, exc: IterableAuthError) -> None:
+    def abort(self, exc: StopRun) -> None:
         with self._abort_lock:
             if self.outcome.aborted is None:
                 self.outcome.aborted = str(exc)
@@ -439,7 +443,8 @@ class Syncer:
                 f"{EMAIL_CHANGE_OLD_MISSING}: Iterable has no profile under the previous "
                 "email; a profile is created under the new one"
             )
-            work.listed_as = None
+            if work.result.segment == IN_SEGMENT:
+                work.listed_as = None  # subscribe the new profile; a leaver's is unsubscribed
             return True
         self._fail(work, call_failure_reason(call), permanent=is_permanent(call))
         return False
@@ -477,8 +482,8 @@ class Syncer:
                 self.event_done(work, self.client.track_event(work.payloads.event))
             else:
                 self.skip_event(work)
-        except IterableAuthError as exc:
-            self._fail(work, exc.code or f"http_{exc.status}", permanent=False)
+        except StopRun as exc:
+            self._fail(work, exc.reason, permanent=False)
             self.abort(exc)
         except Exception:
             log.exception("unexpected error for customer %s", work.row.customer_id)
@@ -575,9 +580,8 @@ class Syncer:
             self.lists.flush()
 
     def _leaver(self, member: Member, customer: Customer | None, pool: ThreadPoolExecutor) -> None:
-        if member.list_identifier is not None and self.lists is not None:
-            self.lists.unsubscribe(member.customer_id, member.list_identifier)
         if customer is None:
+            self._unlist(member)
             self._deleted(member, pool)
             return
         update = plan_leaver(member, customer, self.identify_by)
@@ -585,12 +589,14 @@ class Syncer:
             member.customer_id, member.email, SKIPPED, UNCHANGED, segment=LEFT_SEGMENT
         )
         if update is None:
+            self._unlist(member)
             result.detail = "left the segment; Iterable already holds the current fields"
             if self.writes:
                 assert self.state is not None
                 self.state.left(member.customer_id, None)
             self.record(result)
             return
+        # Off the list once the profile is updated, under the identifier it has then.
         work = _leaver_work(member, update)
         if self.client is None:
             work.result.status, work.result.reason = SKIPPED, DRY_RUN
@@ -598,6 +604,10 @@ class Syncer:
             self.record(work.result)
             return
         pool.submit(self._sync_one, work)
+
+    def _unlist(self, member: Member) -> None:
+        if member.list_identifier is not None and self.lists is not None:
+            self.lists.unsubscribe(member.customer_id, member.list_identifier)
 
     def _deleted(self, member: Member, pool: ThreadPoolExecutor) -> None:
         """The customer's row is gone from the database."""
@@ -621,8 +631,8 @@ class Syncer:
         assert self.client is not None and self.state is not None
         try:
             call = self.client.delete_user(identity)
-        except IterableAuthError as exc:
-            result.status, result.reason = FAILED, exc.code or f"http_{exc.status}"
+        except StopRun as exc:
+            result.status, result.reason = FAILED, exc.reason
             self.record(result)
             self.abort(exc)
             return
@@ -661,7 +671,7 @@ class Syncer:
         try:
             for outcome in send(client, batch):
                 done.outcomes.append(outcome)
-        except IterableAuthError as exc:
+        except StopRun as exc:
             done.auth_error = exc
             self.abort(exc)
         except Exception:
@@ -687,7 +697,7 @@ class Syncer:
                 log.exception("unexpected error in a batch of %d users", len(call.batch))
                 done.unexpected = True
             if done.auth_error is not None:
-                reason = done.auth_error.code or f"http_{done.auth_error.status}"
+                reason = done.auth_error.reason
             elif done.unexpected:
                 reason = "internal_error"
         if reason is None:
@@ -729,7 +739,7 @@ def _leaver_work(member: Member, update: LeaverUpdate) -> Work:
         user_fingerprint=fingerprint(update.user_update),
         row_fingerprint=fingerprint({"leaver": update.user_update}),
         previous_email=update.previous_email,
-        listed_as=None,
+        listed_as=member.list_identifier,
     )
     work.result.segment = LEFT_SEGMENT
     work.result.previous_email = update.previous_email

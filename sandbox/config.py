@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from rate_limit import PUBLISHED_RATE_LIMITS
 from sandbox.wire import REASONS, JsonObject, Response, json_response, retry_after_headers
 
 FaultKind = Literal["status", "delay", "drop"]
@@ -58,13 +59,11 @@ ENDPOINTS = frozenset(
     }
 )
 
-# Iterable's published per-project limits, requests per second; endpoints without a
+# Iterable's published per-project limits, requests per second: the four the job paces
+# itself by (one copy, in rate_limit.py) and the lifecycle endpoints'. Endpoints without a
 # published limit (updateEmail, list create/subscribe/unsubscribe, getByEmail) have none.
 ITERABLE_RATE_LIMITS: dict[str, float] = {
-    USERS_UPDATE: 500.0,
-    EVENTS_TRACK: 2000.0,
-    USERS_BULK_UPDATE: 5.0,
-    EVENTS_TRACK_BULK: 10.0,
+    **PUBLISHED_RATE_LIMITS,
     USERS_GET: 100.0,
     USERS_GET_BY_USER_ID: 100.0,
     USERS_DELETE: 100.0,

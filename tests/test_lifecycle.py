@@ -198,7 +198,7 @@ def test_deleted_customers_are_deleted_in_iterable_only_when_asked(
     )
     mariadb.execute("DELETE FROM customers WHERE id = %s", (DELETED,), database=seeded_db.name)
     row = job.run(ON_DELETED_CUSTOMER="delete").by_customer()[DELETED]
-    assert (row["segment"], row["status"], row["reason"]) == ("left", "success", None)
+    assert (row["segment"], row["status"], row["reason"]) == ("left", "success", "left_deleted")
     assert email not in sandbox.users()
     assert sandbox.deleted() == [{"email": email, "userId": None}]
     calls = sandbox.stats()["total_requests"]

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import requests
 
-from devtools.bulk_seed import wait_until
 from sandbox import (
     MAX_BULK_BODY_BYTES,
     FaultRule,
@@ -23,6 +22,7 @@ from sandbox import (
     TokenBucket,
     parse_rate_limits,
 )
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sandbox-key"
