@@ -150,6 +150,9 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
     except DatabaseError as exc:
         error = str(exc)
         raise
+    except Exception as exc:
+        error = f"unexpected error: {type(exc).__name__}: {exc}"[:300]
+        raise
     finally:
         if lists is not None:
             lists.close()
@@ -186,11 +189,20 @@ def sync_rows(settings: Settings, source: RowSource, syncer: Syncer) -> Outcome:
         else:
             outcome = syncer.run_single(rows, settings.concurrency)
         syncer.finish_segment(source.customers, settings.concurrency)
+        if outcome.rows_read == 0:
+            warn_if_no_such_plan(settings.plan_type, source)
     finally:
         rows.close()
         progress.finish()
         syncer.duplicates.close()
     return outcome
+
+
+def warn_if_no_such_plan(plan_type: str, source: RowSource) -> None:
+    """No rows may mean a quiet week, or a typo in PLAN_TYPE: say which."""
+    problem = preflight.unknown_plan(plan_type, source)
+    if problem:
+        log.warning("%s", problem)
 
 
 def run_details(

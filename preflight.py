@@ -23,6 +23,9 @@ def check_database(settings: Settings) -> list[str]:
         source = RowSource(db, settings.plan_type, settings.lookback_days)
         first = source.first_row()
         plan = source.explain()
+        problem = unknown_plan(settings.plan_type, source) if first is None else None
+    if problem:
+        raise CheckFailed(problem)
     sample = (
         "no qualifying rows"
         if first is None
@@ -36,6 +39,15 @@ def check_database(settings: Settings) -> list[str]:
         f"Query 2 runs; {sample}",
         f"plan: {tables}",
     ]
+
+
+def unknown_plan(plan_type: str, source: RowSource) -> str | None:
+    """A message when no customer has PLAN_TYPE (compared as Query 2 does, without case)."""
+    types = source.plan_types()
+    if plan_type.casefold() in {t.casefold() for t in types}:
+        return None
+    shown = ", ".join(types) if types else "none: the customers table is empty"
+    return f"PLAN_TYPE {plan_type!r} matches no customer; the plan types there are: {shown}"
 
 
 def check_api_key(settings: Settings) -> list[str]:

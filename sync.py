@@ -48,6 +48,9 @@ UNCHANGED = "unchanged"
 DRY_RUN = "dry_run"
 DUPLICATE_EMAIL = "duplicate_email"
 BAD_ROW = "bad_row"
+# What a row with values the code does not expect raises; anything else is a bug or an
+# outage and stops the run.
+ROW_ASSUMPTIONS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, UnicodeError)
 INTERRUPTED = "interrupted"
 FORGOTTEN = "forgotten"
 LEFT_DELETED = "left_deleted"
@@ -123,13 +126,14 @@ class DuplicateEmails:
         self._db = sqlite3.connect("", check_same_thread=False)
         self._db.execute("PRAGMA cache_size = -2048")
         self._db.execute(
-            "CREATE TABLE seen (email TEXT PRIMARY KEY, customer_id INTEGER) WITHOUT ROWID"
+            "CREATE TABLE seen (email TEXT PRIMARY KEY, customer_id TEXT) WITHOUT ROWID"
         )
 
     def first_time(self, email: str, customer_id: int) -> bool:
         """True if no earlier customer of this run had this email; remembers this one."""
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO seen (email, customer_id) VALUES (?, ?)", (email, customer_id)
+            "INSERT OR IGNORE INTO seen (email, customer_id) VALUES (?, ?)",
+            (email, str(customer_id)),
         )
         return cursor.rowcount == 1
 
@@ -180,14 +184,23 @@ class Syncer:
     # -- planning -----------------------------------------------------------------
 
     def plan(self, raw: Mapping[str, Any]) -> Work | None:
-        """Decide what a row needs; rows that need nothing are recorded here and give None."""
+        """Decide what a row needs; rows that need nothing are recorded here and give None.
+
+        A row that breaks an assumption (a value of the wrong type, out of range) fails
+        alone as bad_row; the run goes on.
+        """
         self.outcome.rows_read += 1
         try:
-            row = SourceRow.from_mapping(raw)
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            detail = " ".join(str(exc).split())[:200]
-            self.record(RowResult(_customer_id(raw), None, FAILED, BAD_ROW, detail=detail))
+            return self._plan(raw)
+        except ROW_ASSUMPTIONS as exc:
+            customer_id = _customer_id(raw)
+            log.debug("customer %s: unusable row", customer_id, exc_info=True)
+            detail = f"{type(exc).__name__}: " + " ".join(str(exc).split())[:200]
+            self.record(RowResult(customer_id, None, FAILED, BAD_ROW, detail=detail))
             return None
+
+    def _plan(self, raw: Mapping[str, Any]) -> Work | None:
+        row = SourceRow.from_mapping(raw)
         if self.state is not None:
             self.state.seen(row.customer_id)
         built = build_payloads(row, self.candidate, self.identify_by)

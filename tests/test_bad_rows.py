@@ -21,11 +21,18 @@ file. The rules:
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
+from iterable_client import IterableClient
+from results import ResultsWriter
+from sandbox import DEFAULT_API_KEY
+from sync import Syncer
 
 PLAN = "odd"
 RECENT = "UTC_TIMESTAMP() - INTERVAL 1 HOUR"
@@ -335,3 +342,89 @@ def test_a_page_view_in_the_future_is_sent_with_its_own_time(job, sandbox, rows)
     assert outcome(run.by_customer()[100]) == ("success", None)
     event = sandbox.events()["page-view-1000"]
     assert event["createdAt"] > time.time() + 20 * 3600  # sent unchanged, not clamped
+
+
+# -- ids past 2^63, and rows that break an assumption --------------------------------------
+
+BIG_ID = 2**64 - 1  # the largest BIGINT UNSIGNED
+
+
+def widen_ids_to_bigint_unsigned(rows: Rows) -> None:
+    rows.sql("ALTER TABLE page_views DROP FOREIGN KEY fk_page_views_customer")
+    rows.sql("ALTER TABLE customers MODIFY id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT")
+    rows.sql(
+        "ALTER TABLE page_views MODIFY id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, "
+        "MODIFY customer_id BIGINT UNSIGNED NOT NULL"
+    )
+
+
+@pytest.mark.parametrize("identify_by", ["email", "userId"])
+@pytest.mark.parametrize("mode", ["single", "bulk"])
+def test_ids_up_to_two_to_the_64_work_end_to_end(job, sandbox, rows, mode, identify_by):
+    widen_ids_to_bigint_unsigned(rows)
+    rows.add(BIG_ID, "biggest@example.com", page_view_id=BIG_ID)
+    rows.add(2**63, "past-signed@example.com", page_view_id=2**63)
+    env = {"ITERABLE_IDENTIFY_BY": identify_by}
+    first = run_odd(job, "--mode", mode, **env)
+    assert first.code == 0, first.stdout + first.stderr
+    results = first.by_customer()
+    assert outcome(results[BIG_ID]) == ("success", None)
+    assert outcome(results[2**63]) == ("success", None)
+    assert {f"page-view-{BIG_ID}", f"page-view-{2**63}"} <= set(sandbox.events())
+    if identify_by == "userId":
+        assert str(BIG_ID) in sandbox.user_ids()
+    # The state kept them: the second run sends nothing.
+    calls = sandbox.stats()["total_requests"]
+    second = run_odd(job, "--mode", mode, **env)
+    assert outcome(second.by_customer()[BIG_ID]) == ("skipped", "unchanged")
+    assert sandbox.stats()["total_requests"] == calls
+
+
+def test_a_row_that_breaks_an_assumption_fails_alone_and_the_run_goes_on(job, sandbox, rows):
+    # A view time kept as text: the driver hands over strings, not datetimes.
+    rows.sql("ALTER TABLE page_views MODIFY viewed_at VARCHAR(40) NOT NULL")
+    rows.add(9001, "text-time@example.com")
+    run = run_odd(job)
+    assert run.code == 1
+    row = run.by_customer()[9001]
+    assert outcome(row) == ("failed", "bad_row")
+    assert row["detail"].startswith("AttributeError: ") and "\n" not in row["detail"]
+    assert run.results["run"]["aborted"] is None
+    assert sandbox.stats()["total_requests"] == 0
+
+
+def test_a_plan_type_no_customer_has_is_named_with_the_ones_that_exist(job, sandbox):
+    run = job.run("--plan-type", "premium")
+    assert run.code == 0  # no rows is not a failure of the run ...
+    warnings = [line for line in run.stderr.splitlines() if "PLAN_TYPE" in line]
+    assert len(warnings) == 1  # ... but it says so, in one line
+    assert "PLAN_TYPE 'premium' matches no customer; the plan types there are: " in warnings[0]
+    assert "free" in warnings[0] and "pro" in warnings[0]
+    check = job.run("--check", "--plan-type", "premium")
+    assert check.code == 3
+    assert "database: FAILED: PLAN_TYPE 'premium' matches no customer" in check.stdout
+
+
+def test_the_other_rows_of_a_run_are_sent_around_a_bad_one(sandbox, tmp_path):
+    good = {
+        "customer_id": 1,
+        "email": "good@example.com",
+        "first_name": "Ann",
+        "last_name": "Lee",
+        "plan_type": "pro",
+        "page_view_id": 10,
+        "page": "/a",
+        "device": None,
+        "location": None,
+        "viewed_at": datetime(2026, 1, 5, 12, 0),
+    }
+    bad = {**good, "customer_id": 2, "email": "bad@example.com", "viewed_at": "yesterday"}
+    later = {**good, "customer_id": 3, "email": "later@example.com", "page_view_id": 30}
+    writer = ResultsWriter(tmp_path)
+    with IterableClient(DEFAULT_API_KEY, sandbox.base_url) as client:
+        Syncer(client=client, writer=writer).run_single([good, bad, later], concurrency=2)
+    results = json.loads(writer.finish({}, datetime.now(UTC)).read_text())
+    by_id = {row["customer_id"]: row for row in results["results"]}
+    assert outcome(by_id[2]) == ("failed", "bad_row")
+    assert outcome(by_id[1]) == outcome(by_id[3]) == ("success", None)
+    assert set(sandbox.users()) == {"good@example.com", "later@example.com"}
