@@ -10,16 +10,22 @@ EXIT_ABORTED = 3
 EXIT_LOCKED = 4
 
 EXIT_CODES = {
-    EXIT_OK: "ok: every row succeeded or was skipped, or there was nothing to do",
-    EXIT_ROWS_FAILED: "rows failed: at least one row failed (the results file says which and why)",
+    EXIT_OK: (
+        "ok: every row succeeded or was skipped, or still fails exactly as on an earlier run "
+        "(outstanding, data unchanged), or there was nothing to do"
+    ),
+    EXIT_ROWS_FAILED: (
+        "rows failed: at least one row failed that had not failed before, or whose data "
+        "changed (the results file says which and why)"
+    ),
     EXIT_CONFIG: (
         "bad configuration: bad settings or arguments, or an unusable sync state file; "
         "nothing was sent"
     ),
     EXIT_ABORTED: (
         "run aborted: database unreachable or query failed, Iterable rejected the key "
-        "(401/403), interrupted by SIGTERM/SIGINT, a failed --check, or an unexpected error "
-        "(logged with its traceback)"
+        "(401/403), ITERABLE_LIST_ID names no list, interrupted by SIGTERM/SIGINT, a failed "
+        "--check, or an unexpected error (logged with its traceback)"
     ),
     EXIT_LOCKED: "locked: another run holds the lock; this one did nothing",
 }
