@@ -16,7 +16,6 @@ from iterable_client import (
     CallResult,
     IterableClient,
     StopRun,
-    encode,
 )
 from payloads import Payloads
 
@@ -63,7 +62,7 @@ class Batcher:
         self,
         batch_size: int,
         send: Callable[[Sequence[BulkRow]], None],
-        item: Callable[[BulkRow], Mapping[str, Any]],
+        item: Callable[[BulkRow], bytes],
     ) -> None:
         self.batch_size = batch_size
         self.send = send
@@ -72,7 +71,7 @@ class Batcher:
         self.size = 0
 
     def add(self, row: BulkRow) -> None:
-        size = len(encode(self.item(row))) + 1
+        size = len(self.item(row)) + 1
         if self.items and (len(self.items) >= self.batch_size or self.size + size > MAX_BULK_BYTES):
             self.flush()
         self.items.append(row)
@@ -96,12 +95,12 @@ class RowOutcome(NamedTuple):
     failure: str | None  # the reason this row failed inside an accepted batch, if it did
 
 
-def user_item(row: BulkRow) -> Mapping[str, Any]:
-    return row.payloads.user_update
+def user_item(row: BulkRow) -> bytes:
+    return row.payloads.user_bytes
 
 
-def event_item(row: BulkRow) -> Mapping[str, Any]:
-    return row.payloads.event
+def event_item(row: BulkRow) -> bytes:
+    return row.payloads.event_bytes
 
 
 def deliver_users(client: IterableClient, batch: Sequence[BulkRow]) -> Iterator[RowOutcome]:
@@ -118,14 +117,14 @@ def deliver(
     endpoint: str,
     key: str,
     batch: Sequence[BulkRow],
-    item: Callable[[BulkRow], Mapping[str, Any]],
+    item: Callable[[BulkRow], bytes],
 ) -> Iterator[RowOutcome]:
     """Send a batch and yield (row, call, failure reason or None) for every row in it.
 
     A batch refused as a whole because of one item is resent without that item (when
     Iterable names it) or in halves, so only the bad rows fail.
     """
-    body = b'{"' + key.encode() + b'":[' + b",".join(encode(item(w)) for w in batch) + b"]}"
+    body = b'{"' + key.encode() + b'":[' + b",".join(item(w) for w in batch) + b"]}"
     call = client.call(endpoint, None, body=body)
     if call.ok:
         failures = failed_identifiers(call.body or {})
@@ -133,7 +132,11 @@ def deliver(
         shared = _batch_call(call, len(batch))
         for work in batch:
             failure = failures.get(work.payloads.identifier)
-            if failure is None and item(work).get("eventName") in disallowed:
+            if (
+                failure is None
+                and disallowed
+                and work.payloads.event.get("eventName") in disallowed
+            ):
                 failure = DISALLOWED_EVENT_NAME
             yield RowOutcome(work, shared, failure)
         return

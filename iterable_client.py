@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -20,6 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar, merge_cookies
 
+from payloads import encode_json
 from rate_limit import RateLimiters
 from version import VERSION
 
@@ -276,11 +276,12 @@ class IterableClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def update_user(self, payload: Mapping[str, Any]) -> CallResult:
-        return self.call(USERS_UPDATE, payload)
+    def update_user(self, payload: Mapping[str, Any], body: bytes | None = None) -> CallResult:
+        """users/update; `body` is the payload already encoded, when the caller has it."""
+        return self.call(USERS_UPDATE, payload, body=body)
 
-    def track_event(self, payload: Mapping[str, Any]) -> CallResult:
-        return self.call(EVENTS_TRACK, payload)
+    def track_event(self, payload: Mapping[str, Any], body: bytes | None = None) -> CallResult:
+        return self.call(EVENTS_TRACK, payload, body=body)
 
     def update_email(self, current_email: str, new_email: str) -> CallResult:
         """Move a profile, with its data, events and lists, to a new email."""
@@ -322,7 +323,7 @@ class IterableClient:
     ) -> CallResult:
         """Send with retries; raise IterableAuthError on 401/403, otherwise return a CallResult."""
         self._pass_gate()
-        data = body if body is not None else encode(payload) if payload is not None else None
+        data = body if body is not None else encode_json(payload) if payload is not None else None
         started = time.monotonic()
         attempt = 0
         while True:
@@ -453,10 +454,6 @@ class IterableClient:
         prepared.prepare_body(data, None)
         prepared.prepare_cookies(merge_cookies(RequestsCookieJar(), self.session.cookies))
         return prepared
-
-
-def encode(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def parse_body(reply: requests.Response) -> dict[str, Any]:

@@ -88,6 +88,22 @@ class Payloads:
     # The PROFILE_FIELDS as sent, to tell later whether Iterable still holds them.
     profile: dict[str, Any]
     warnings: tuple[str, ...] = ()
+    # Each body encoded once: what goes on the wire, and what the fingerprints hash.
+    user_bytes: bytes = field(init=False, repr=False)
+    event_bytes: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_bytes", encode_json(self.user_update))
+        object.__setattr__(self, "event_bytes", encode_json(self.event))
+
+    @property
+    def user_fingerprint(self) -> str:
+        return digest(self.user_bytes)
+
+    @property
+    def row_fingerprint(self) -> str:
+        """fingerprint({"user": user_update, "event": event}), from the bytes at hand."""
+        return digest(b'{"event":' + self.event_bytes + b',"user":' + self.user_bytes + b"}")
 
 
 @dataclass(frozen=True)
@@ -265,7 +281,15 @@ def leaver_update(
     return {**user_identity(customer.customer_id, email, identify_by), "dataFields": data}, profile
 
 
+def encode_json(payload: Mapping[str, Any]) -> bytes:
+    """Compact JSON with sorted keys, in UTF-8: a request body, and the form fingerprints hash."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def fingerprint(payload: Mapping[str, Any]) -> str:
     """A stable digest of a payload: equal payloads, equal fingerprints, whatever the key order."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return digest(encode_json(payload))

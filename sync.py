@@ -233,7 +233,7 @@ class Syncer:
             DUPLICATE_EMAIL,
             detail=f"customer {first} has the same email and was sent instead",
         )
-        self._mark_outstanding(result, row.customer_id, _row_fingerprint(built))
+        self._mark_outstanding(result, row.customer_id, built.row_fingerprint)
         self.record(result)
 
     def _mark_outstanding(self, result: RowResult, customer_id: int, row_fp: str) -> None:
@@ -249,8 +249,8 @@ class Syncer:
             self.state.rejected(customer_id, row_fp, result.reason)
 
     def _plan_sends(self, row: SourceRow, built: Payloads) -> Work | None:
-        user_fp = fingerprint(built.user_update)
-        row_fp = _row_fingerprint(built)
+        user_fp = built.user_fingerprint
+        row_fp = built.row_fingerprint
         work = Work(row, built, True, True, user_fp, row_fp)
         if self.state is None or self.full_refresh:
             return self._ready(work)
@@ -303,21 +303,19 @@ class Syncer:
         return work
 
     def record(self, result: RowResult) -> None:
+        """Every row's result goes to the results file; a new failure also to the log.
+
+        Rows that succeed or are skipped are not logged one by one: the results file has
+        them, and a line per row cost as much CPU as reading the row.
+        """
         self.writer.add(result)
         self.on_row()
-        level = (
-            logging.WARNING
-            if result.status == FAILED and not result.outstanding
-            else (logging.DEBUG)
-        )
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "customer %s (%s): %s%s%s",
+        if result.status == FAILED and not result.outstanding:
+            log.warning(
+                "customer %s (%s): failed %s%s",
                 result.customer_id,
                 mask_email(result.email),
-                result.status,
-                f" {result.reason}" if result.reason else "",
+                result.reason,
                 f" ({result.detail})" if result.detail else "",
             )
 
@@ -487,12 +485,17 @@ class Syncer:
                 if self.stop.is_set():
                     self._fail(work, INTERRUPTED, permanent=False)
                     return
-                if not self.user_done(work, self.client.update_user(work.payloads.user_update)):
+                if not self.user_done(
+                    work,
+                    self.client.update_user(work.payloads.user_update, work.payloads.user_bytes),
+                ):
                     return
             else:
                 self.skip_user(work)
             if work.send_event:
-                self.event_done(work, self.client.track_event(work.payloads.event))
+                self.event_done(
+                    work, self.client.track_event(work.payloads.event, work.payloads.event_bytes)
+                )
             else:
                 self.skip_event(work)
         except StopRun as exc:
@@ -763,10 +766,6 @@ def _identity(member: Member, identify_by: str) -> dict[str, str] | None:
     if identify_by == BY_USER_ID:
         return {"userId": str(member.customer_id)}
     return {"email": member.email} if member.email else None
-
-
-def _row_fingerprint(built: Payloads) -> str:
-    return fingerprint({"user": built.user_update, "event": built.event})
 
 
 def _customer_id(raw: Mapping[str, Any]) -> int:

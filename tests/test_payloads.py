@@ -262,3 +262,20 @@ def test_datetime_with_offset_is_converted_to_utc():
     tz = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=2)))
     built = payloads(viewed_at=tz)
     assert built.event["dataFields"]["timestamp"] == "2026-01-01 12:00:00 +00:00"
+
+
+@pytest.mark.parametrize("identify_by", ["email", "userId"])
+def test_bodies_are_encoded_once_and_fingerprints_hash_those_bytes(identify_by):
+    built = build_payloads(row(first_name="Zoë 🎉"), "Cand", identify_by)
+    assert isinstance(built, Payloads)
+    assert json.loads(built.user_bytes) == built.user_update
+    assert json.loads(built.event_bytes) == built.event
+    # The fingerprints the state already holds stay valid: same canonical form as before.
+    assert built.user_fingerprint == fingerprint(built.user_update)
+    assert built.row_fingerprint == fingerprint({"user": built.user_update, "event": built.event})
+    if identify_by == "userId":
+        assert built.user_update["userId"] == "1" and "email" not in built.user_update
+        assert built.user_update["dataFields"]["email"] == built.email
+        assert built.event["userId"] == "1" and built.identifier == "1"
+    else:
+        assert built.identifier == built.email == built.user_update["email"]

@@ -124,6 +124,9 @@ def test_rejected_key_with_concurrency_stops_quickly(job, sandbox):
 
 
 def test_emails_masked_and_key_absent_from_logs(job, sandbox):
+    # A refused row puts its (masked) email in a warning line.
+    emails = {row["customer_id"]: row["email"] for row in job.run("--dry-run").results["results"]}
+    sandbox.mark_conflict(emails[1])
     run = job.run("--log-level", "DEBUG")
     log_text = job.log_file.read_text()
     everything = log_text + run.stderr + run.stdout
