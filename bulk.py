@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ FAILED_LISTS = {
     "invalidDataUserIds": "RequestFieldsTypesMismatched",
 }
 DISALLOWED_EVENT_NAME = "disallowed_event_name"
+BATCH_TOO_LARGE = "BatchTooLarge"
 # Bulk batches sent but not yet applied, per endpoint.
 BATCHES_IN_FLIGHT = 4
 _ITEM_PATH = re.compile(r"^obj\.(?:users|events)\[(\d+)\]")
@@ -52,6 +54,34 @@ class BulkRow(Protocol):
     def payloads(self) -> Payloads: ...
 
 
+class BatchLimit:
+    """How many records a bulk request of one endpoint may carry; halved for the rest of the
+    run when Iterable refuses a batch as too large (413 or BatchTooLarge)."""
+
+    def __init__(self, endpoint: str, size: int) -> None:
+        self.endpoint = endpoint
+        self.size = size
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def halve(self, refused: int) -> None:
+        with self._lock:
+            smaller = max(1, refused // 2)
+            if smaller >= self.size:
+                return  # another batch already lowered it
+            self.size = smaller
+            first, self._warned = not self._warned, True
+        # One warning a run and endpoint; further halvings go to the log file.
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s: Iterable refused a batch of %d as too large; halving: at most %d a request "
+            "for the rest of the run",
+            self.endpoint,
+            refused,
+            smaller,
+        )
+
+
 class Batcher:
     """Collects rows until a batch is full by count or bytes, then hands it on.
 
@@ -60,11 +90,11 @@ class Batcher:
 
     def __init__(
         self,
-        batch_size: int,
+        limit: BatchLimit,
         send: Callable[[Sequence[BulkRow]], None],
         item: Callable[[BulkRow], bytes],
     ) -> None:
-        self.batch_size = batch_size
+        self.limit = limit
         self.send = send
         self.item = item
         self.items: list[BulkRow] = []
@@ -72,7 +102,7 @@ class Batcher:
 
     def add(self, row: BulkRow) -> None:
         size = len(self.item(row)) + 1
-        if self.items and (len(self.items) >= self.batch_size or self.size + size > MAX_BULK_BYTES):
+        if self.items and (len(self.items) >= self.limit.size or self.size + size > MAX_BULK_BYTES):
             self.flush()
         self.items.append(row)
         self.size += size
@@ -103,13 +133,17 @@ def event_item(row: BulkRow) -> bytes:
     return row.payloads.event_bytes
 
 
-def deliver_users(client: IterableClient, batch: Sequence[BulkRow]) -> Iterator[RowOutcome]:
+def deliver_users(
+    client: IterableClient, batch: Sequence[BulkRow], limit: BatchLimit
+) -> Iterator[RowOutcome]:
     """users/bulkUpdate for a batch (halved or resent as needed): an outcome per row."""
-    return deliver(client, USERS_BULK_UPDATE, "users", batch, user_item)
+    return deliver(client, USERS_BULK_UPDATE, "users", batch, user_item, limit)
 
 
-def deliver_events(client: IterableClient, batch: Sequence[BulkRow]) -> Iterator[RowOutcome]:
-    return deliver(client, EVENTS_TRACK_BULK, "events", batch, event_item)
+def deliver_events(
+    client: IterableClient, batch: Sequence[BulkRow], limit: BatchLimit
+) -> Iterator[RowOutcome]:
+    return deliver(client, EVENTS_TRACK_BULK, "events", batch, event_item, limit)
 
 
 def deliver(
@@ -118,11 +152,13 @@ def deliver(
     key: str,
     batch: Sequence[BulkRow],
     item: Callable[[BulkRow], bytes],
+    limit: BatchLimit,
 ) -> Iterator[RowOutcome]:
     """Send a batch and yield (row, call, failure reason or None) for every row in it.
 
     A batch refused as a whole because of one item is resent without that item (when
-    Iterable names it) or in halves, so only the bad rows fail.
+    Iterable names it) or in halves, so only the bad rows fail. A batch refused as too
+    large is resent in halves, and later batches are cut to that size.
     """
     body = b'{"' + key.encode() + b'":[' + b",".join(item(w) for w in batch) + b"]}"
     call = client.call(endpoint, None, body=body)
@@ -140,6 +176,12 @@ def deliver(
                 failure = DISALLOWED_EVENT_NAME
             yield RowOutcome(work, shared, failure)
         return
+    if is_too_large(call) and len(batch) > 1:
+        limit.halve(len(batch))
+        middle = len(batch) // 2
+        yield from deliver(client, endpoint, key, batch[:middle], item, limit)
+        yield from deliver(client, endpoint, key, batch[middle:], item, limit)
+        return
     if call.http_status == 400 and call.code in SPLITTABLE_CODES and len(batch) > 1:
         bad = named_item(call.body or {})
         if bad is not None and bad < len(batch):
@@ -152,17 +194,21 @@ def deliver(
             )
             yield RowOutcome(batch[bad], _batch_call(call, len(batch)), None)
             rest = [*batch[:bad], *batch[bad + 1 :]]
-            yield from deliver(client, endpoint, key, rest, item)
+            yield from deliver(client, endpoint, key, rest, item, limit)
             return
         middle = len(batch) // 2
         log.info(
             "%s: batch of %d refused (%s); resending in halves", endpoint, len(batch), call.code
         )
-        yield from deliver(client, endpoint, key, batch[:middle], item)
-        yield from deliver(client, endpoint, key, batch[middle:], item)
+        yield from deliver(client, endpoint, key, batch[:middle], item, limit)
+        yield from deliver(client, endpoint, key, batch[middle:], item, limit)
         return
     for work in batch:
         yield RowOutcome(work, _batch_call(call, len(batch)), None)
+
+
+def is_too_large(call: CallResult) -> bool:
+    return call.http_status == 413 or call.code == BATCH_TOO_LARGE
 
 
 def _batch_call(call: CallResult, size: int) -> CallResult:

@@ -37,9 +37,11 @@ MAX_CONCURRENCY = 256
 # 500 users/s needs ~60 users in flight; 128 leaves room for slower answers (make bench).
 DEFAULT_CONCURRENCY = 128
 # Iterable caps bulk bodies at 4 MB and documents no record count; 1,000 users (and
-# 2,000 events) a request is what integrations use, so that stays the default.
-MAX_BULK_USERS = 1000
-MAX_BULK_EVENTS = 8000
+# 2,000 events) a request is what integrations use, so those stay the defaults. Every
+# body is cut at 4 MB whatever the count, and a batch refused as too large is halved.
+DEFAULT_BULK_USERS = 1000
+DEFAULT_BULK_EVENTS = 2000
+MAX_BULK_RECORDS = 20_000
 
 
 @dataclass(frozen=True)
@@ -191,15 +193,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "BULK_BATCH_SIZE",
         HOW,
-        f"users per users/bulkUpdate request (1-{MAX_BULK_USERS}; bodies also stay under 4 MB)",
-        str(MAX_BULK_USERS),
+        f"users per users/bulkUpdate request (1-{MAX_BULK_RECORDS}); every body also stays "
+        "under 4 MB, the only limit Iterable documents",
+        str(DEFAULT_BULK_USERS),
         flag="--batch-size",
     ),
     Variable(
         "EVENTS_BATCH_SIZE",
         HOW,
-        f"events per events/trackBulk request (1-{MAX_BULK_EVENTS})",
-        str(2 * MAX_BULK_USERS),
+        f"events per events/trackBulk request (1-{MAX_BULK_RECORDS}; under 4 MB as well)",
+        str(DEFAULT_BULK_EVENTS),
     ),
     *_rate_limit_variables(),
     Variable(
@@ -566,8 +569,8 @@ class _Validator:
             lock_file=self.path("LOCK_FILE"),
             mode=self.choice("SYNC_MODE", MODES),
             concurrency=self.integer("CONCURRENCY", 1, MAX_CONCURRENCY),
-            bulk_batch_size=self.integer("BULK_BATCH_SIZE", 1, MAX_BULK_USERS),
-            events_batch_size=self.integer("EVENTS_BATCH_SIZE", 1, MAX_BULK_EVENTS),
+            bulk_batch_size=self.integer("BULK_BATCH_SIZE", 1, MAX_BULK_RECORDS),
+            events_batch_size=self.integer("EVENTS_BATCH_SIZE", 1, MAX_BULK_RECORDS),
             rate_limits=self.rate_limits(),
             sync_state_path=self.path("SYNC_STATE_PATH"),
             healthcheck_url=self.optional_url("HEALTHCHECK_URL"),

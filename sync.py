@@ -6,6 +6,7 @@ Iterable has accepted that update (or already had it from an earlier run).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from typing import Any, cast
 from bulk import (
     BatchCall,
     Batcher,
+    BatchLimit,
     BatchQueue,
     BulkRow,
     Delivered,
@@ -26,7 +28,13 @@ from bulk import (
     event_item,
     user_item,
 )
-from iterable_client import CallResult, IterableClient, StopRun
+from iterable_client import (
+    EVENTS_TRACK_BULK,
+    USERS_BULK_UPDATE,
+    CallResult,
+    IterableClient,
+    StopRun,
+)
 from logger_config import mask_email
 from payloads import (
     BY_EMAIL,
@@ -75,6 +83,10 @@ class Work:
     previous_email: str | None = None
     # How the state has the customer on the list (None: not on it).
     listed_as: str | None = None
+    # What the state had before: a rejection to clear on success, a profile to forget
+    # before sending a different one. Unknown (full refresh, leavers) means "maybe".
+    had_rejection: bool = True
+    known_fingerprint: str | None = "unknown"
     result: RowResult = field(init=False)
 
     def __post_init__(self) -> None:
@@ -276,6 +288,8 @@ class Syncer:
             return None
         work.send_user = known.user_fingerprint != user_fp
         work.send_event = not known.event_accepted
+        work.had_rejection = rejection is not None
+        work.known_fingerprint = known.user_fingerprint
         return self._ready(work)
 
     def _ready(self, work: Work) -> Work | None:
@@ -298,7 +312,7 @@ class Syncer:
                 }
             self.record(work.result)
             return None
-        if work.send_user and self.state is not None:
+        if work.send_user and self.state is not None and work.known_fingerprint is not None:
             self.state.user_sending(work.row.customer_id, work.user_fingerprint)
         return work
 
@@ -333,6 +347,7 @@ class Syncer:
                     work.payloads.email,
                     work.payloads.profile,
                     in_segment=work.result.segment == IN_SEGMENT,
+                    clear_rejection=work.had_rejection,
                 )
             self._keep_listed(work)
             return True
@@ -533,23 +548,25 @@ class Syncer:
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-events") as event_pool,
             ThreadPoolExecutor(max_workers=8, thread_name_prefix="email-change") as single_pool,
         ):
+            user_limit = BatchLimit(USERS_BULK_UPDATE, batch_size)
+            event_limit = BatchLimit(EVENTS_TRACK_BULK, events_batch_size)
+            send_events = functools.partial(deliver_events, limit=event_limit)
+            send_users = functools.partial(deliver_users, limit=user_limit)
             event_batches = BatchQueue(
-                submit=lambda batch: event_pool.submit(
-                    self._deliver, deliver_events, client, batch
-                ),
+                submit=lambda batch: event_pool.submit(self._deliver, send_events, client, batch),
                 settle_one=lambda call: self._settle(call, self.apply_event_outcomes),
             )
-            events = Batcher(events_batch_size, event_batches.send, event_item)
+            events = Batcher(event_limit, event_batches.send, event_item)
 
             def settle_user_batch(call: BatchCall) -> None:
                 events.add_many(self._settle(call, self.apply_user_outcomes))
                 events.flush()
 
             user_batches = BatchQueue(
-                submit=lambda batch: user_pool.submit(self._deliver, deliver_users, client, batch),
+                submit=lambda batch: user_pool.submit(self._deliver, send_users, client, batch),
                 settle_one=settle_user_batch,
             )
-            users = Batcher(batch_size, user_batches.send, user_item)
+            users = Batcher(user_limit, user_batches.send, user_item)
             for work in self._planned(rows):
                 if work.previous_email is not None:
                     # Iterable processes single and bulk calls apart: a customer whose

@@ -17,7 +17,9 @@ signed 64-bit integers.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -136,6 +138,9 @@ class SyncState:
         self._pending = 0
         self._last_commit = time.monotonic()
         self._seen: list[tuple[str]] = []
+        # Writes wait here until the next commit; runs of the same statement then go to
+        # SQLite as one executemany, in order (a statement per row cost more than the row).
+        self._queue: list[tuple[str, tuple[object, ...]]] = []
         self._db = self._open(path)
 
     @staticmethod
@@ -199,6 +204,7 @@ class SyncState:
         Only meaningful once every row of this run was seen.
         """
         with self._lock:
+            self._flush_queue()
             self._flush_seen()
             rows = self._db.execute(
                 "SELECT u.customer_id, u.email, u.profile, m.identifier FROM users AS u "
@@ -214,6 +220,7 @@ class SyncState:
     def list_members_not_seen(self) -> list[Member]:
         """On the list, not in this run's rows, and not in the segment: to unsubscribe."""
         with self._lock:
+            self._flush_queue()
             self._flush_seen()
             rows = self._db.execute(
                 "SELECT m.customer_id, u.email, u.profile, m.identifier FROM list_members AS m "
@@ -247,7 +254,10 @@ class SyncState:
         email: str,
         profile: Mapping[str, Any],
         in_segment: bool = True,
+        clear_rejection: bool = True,
     ) -> None:
+        """Iterable accepted this profile; a rejection on record (when the caller knows of
+        one) no longer holds."""
         key = str(customer_id)
         self._write(
             "INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at) "
@@ -256,17 +266,18 @@ class SyncState:
             "email = excluded.email, profile = excluded.profile, "
             "in_segment = excluded.in_segment, accepted_at = excluded.accepted_at",
             (key, fingerprint, email, _json(profile), int(in_segment), _now()),
-            "DELETE FROM rejections WHERE customer_id = ?",
-            "DELETE FROM forgotten WHERE customer_id = ?",
+            *(["DELETE FROM rejections WHERE customer_id = ?"] if clear_rejection else []),
         )
 
     def email_moved(self, customer_id: int, email: str) -> None:
         """Iterable moved the profile to a new email: durable at once, as a resend would
         otherwise look for the profile under the old one."""
         with self._lock:
-            self._db.execute(
-                "UPDATE users SET email = ?, fingerprint = NULL WHERE customer_id = ?",
-                (email, str(customer_id)),
+            self._queue.append(
+                (
+                    "UPDATE users SET email = ?, fingerprint = NULL WHERE customer_id = ?",
+                    (email, str(customer_id)),
+                )
             )
             self._commit()
 
@@ -286,6 +297,7 @@ class SyncState:
         The email and segment membership stay: Iterable still has the profile.
         """
         with self._lock:
+            self._flush_queue()
             forgot = self._db.execute(
                 "UPDATE users SET fingerprint = NULL, profile = NULL "
                 "WHERE customer_id = ? AND fingerprint IS NOT NULL AND fingerprint <> ?",
@@ -366,9 +378,9 @@ class SyncState:
     def _write(self, sql: str, params: tuple[object, ...], *same_customer: str) -> None:
         """One change, plus statements about the same customer (params[0]) with it."""
         with self._lock:
-            self._db.execute(sql, params)
+            self._queue.append((sql, params))
             for statement in same_customer:
-                self._db.execute(statement, (params[0],))
+                self._queue.append((statement, (params[0],)))
             self._pending += 1
             if (
                 self._pending >= COMMIT_EVERY_CHANGES
@@ -376,7 +388,13 @@ class SyncState:
             ):
                 self._commit()
 
+    def _flush_queue(self) -> None:
+        for sql, run in itertools.groupby(self._queue, key=operator.itemgetter(0)):
+            self._db.executemany(sql, [params for _, params in run])
+        self._queue = []
+
     def _commit(self) -> None:
+        self._flush_queue()
         self._db.execute("COMMIT")
         self._db.execute("BEGIN")
         self._pending = 0
@@ -388,6 +406,7 @@ class SyncState:
 
     def close(self) -> None:
         with self._lock:
+            self._flush_queue()
             self._db.execute("COMMIT")
             self._db.close()
 
@@ -444,5 +463,13 @@ def _json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+_clock: tuple[int, str] = (0, "")
+
+
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The time to the second, formatted once a second rather than once a write."""
+    global _clock
+    second = int(time.time())
+    if _clock[0] != second:
+        _clock = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return _clock[1]

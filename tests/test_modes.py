@@ -7,6 +7,7 @@ import json
 import pytest
 import requests
 
+from devtools.bulk_seed import add_pro_customers
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
 
 SENT = {cid: pv for cid, pv in SEED_QUALIFYING.items() if cid != SEED_MALFORMED_EMAIL_CUSTOMER}
@@ -137,3 +138,43 @@ def test_bulk_whole_batch_transient_failure_is_retried(job, sandbox):
 def test_bulk_rejected_key_aborts(job, sandbox):
     run = job.run("--mode", "bulk", ITERABLE_API_KEY="nope")
     assert run.code == 3 and sandbox.users() == {}
+
+
+@pytest.mark.parametrize("status", [413, 400])
+def test_a_batch_refused_as_too_large_is_halved_for_the_rest_of_the_run(
+    job, sandbox, mariadb, seeded_db, status
+):
+    add_pro_customers(mariadb, seeded_db.name, 40)
+    # Iterable documents no record count; this one refuses more than 10 users a request,
+    # with 413 or with 400 BatchTooLarge.
+    sandbox.set_bulk_limits(10, too_large_status=status)
+    run = job.run("--mode", "bulk", BULK_BATCH_SIZE="40", EVENTS_BATCH_SIZE="40")
+    assert run.code == 1  # only the seed's malformed email
+    assert len(sandbox.users()) == len(SENT) + 40  # nothing lost
+    assert sandbox.duplicate_events() == []
+    accepted = sandbox.stats()["bulk_batch_sizes"]
+    # The batch of 40 was refused, then its halves of 20; batches of 10 went through.
+    for endpoint in ("users/bulkUpdate", "events/trackBulk"):
+        assert max(accepted[endpoint]) <= 10 and sum(accepted[endpoint]) == len(SENT) + 40
+        assert sandbox.request_count(endpoint, status) == 3
+    warnings = [line for line in run.stderr.splitlines() if "too large" in line]
+    assert len(warnings) == 2  # one line per endpoint, not one per batch
+    assert "users/bulkUpdate: Iterable refused a batch of 40 as too large" in warnings[0]
+    assert "halving: at most 20 a request for the rest of the run" in warnings[0]
+
+
+def test_bulk_bodies_stay_under_4_mb_whatever_the_count(job, sandbox, mariadb, seeded_db):
+    add_pro_customers(mariadb, seeded_db.name, 200)
+    # 30,000-character pages make each user and each event about 30 KB: 6 MB a batch.
+    mariadb.execute("ALTER TABLE page_views MODIFY page TEXT NOT NULL", database=seeded_db.name)
+    mariadb.execute(
+        "UPDATE page_views SET page = CONCAT('/', REPEAT('p', 30000))", database=seeded_db.name
+    )
+    run = job.run("--mode", "bulk", BULK_BATCH_SIZE="20000", EVENTS_BATCH_SIZE="20000")
+    assert run.code == 1, run.stderr  # only the seed's malformed email
+    assert len(sandbox.users()) == len(SENT) + 200
+    sizes = sandbox.stats()["bulk_batch_sizes"]
+    # Cut by bytes, not by the count of 20,000; the sandbox refuses any body over 4 MB.
+    assert len(sizes["users/bulkUpdate"]) >= 2 and len(sizes["events/trackBulk"]) >= 2
+    assert sum(sizes["users/bulkUpdate"]) == len(SENT) + 200
+    assert sandbox.request_count(status=400) == sandbox.request_count(status=413) == 0
