@@ -22,7 +22,6 @@ EVENT_ID_PREFIX = "page-view-"
 _EMAIL = re.compile(
     r"^[^@\s\"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
 )
-_EVENT_ID = re.compile(r"^[A-Za-z0-9\-]{1,512}$")
 
 INVALID_EMAIL = "invalid_email"
 MISSING_VIEW_TIME = "missing_viewed_at"
@@ -169,10 +168,6 @@ def is_valid_email(email: str | None) -> bool:
 def event_id(page_view_id: int) -> str:
     """Derived from the page view's key, so a resend updates the same event in Iterable."""
     return f"{EVENT_ID_PREFIX}{int(page_view_id)}"
-
-
-def is_valid_event_id(value: str) -> bool:
-    return bool(_EVENT_ID.match(value)) and len(value.encode()) <= 512
 
 
 def as_utc(value: datetime) -> datetime:

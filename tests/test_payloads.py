@@ -20,9 +20,16 @@ from payloads import (
     build_payloads,
     event_id,
     fingerprint,
-    is_valid_event_id,
     iterable_timestamp,
 )
+
+# Iterable's rule for event ids: letters, digits and hyphens, at most 512 bytes.
+EVENT_ID_RULE = re.compile(r"[A-Za-z0-9-]{1,512}")
+
+
+def is_valid_event_id(value: str) -> bool:
+    return bool(EVENT_ID_RULE.fullmatch(value)) and len(value.encode()) <= 512
+
 
 VIEWED = datetime(2026, 11, 28, 9, 30, 15)  # naive, as DATETIME columns arrive; holds UTC
 
