@@ -16,13 +16,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from exit_codes import EXIT_CONFIG, EXIT_OK
 from logger_config import mask_email, mask_emails
 from results import write_atomically
 
+TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 MAX_EXAMPLES = 5
 MAX_TEXT = 160  # a long Iterable msg is cut so a table cell stays one or two lines
 STEPS = (("user_update", "user update"), ("event_track", "event track"))
@@ -522,6 +525,18 @@ def _footer(run: Mapping[str, Any], source: str | None) -> str:
     return f"<footer>{' · '.join(parts)}</footer>"
 
 
+@cache
+def _template(name: str) -> str:
+    """A file of report_templates/, found beside this module whatever the working directory."""
+    path = TEMPLATES / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(
+            f"cannot read the report template {path}: {exc.strerror or exc}"
+        ) from None
+
+
 def render_report(results: dict[str, Any], source: str | None = None) -> str:
     """The whole HTML page for one results file."""
     run = _dict(results.get("run"))
@@ -549,86 +564,9 @@ def render_report(results: dict[str, Any], source: str | None = None) -> str:
             _footer(run, source),
         ]
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{title}</title><style>{_STYLE}</style></head>"
-        f'<body><main class="page">{body}</main></body></html>\n'
-    )
-
-
-_STYLE = """
-:root{--ok:#1a7f37;--ok-bg:#dafbe1;--fail:#cf222e;--fail-bg:#ffebe9;--skip:#8c959f;
---skip-bg:#eaeef2;--warn:#9a6700;--warn-bg:#fff8c5;--ink:#1f2328;--muted:#59636e;
---line:#d1d9e0;--soft:#eef1f4;--bg:#f6f8fa;--card:#fff;--accent:#0969da}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.5 system-ui,-apple-system,
-"Segoe UI",Roboto,"Helvetica Neue",Arial,"Liberation Sans",sans-serif}
-.page{max-width:1100px;margin:0 auto;padding:32px 24px 40px}
-.hero,.panel,.card{background:var(--card);border:1px solid var(--line);border-radius:12px}
-.hero{padding:24px 28px}
-.title-row{display:flex;align-items:center;justify-content:space-between;gap:12px;flex-wrap:wrap}
-h1{font-size:22px;margin:0;letter-spacing:-.01em}
-h2{font-size:15px;margin:0 0 12px}
-.badges{display:flex;gap:8px}
-.badge{display:inline-block;padding:4px 14px;border-radius:999px;font-weight:700;font-size:12px;
-letter-spacing:.06em;text-transform:uppercase;border:1px solid transparent}
-.badge-ok{background:var(--ok-bg);color:var(--ok);border-color:#4ac26b}
-.badge-failed{background:var(--warn-bg);color:var(--warn);border-color:#d4a72c}
-.badge-aborted{background:var(--fail-bg);color:var(--fail);border-color:#ff8182}
-.badge-dry{background:#ddf4ff;color:var(--accent);border-color:#54aeff}
-.meta{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:14px 24px;margin:20px 0 0}
-.meta dt{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.meta dd{margin:2px 0 0;font-weight:500;overflow-wrap:anywhere}
-.alert{margin-top:18px;padding:10px 14px;border-radius:8px;background:var(--fail-bg);
-border:1px solid #ffcecb;color:#82071e;font-weight:500}
-.cards{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:16px;margin:16px 0}
-.card{padding:16px 20px;border-top:4px solid var(--accent)}
-.card-succeeded{border-top-color:var(--ok)}
-.card-failed{border-top-color:var(--fail)}
-.card-skipped{border-top-color:var(--skip)}
-.card .label{font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.card .value{font-size:34px;font-weight:700;line-height:1.2;font-variant-numeric:tabular-nums}
-.card .sub{color:var(--muted);font-size:13px}
-.panel{padding:20px 24px;margin-top:16px}
-.bar{display:flex;height:16px;border-radius:999px;overflow:hidden;background:var(--soft)}
-/* a tiny share still shows as a sliver */
-.seg{display:block;height:100%;min-width:4px}
-.seg-succeeded{background:var(--ok)}
-.seg-failed{background:var(--fail)}
-.seg-skipped{background:var(--skip)}
-.legend{display:flex;gap:28px;list-style:none;padding:0;margin:12px 0 0}
-.swatch{display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px}
-table{width:100%;border-collapse:collapse}
-th{text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.06em;
-color:var(--muted);font-weight:600;border-bottom:1px solid var(--line);padding:6px 10px}
-td{padding:10px;border-bottom:1px solid var(--soft);vertical-align:top}
-tbody tr:last-child td{border-bottom:0}
-th.num{width:1%}
-.pair{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:16px}
-.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.muted{color:var(--muted)}
-.empty{color:var(--muted);font-style:italic;margin:0}
-.note{margin:12px 0 0}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;
-font-size:12px;background:var(--soft);padding:1px 6px;border-radius:6px}
-code.reason{font-weight:600;background:transparent;padding:0;font-size:13px}
-.examples{list-style:none;margin:0;padding:0}
-.examples li{padding:2px 0;display:flex;flex-wrap:wrap;gap:4px 10px;align-items:baseline}
-.cid{font-family:ui-monospace,Menlo,Consolas,"Liberation Mono",monospace;color:var(--muted);
-font-size:12px;min-width:3.5em}
-.email{font-weight:500}
-.step{color:var(--muted);font-size:12px}
-.msg{color:var(--muted)}
-.pill{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;margin:1px 4px 1px 0;
-font-variant-numeric:tabular-nums;white-space:nowrap}
-.pill-2xx{background:var(--ok-bg);color:var(--ok)}
-.pill-4xx{background:var(--warn-bg);color:var(--warn)}
-.pill-5xx{background:var(--fail-bg);color:var(--fail)}
-footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
-@media (max-width:760px){.meta,.cards{grid-template-columns:repeat(2,minmax(0,1fr))}
-.pair{grid-template-columns:minmax(0,1fr)}}
-"""
+    page = Template(_template("report.html"))
+    # The style is inlined so the page is one file that stands alone.
+    return page.substitute(title=title, style=_template("report.css"), body=body)
 
 
 class ReportError(Exception):

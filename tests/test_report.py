@@ -345,6 +345,14 @@ def test_missing_and_malformed_fields_do_not_break_rendering(results):
     assert page.rstrip().endswith("</html>")
 
 
+def test_the_page_is_self_contained_with_the_style_inlined():
+    page = render_report(sample())
+    assert page.startswith("<!DOCTYPE html>")
+    assert re.search(r"<style>\s*:root\{", page)
+    assert "<link" not in page and "<script" not in page
+    assert "$" not in page  # every template placeholder was filled
+
+
 def test_text_from_the_file_is_escaped():
     results = sample()
     results["results"] = [failed_row(1, "<script>alert(1)</script>", "a@example.com")]
@@ -371,10 +379,10 @@ def test_default_output_never_overwrites_the_input(name, html_name):
 # --- command line ------------------------------------------------------------------------------
 
 
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "main.py", "report", *map(str, args)],
-        cwd=REPO,
+        [sys.executable, str(REPO / "main.py"), "report", *map(str, args)],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -408,6 +416,17 @@ def test_cli_output_option_replaces_an_existing_file(tmp_path):
     assert proc.stdout.strip() == str(output)
     assert stat.S_IMODE(output.stat().st_mode) == 0o600
     assert output.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_cli_finds_its_templates_from_any_working_directory(tmp_path):
+    results = write_json(tmp_path / "r.json", SAMPLE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli(results, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert re.search(r"<style>\s*:root\{", page)
+    assert "$" not in page  # every template placeholder was filled
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str]) -> None:
