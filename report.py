@@ -2,7 +2,9 @@
 
 Rendering (`render_report`) is pure and separate from file I/O (`report_command`). Every
 piece of text from the results file goes through `_text`, which masks anything that looks
-like an email address before escaping it, so the page never holds a full address.
+like an email address before escaping it, so the page never holds a full address. The
+optional CSV (`--csv`) is the one exception: it lists the failed rows with their real
+addresses for whoever fixes the data, and is written owner-only.
 
 The counts come from `results.Summary`, the class that counts for the results file itself,
 so the page and the file cannot disagree about what a row counts as.
@@ -11,18 +13,19 @@ so the page and the file cannot disagree about what a row counts as.
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from exit_codes import EXIT_CONFIG, EXIT_OK
 from logger_config import mask_email, mask_emails
@@ -35,6 +38,10 @@ MAX_TEXT = 160  # a long Iterable msg is cut so a table cell stays one or two li
 STEPS = (("user_update", "user update"), ("event_track", "event track"))
 NO_REASON = "(no reason)"
 DASH = "\u2014"
+CSV_COLUMNS = ("customer_id", "email", "reason", "detail", "failing_since", "outstanding")
+# A spreadsheet runs a cell that starts with one of these as a formula; a malformed email
+# is exactly the kind of value that lands in the CSV.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def masked(value: object) -> str:
@@ -110,7 +117,7 @@ def _share(part: int, whole: int) -> str:
 
 @dataclass(frozen=True)
 class FailedRow:
-    """One failed row as the file has it (unmasked: the page masks)."""
+    """One failed row as the file has it (unmasked: the page masks, the CSV does not)."""
 
     customer_id: str
     email: str | None
@@ -666,6 +673,29 @@ def render_report(results: Mapping[str, Any], source: str | None = None) -> str:
     return render_page(results, collect_rows(results.get("results")), source)
 
 
+def _spreadsheet_safe(value: str | None) -> str:
+    """The value, with a leading quote if a spreadsheet would otherwise run it as a formula."""
+    text = value or ""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def write_csv(out: TextIO, rows: Iterable[FailedRow]) -> None:
+    """The failed and outstanding rows with their real addresses, for whoever fixes the data."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                row.customer_id,
+                _spreadsheet_safe(row.email),
+                _spreadsheet_safe(row.reason),
+                _spreadsheet_safe(row.detail),
+                row.failing_since or "",
+                "true" if row.outstanding else "false",
+            ]
+        )
+
+
 class ReportError(Exception):
     """A problem the user can fix: bad arguments or an unreadable results file."""
 
@@ -691,17 +721,43 @@ def load_results(path: Path) -> dict[str, Any]:
     return data
 
 
-def report_command(args: argparse.Namespace) -> int:
-    """`main.py report`: read RESULTS.json, write the HTML, print its path; 2 on any user error."""
-    output: Path = args.output or default_output(args.results)
+def _check_outputs(results: Path, outputs: Iterable[Path | None]) -> None:
+    """Refuse an output that would overwrite the results file or another output."""
+    seen = {results.resolve()}
+    for output in outputs:
+        if output is None:
+            continue
+        if output.resolve() in seen:
+            raise ReportError(f"{output} would overwrite the results file or another output")
+        seen.add(output.resolve())
+
+
+def _write(path: Path, write: Callable[[TextIO], object]) -> None:
+    """write_atomically, with a write error turned into a ReportError naming the file."""
     try:
-        page = render_report(load_results(args.results), source=args.results.name)
-        write_atomically(output, lambda out: out.write(page))
+        write_atomically(path, write)
+    except OSError as exc:
+        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """`main.py report`: read RESULTS.json, write the HTML (and the CSV with --csv), print
+    their paths; 2 on any user error."""
+    output: Path = args.output or default_output(args.results)
+    csv_path: Path | None = args.csv
+    try:
+        _check_outputs(args.results, [output, csv_path])
+        results = load_results(args.results)
+        stats = collect_rows(results.get("results"))
+        page = render_page(results, stats, source=args.results.name)
+        _write(output, lambda out: out.write(page))
+        if csv_path is not None:
+            _write(csv_path, lambda out: write_csv(out, stats.failed))
     except ReportError as exc:
         return _fail(str(exc))
-    except OSError as exc:
-        return _fail(f"cannot write {output}: {exc.strerror or exc}")
     sys.stdout.write(f"{output}\n")
+    if csv_path is not None:
+        sys.stdout.write(f"{csv_path}\n")
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import html
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from logger_config import mask_email
 from report import (
+    CSV_COLUMNS,
     OPEN_LIMIT,
     collect_rows,
     default_output,
@@ -702,6 +704,91 @@ def test_cli_unwritable_output(tmp_path):
     assert_one_line_error(run_cli(results, "--output", tmp_path / "missing-dir" / "r.html"))
 
 
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_cli_csv_lists_failed_and_outstanding_rows_with_real_emails(tmp_path):
+    results = sample()
+    results["results"].append(outstanding_row(11, "gail@example", "2026-11-20T08:00:00+00:00"))
+    source = write_json(tmp_path / "r.json", results)
+    table = tmp_path / "failed.csv"
+    proc = run_cli(source, "--csv", table)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(tmp_path / "r.html"), str(table)]
+    assert stat.S_IMODE(table.stat().st_mode) == 0o600
+    header, rows = read_csv(table)
+    assert header == list(CSV_COLUMNS)
+    assert rows == [
+        {
+            "customer_id": "7",
+            "email": "not-an-email",
+            "reason": "invalid_email",
+            "detail": "missing or malformed email address",
+            "failing_since": "",
+            "outstanding": "false",
+        },
+        {
+            "customer_id": "9",
+            "email": "bob@example.com",
+            "reason": "InvalidEmailAddressError",
+            "detail": "Invalid email: bob@example.com",
+            "failing_since": "",
+            "outstanding": "false",
+        },
+        {
+            "customer_id": "11",
+            "email": "gail@example",
+            "reason": "invalid_email",
+            "detail": "missing or malformed email address",
+            "failing_since": "2026-11-20T08:00:00+00:00",
+            "outstanding": "true",
+        },
+    ]
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "bob@" not in page and "gail@" not in page  # the page stays masked
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
+def test_cli_csv_keeps_a_spreadsheet_from_running_a_cell(tmp_path):
+    rows = [failed_row(1, "invalid_email", '=HYPERLINK("http://x.test","y")', "+1 bad")]
+    source = write_json(tmp_path / "r.json", with_rows(rows))
+    table = tmp_path / "failed.csv"
+    assert run_cli(source, "--csv", table).returncode == 0
+    (row,) = read_csv(table)[1]
+    assert row["email"] == '\'=HYPERLINK("http://x.test","y")'
+    assert row["detail"] == "'+1 bad"
+
+
+def test_cli_csv_with_no_failed_rows_has_the_header_only(tmp_path):
+    source = write_json(tmp_path / "r.json", with_rows([success_row(1, "a@example.com")]))
+    table = tmp_path / "failed.csv"
+    assert run_cli(source, "--csv", table).returncode == 0
+    assert read_csv(table) == (list(CSV_COLUMNS), [])
+
+
+@pytest.mark.parametrize(
+    ("option", "target"), [("--csv", "r.json"), ("--csv", "r.html"), ("--output", "r.json")]
+)
+def test_cli_never_overwrites_the_results_or_the_page(tmp_path, option, target):
+    source = write_json(tmp_path / "r.json", SAMPLE)
+    before = source.read_bytes()
+    proc = run_cli(source, option, tmp_path / target)
+    assert_one_line_error(proc)
+    assert "would overwrite" in proc.stderr
+    assert source.read_bytes() == before
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_unwritable_csv(tmp_path):
+    source = write_json(tmp_path / "r.json", SAMPLE)
+    proc = run_cli(source, "--csv", tmp_path / "missing-dir" / "f.csv")
+    assert_one_line_error(proc)
+    assert "missing-dir" in proc.stderr
+
+
 # --- a results file from a real run ------------------------------------------------------------
 
 
@@ -709,10 +796,11 @@ def test_report_of_a_real_run(job, tmp_path):
     run = job.run()
     assert run.code == 1, run.stderr  # the seed's malformed email fails
     summary = run.results["summary"]
-    proc = run_cli(run.results_path, cwd=job.workdir)
+    table = tmp_path / "failed.csv"
+    proc = run_cli(run.results_path, "--csv", table, cwd=job.workdir)
     assert proc.returncode == 0, proc.stderr
     page_path = run.results_path.with_suffix(".html")
-    assert proc.stdout.splitlines() == [str(page_path)]
+    assert proc.stdout.splitlines() == [str(page_path), str(table)]
     page = page_path.read_text(encoding="utf-8")
 
     assert card(page, "total")[0] == str(summary["total"])
@@ -730,6 +818,18 @@ def test_report_of_a_real_run(job, tmp_path):
     assert FULL_EMAIL.findall(page) == []
     for row in run.results["results"]:
         assert row["email"] not in page
+
+    assert stat.S_IMODE(table.stat().st_mode) == 0o600
+    assert read_csv(table)[1] == [
+        {
+            "customer_id": str(SEED_MALFORMED_EMAIL_CUSTOMER),
+            "email": bad["email"],
+            "reason": "invalid_email",
+            "detail": bad["detail"],
+            "failing_since": "",
+            "outstanding": "false",
+        }
+    ]
 
 
 # --- real browser ------------------------------------------------------------------------------
