@@ -2,32 +2,46 @@
 
 Rendering (`render_report`) is pure and separate from file I/O (`report_command`). Every
 piece of text from the results file goes through `_text`, which masks anything that looks
-like an email address before escaping it, so the page never holds a full address.
+like an email address before escaping it, so the page never holds a full address. The
+optional CSV (`--csv`) is the one exception: it lists the failed rows with their real
+addresses for whoever fixes the data, and is written owner-only.
+
+The counts come from `results.Summary`, the class that counts for the results file itself,
+so the page and the file cannot disagree about what a row counts as.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
-from typing import Any
+from string import Template
+from typing import Any, NamedTuple, TextIO
 
 from exit_codes import EXIT_CONFIG, EXIT_OK
 from logger_config import mask_email, mask_emails
-from results import write_atomically
+from results import FAILED, LEFT_SEGMENT, SKIPPED, Summary, write_atomically
 
-MAX_EXAMPLES = 5
+TEMPLATES = Path(__file__).resolve().parent / "report_templates"
+MAX_WARNINGS = 5  # warnings are advice, not work to do: a few examples are enough
+OPEN_LIMIT = 10  # a list this short is shown open; a longer one is folded under <details>
 MAX_TEXT = 160  # a long Iterable msg is cut so a table cell stays one or two lines
 STEPS = (("user_update", "user update"), ("event_track", "event track"))
 NO_REASON = "(no reason)"
 DASH = "\u2014"
+CSV_COLUMNS = ("customer_id", "email", "reason", "detail", "failing_since", "outstanding")
+# A spreadsheet runs a cell that starts with one of these as a formula; a malformed email
+# is exactly the kind of value that lands in the CSV.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def masked(value: object) -> str:
@@ -66,6 +80,11 @@ def _count(value: object) -> int:
     return max(int(number), 0) if number is not None else 0
 
 
+def _optional_text(value: object) -> str | None:
+    """A value from the file as text, None when absent."""
+    return None if value is None or value == "" else str(value)
+
+
 def _fmt_int(value: int) -> str:
     """Thousands separators for counts."""
     return f"{value:,}"
@@ -77,52 +96,62 @@ def _plural(count: int, word: str) -> str:
 
 
 def _percent(part: int, whole: int) -> float:
-    """Share in percent, 0 for an empty whole."""
+    """Share in percent, 0 for an empty whole (for bar widths)."""
     return 100.0 * part / whole if whole else 0.0
 
 
-@dataclass
-class Example:
-    """One failed row, already masked, as shown under its reason."""
+def _share(part: int, whole: int) -> str:
+    """A share for people to read, as HTML: `16.7 %`, and `< 0.1 %` rather than `0.0 %`
+    when there is something, `> 99.9 %` rather than `100.0 %` when something is missing."""
+    if not part or not whole:
+        return "0 %"
+    if part >= whole:
+        return "100 %"
+    percent = 100.0 * part / whole
+    if percent < 0.1:
+        return "&lt; 0.1 %"
+    if percent > 99.9:
+        return "&gt; 99.9 %"
+    return f"{percent:.1f} %"
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    """One failed row as the file has it (unmasked: the page masks, the CSV does not)."""
 
     customer_id: str
-    email: str
-    step: str | None
-    status: str | None
-    code: str | None
-    msg: str | None
-
-
-@dataclass
-class ReasonGroup:
-    """How many rows share a reason, with a few examples."""
-
-    count: int = 0
-    examples: list[Example] = field(default_factory=list)
+    email: str | None
+    reason: str
+    detail: str | None  # what went wrong: Iterable's msg or error, else the row's own detail
+    step: str | None = None
+    http_status: str | None = None
+    code: str | None = None
+    outstanding: bool = False
+    failing_since: str | None = None
+    left: bool = False
+    previous_email: str | None = None
 
 
 @dataclass
 class RowStats:
-    """What the per-row results add up to; bounded in size however many rows there are."""
+    """What the per-row results add up to: the Summary's counts, every failed row, and
+    retries and warnings (bounded)."""
 
-    counts: Counter[str] = field(default_factory=Counter)
-    failed: dict[str, ReasonGroup] = field(default_factory=dict)
-    skipped: dict[str, ReasonGroup] = field(default_factory=dict)
+    summary: Summary = field(default_factory=Summary)
+    failed: list[FailedRow] = field(default_factory=list)
     retried_rows: int = 0
     retried_by_step: Counter[str] = field(default_factory=Counter)
     warnings: int = 0
     rows_with_warnings: int = 0
     warning_examples: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def new_failures(self) -> list[FailedRow]:
+        return [row for row in self.failed if not row.outstanding]
 
-@dataclass
-class Totals:
-    """The four headline numbers."""
-
-    total: int
-    succeeded: int
-    failed: int
-    skipped: int
+    @property
+    def outstanding(self) -> list[FailedRow]:
+        return [row for row in self.failed if row.outstanding]
 
 
 def _step_failed(step: Mapping[str, Any]) -> bool:
@@ -138,33 +167,35 @@ def _step_failed(step: Mapping[str, Any]) -> bool:
     return isinstance(code, str) and code not in ("", "Success")
 
 
-def _example(row: Mapping[str, Any]) -> Example:
-    """A failed row, masked: the failing step's status, code and msg, else the row's detail."""
-    customer = row.get("customer_id")
-    email = masked(row.get("email"))
-    cid = DASH if customer is None else str(customer)
+def _failing_step(row: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+    """The label and summary of the first step with a failed Iterable call, if any."""
     for key, label in STEPS:
         step = row.get(key)
         if isinstance(step, dict) and _step_failed(step):
-            status = step.get("http_status")
-            return Example(
-                customer_id=cid,
-                email=email,
-                step=label,
-                status=None if status is None else f"HTTP {status}",
-                code=None if step.get("code") is None else str(step.get("code")),
-                msg=step.get("msg") or step.get("error") or row.get("detail"),
-            )
-    return Example(cid, email, None, None, None, row.get("detail"))
+            return label, step
+    return None, {}
 
 
-def _add_reason(groups: dict[str, ReasonGroup], row: Mapping[str, Any], keep: bool) -> None:
-    """Count a row under its reason and keep it as an example while there is room."""
+def _failed_row(row: Mapping[str, Any]) -> FailedRow:
+    """A failed row: the failing step's status, code and msg, else the row's detail."""
+    customer = row.get("customer_id")
     reason = row.get("reason")
-    group = groups.setdefault(str(reason) if reason else NO_REASON, ReasonGroup())
-    group.count += 1
-    if keep and len(group.examples) < MAX_EXAMPLES:
-        group.examples.append(_example(row))
+    outstanding = bool(row.get("outstanding"))  # the same test as Summary.add_row
+    label, step = _failing_step(row)
+    status = step.get("http_status")
+    return FailedRow(
+        customer_id=DASH if customer is None else str(customer),
+        email=_optional_text(row.get("email")),
+        reason=str(reason) if reason else NO_REASON,
+        detail=_optional_text(step.get("msg") or step.get("error") or row.get("detail")),
+        step=label,
+        http_status=None if status is None else f"HTTP {status}",
+        code=_optional_text(step.get("code")),
+        outstanding=outstanding,
+        failing_since=_optional_text(row.get("failing_since")) if outstanding else None,
+        left=row.get("segment") == LEFT_SEGMENT,
+        previous_email=_optional_text(row.get("previous_email")),
+    )
 
 
 def _step_attempts(row: Mapping[str, Any]) -> list[str]:
@@ -186,27 +217,31 @@ def _add_warnings(stats: RowStats, row: Mapping[str, Any]) -> None:
     stats.rows_with_warnings += 1
     customer = row.get("customer_id")
     for warning in warnings:
-        if len(stats.warning_examples) >= MAX_EXAMPLES:
+        if len(stats.warning_examples) >= MAX_WARNINGS:
             break
         stats.warning_examples.append((DASH if customer is None else str(customer), str(warning)))
 
 
+def _countable(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The row for Summary.add_row; a failing_since that is not text (a damaged file) is
+    dropped, since failing times are compared with each other."""
+    since = row.get("failing_since")
+    if since is None or isinstance(since, str):
+        return row
+    return {**row, "failing_since": None}
+
+
 def collect_rows(rows: object) -> RowStats:
-    """One pass over the per-row results: counts, reasons with examples, retries, warnings."""
+    """One pass over the per-row results: Summary counts, failed rows, retries, warnings."""
     stats = RowStats()
     if not isinstance(rows, list):
         return stats
     for row in rows:
         if not isinstance(row, dict):
             continue
-        status = row.get("status")
-        # Same rule as results.Summary: anything neither success nor failed counts as skipped.
-        kind = status if status in ("success", "failed") else "skipped"
-        stats.counts[kind] += 1
-        if kind == "failed":
-            _add_reason(stats.failed, row, keep=True)
-        elif kind == "skipped":
-            _add_reason(stats.skipped, row, keep=False)
+        stats.summary.add_row(_countable(row))
+        if row.get("status") == FAILED:
+            stats.failed.append(_failed_row(row))
         retried = _step_attempts(row)
         if retried:
             stats.retried_rows += 1
@@ -215,36 +250,30 @@ def collect_rows(rows: object) -> RowStats:
     return stats
 
 
-def _reasons_from_summary(stats: RowStats, by_reason: object) -> None:
-    """Fill reason counts from summary.by_reason when the file has no rows to count."""
-    for key, value in _dict(by_reason).items():
-        kind, _, reason = str(key).partition(":")
-        groups = {"failed": stats.failed, "skipped": stats.skipped}.get(kind)
-        if groups is not None:
-            groups.setdefault(reason or NO_REASON, ReasonGroup()).count += _count(value)
+class RunStatus(NamedTuple):
+    """The run as a whole: a css class, a badge label and an optional explanation."""
+
+    css: str
+    label: str
+    explanation: str | None
 
 
-def totals(summary: Mapping[str, Any], stats: RowStats) -> Totals:
-    """Headline counts: the summary's when present, else counted from the rows."""
-
-    def pick(key: str, counted: int) -> int:
-        return _count(summary[key]) if _number(summary.get(key)) is not None else counted
-
-    succeeded = pick("succeeded", stats.counts["success"])
-    failed = pick("failed", stats.counts["failed"])
-    skipped = pick("skipped", stats.counts["skipped"])
-    return Totals(pick("total", succeeded + failed + skipped), succeeded, failed, skipped)
-
-
-def run_status(run: Mapping[str, Any], failed: int) -> tuple[str, str, str | None]:
-    """(css class, label, explanation) for the run as a whole, matching main's exit codes."""
+def run_status(run: Mapping[str, Any], summary: Summary) -> RunStatus:
+    """The run's status, matching main's exit codes; outstanding rows alone are amber."""
     if run.get("aborted"):
-        return "aborted", "aborted", f"Run aborted: {run['aborted']}"
+        return RunStatus("aborted", "aborted", f"Run aborted: {run['aborted']}")
     if run.get("stopped_by_signal"):
-        return "aborted", "aborted", "Stopped by a signal before every row was done."
-    if failed:
-        return "failed", "rows failed", None
-    return "ok", "ok", None
+        return RunStatus("aborted", "aborted", "Stopped by a signal before every row was done.")
+    if summary.new_failures:
+        return RunStatus("failed", "rows failed", None)
+    if summary.outstanding:
+        rows = f"{_fmt_int(summary.outstanding)} {_plural(summary.outstanding, 'row')}"
+        explanation = (
+            f"No new failures, but {rows} still fail as an earlier run reported: "
+            "they need a fix in the data (see Outstanding)."
+        )
+        return RunStatus("outstanding", "outstanding", explanation)
+    return RunStatus("ok", "ok", None)
 
 
 def _fmt_time(value: object) -> str:
@@ -279,10 +308,9 @@ def _fmt_flag(value: object) -> str:
     return _text(value)
 
 
-def _header(run: Mapping[str, Any], status: tuple[str, str, str | None]) -> str:
+def _header(run: Mapping[str, Any], status: RunStatus) -> str:
     """Title, status badge and the run's settings."""
-    css, label, explanation = status
-    badges = f'<span class="badge badge-{css}" id="run-status">{label}</span>'
+    badges = f'<span class="badge badge-{status.css}" id="run-status">{status.label}</span>'
     if run.get("dry_run") is True:
         badges += '<span class="badge badge-dry">dry run</span>'
     lookback = run.get("lookback_days")
@@ -301,7 +329,11 @@ def _header(run: Mapping[str, Any], status: tuple[str, str, str | None]) -> str:
         ("Iterable", _text(run.get("iterable_base_url"))),
     ]
     items = "".join(f"<div><dt>{name}</dt><dd>{value}</dd></div>" for name, value in meta)
-    alert = f'<div class="alert" role="alert">{_text(explanation)}</div>' if explanation else ""
+    alert = ""
+    if status.explanation:
+        alert = (
+            f'<div class="alert alert-{status.css}" role="alert">{_text(status.explanation)}</div>'
+        )
     return (
         '<header class="hero"><div class="title-row"><h1>Iterable sync run</h1>'
         f'<div class="badges">{badges}</div></div>'
@@ -318,98 +350,155 @@ def _card(kind: str, label: str, value: int, sub: str) -> str:
     )
 
 
-def _cards(counts: Totals, rows_read: object) -> str:
-    """Total, succeeded, failed and skipped."""
+def _outcomes(summary: Summary) -> list[tuple[str, str, int]]:
+    """(kind, label, rows) for each outcome; together they make up the total."""
+    return [
+        ("succeeded", "Succeeded", summary.succeeded),
+        ("failed", "New failures", summary.new_failures),
+        ("outstanding", "Outstanding", summary.outstanding),
+        ("skipped", "Skipped", summary.skipped),
+    ]
+
+
+def _cards(summary: Summary, rows_read: object) -> str:
+    """Total, then each outcome with its share; leavers are mentioned under the total."""
     read = _number(rows_read)
-    total_sub = f"{_fmt_int(int(read))} rows read" if read is not None else "rows in this run"
-    share = {
-        "succeeded": counts.succeeded,
-        "failed": counts.failed,
-        "skipped": counts.skipped,
-    }
-    cards = [_card("total", "Total", counts.total, total_sub)]
-    for kind, value in share.items():
-        sub = f"{_percent(value, counts.total):.1f}% of rows"
-        cards.append(_card(kind, kind.capitalize(), value, sub))
+    notes = [f"{_fmt_int(int(read))} rows read" if read is not None else "rows in this run"]
+    if summary.left:
+        notes.append(f'<span id="count-left">{_fmt_int(summary.left)}</span> left the segment')
+    cards = [_card("total", "Total", summary.total, " · ".join(notes))]
+    for kind, label, value in _outcomes(summary):
+        cards.append(_card(kind, label, value, f"{_share(value, summary.total)} of rows"))
     return f'<section class="cards">{"".join(cards)}</section>'
 
 
-def _split_bar(counts: Totals) -> str:
+def _split_bar(summary: Summary) -> str:
     """A stacked bar of the outcome split, drawn with CSS widths only."""
-    parts = [
-        ("succeeded", counts.succeeded),
-        ("failed", counts.failed),
-        ("skipped", counts.skipped),
-    ]
-    whole = sum(value for _, value in parts)
+    parts = _outcomes(summary)
+    whole = sum(value for _, _, value in parts)
     segments = "".join(
         f'<span class="seg seg-{kind}" style="width:{_percent(value, whole):.2f}%"></span>'
-        for kind, value in parts
+        for kind, _, value in parts
         if value
     )
     legend = "".join(
-        f'<li><span class="swatch seg-{kind}"></span>{kind.capitalize()} '
+        f'<li><span class="swatch seg-{kind}"></span>{label} '
         f"<strong>{_fmt_int(value)}</strong> "
-        f'<span class="muted">({_percent(value, whole):.1f}%)</span></li>'
-        for kind, value in parts
+        f'<span class="muted">({_share(value, whole)})</span></li>'
+        for kind, label, value in parts
     )
-    label = ", ".join(f"{value} {kind}" for kind, value in parts)
+    aria = ", ".join(f"{value} {label.lower()}" for _, label, value in parts)
     return (
         '<section class="panel"><h2>Outcome</h2>'
-        f'<div class="bar" role="img" aria-label="{label}">{segments}</div>'
+        f'<div class="bar" role="img" aria-label="{aria}">{segments}</div>'
         f'<ul class="legend">{legend}</ul></section>'
     )
 
 
-def _sorted_groups(groups: Mapping[str, ReasonGroup]) -> list[tuple[str, ReasonGroup]]:
-    """Biggest reason first, then by name so the order is stable."""
-    return sorted(groups.items(), key=lambda item: (-item[1].count, item[0]))
-
-
-def _example_item(example: Example) -> str:
-    """One example row: id, masked email, and what Iterable said."""
-    said = " ".join(
-        f"<code>{_text(part)}</code>" for part in (example.status, example.code) if part
-    )
-    where = f'<span class="step">{_text(example.step)}</span>' if example.step else ""
-    msg = f'<span class="msg">{_text(example.msg, MAX_TEXT)}</span>' if example.msg else ""
+def _folded(count: int, noun: str, body: str) -> str:
+    """Every item, under a <details> that starts open when the list is short."""
+    opened = " open" if count <= OPEN_LIMIT else ""
     return (
-        f'<li><span class="cid">#{_text(example.customer_id)}</span>'
-        f'<span class="email">{_text(example.email)}</span>{where}{said}{msg}</li>'
+        f"<details{opened}><summary>{_fmt_int(count)} {_plural(count, noun)}</summary>"
+        f"{body}</details>"
     )
 
 
-def _failures(groups: Mapping[str, ReasonGroup], total: int) -> str:
-    """The failures-by-reason table, with up to MAX_EXAMPLES masked rows per reason."""
+def _tags(row: FailedRow) -> str:
+    """Small labels: a leaver, and the address Iterable knew before an email change."""
+    tags = '<span class="tag">left the segment</span>' if row.left else ""
+    if row.previous_email:
+        tags += f'<span class="tag">was {_text(masked(row.previous_email))}</span>'
+    return tags
+
+
+def _failed_item(row: FailedRow) -> str:
+    """One failed row: id, masked email, and what Iterable said."""
+    said = " ".join(f"<code>{_text(part)}</code>" for part in (row.http_status, row.code) if part)
+    where = f'<span class="step">{_text(row.step)}</span>' if row.step else ""
+    detail = f'<span class="msg">{_text(row.detail, MAX_TEXT)}</span>' if row.detail else ""
+    return (
+        f'<li><span class="cid">#{_text(row.customer_id)}</span>'
+        f'<span class="email">{_text(masked(row.email))}</span>{_tags(row)}{where}{said}'
+        f"{detail}</li>"
+    )
+
+
+def _by_reason(rows: Iterable[FailedRow]) -> list[tuple[str, list[FailedRow]]]:
+    """Rows grouped by reason, biggest group first, then by name so the order is stable."""
+    groups: dict[str, list[FailedRow]] = {}
+    for row in rows:
+        groups.setdefault(row.reason, []).append(row)
+    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+
+
+def _failures(stats: RowStats) -> str:
+    """New failures by reason, every row listed (folded when long), emails masked."""
+    groups = _by_reason(stats.new_failures)
     if not groups:
-        return _panel("Failures by reason", '<p class="empty">No failed rows.</p>', "failures")
+        return _panel("New failures by reason", '<p class="empty">No new failures.</p>', "failures")
+    total = stats.summary.total
     rows = []
-    for reason, group in _sorted_groups(groups):
-        items = "".join(_example_item(example) for example in group.examples)
-        more = group.count - len(group.examples)
-        if items and more > 0:
-            items += f'<li class="muted">and {_fmt_int(more)} more</li>'
-        examples = f'<ul class="examples">{items}</ul>' if items else '<span class="muted">—</span>'
+    for reason, members in groups:
+        items = "".join(_failed_item(row) for row in members)
+        listing = _folded(len(members), "row", f'<ul class="examples">{items}</ul>')
         rows.append(
             f'<tr><td><code class="reason">{_text(reason)}</code></td>'
-            f'<td class="num">{_fmt_int(group.count)}</td>'
-            f'<td class="num muted">{_percent(group.count, total):.1f}%</td>'
-            f"<td>{examples}</td></tr>"
+            f'<td class="num">{_fmt_int(len(members))}</td>'
+            f'<td class="num muted">{_share(len(members), total)}</td>'
+            f"<td>{listing}</td></tr>"
         )
     head = '<tr><th>Reason</th><th class="num">Rows</th><th class="num">Share</th>'
-    head += "<th>Examples (customer, email, Iterable response)</th></tr>"
-    return _panel("Failures by reason", _table(head, rows, "failures-table"), "failures")
+    head += "<th>Rows (customer, email, Iterable response)</th></tr>"
+    return _panel("New failures by reason", _table(head, rows, "failures-table"), "failures")
 
 
-def _skipped(groups: Mapping[str, ReasonGroup], total: int) -> str:
-    """The skipped-by-reason table."""
-    if not groups:
+def _outstanding(stats: RowStats) -> str:
+    """The amber panel of rows still failing as an earlier run reported; oldest first."""
+    members = sorted(stats.outstanding, key=lambda row: (row.failing_since or "", row.customer_id))
+    if not members:
+        return ""
+    rows = [
+        f'<tr><td class="cid">#{_text(row.customer_id)}</td>'
+        f'<td><span class="email">{_text(masked(row.email))}</span> {_tags(row)}</td>'
+        f'<td><code class="reason">{_text(row.reason)}</code></td>'
+        f"<td>{_fmt_time(row.failing_since)}</td>"
+        f'<td class="msg">{_text(row.detail, MAX_TEXT)}</td></tr>'
+        for row in members
+    ]
+    head = (
+        "<tr><th>Customer</th><th>Email</th><th>Reason</th><th>Failing since</th>"
+        "<th>Detail</th></tr>"
+    )
+    note = (
+        f'<p class="note"><strong id="outstanding-rows">{_fmt_int(len(members))}</strong> '
+        f"{_plural(len(members), 'row')} failed on an earlier run and again now with the same "
+        "data: reported before, so not new failures. A fix in the source data clears them.</p>"
+    )
+    table = _folded(len(members), "row", _table(head, rows, "outstanding-table"))
+    return (
+        '<section class="panel panel-outstanding" id="outstanding">'
+        f"<h2>Outstanding</h2>{note}{table}</section>"
+    )
+
+
+def _skipped(summary: Summary) -> str:
+    """Skipped rows by reason, from the Summary's reason counts."""
+    counts = {
+        key.partition(":")[2]: value
+        for key, value in summary.reasons.items()
+        if key.startswith(f"{SKIPPED}:")
+    }
+    unexplained = summary.skipped - sum(counts.values())  # rows without a reason
+    if unexplained > 0:
+        counts[NO_REASON] = unexplained
+    if not counts:
         return _panel("Skipped by reason", '<p class="empty">No skipped rows.</p>', "skipped")
     rows = [
         f'<tr><td><code class="reason">{_text(reason)}</code></td>'
-        f'<td class="num">{_fmt_int(group.count)}</td>'
-        f'<td class="num muted">{_percent(group.count, total):.1f}%</td></tr>'
-        for reason, group in _sorted_groups(groups)
+        f'<td class="num">{_fmt_int(count)}</td>'
+        f'<td class="num muted">{_share(count, summary.total)}</td></tr>'
+        for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     ]
     head = '<tr><th>Reason</th><th class="num">Rows</th><th class="num">Share</th></tr>'
     return _panel("Skipped by reason", _table(head, rows, "skipped-table"), "skipped")
@@ -424,7 +513,7 @@ def _status_pill(status: str, count: int) -> str:
 def _endpoints(api: Mapping[str, Any]) -> list[str]:
     """Every endpoint the run's API stats mention, sorted."""
     names: set[str] = set()
-    for key in ("requests", "seconds", "retries"):
+    for key in ("requests", "seconds", "busy_seconds", "retries"):
         names.update(str(name) for name in _dict(api.get(key)))
     return sorted(names)
 
@@ -434,44 +523,60 @@ def _request_count(api: Mapping[str, Any], endpoint: str) -> int:
     return sum(_count(value) for value in _dict(_dict(api.get("requests")).get(endpoint)).values())
 
 
+def _seconds(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}"
+
+
+TIMING_NOTE = (
+    "Summed request time adds up the time of every request, so requests that ran at the "
+    "same time are counted more than once: it is not wall time."
+)
+BUSY_NOTE = " Busy (wall) time is how long at least one request to the endpoint was in flight."
+
+
 def _timing(api: Mapping[str, Any]) -> str:
-    """Requests by status, total seconds and average milliseconds per request, per endpoint."""
+    """Requests by status, busy and summed seconds, and average milliseconds per request."""
     endpoints = _endpoints(api)
     if not endpoints:
         return _panel(
             "Timing per endpoint", '<p class="empty">No API calls recorded.</p>', "timing"
         )
+    # `seconds` is a sum over requests that overlap; `busy_seconds` (newer files) is wall time.
+    busy = _dict(api.get("busy_seconds"))
     rows = []
     for endpoint in endpoints:
         by_status = _dict(_dict(api.get("requests")).get(endpoint))
         pills = " ".join(_status_pill(str(s), _count(n)) for s, n in sorted(by_status.items()))
         count = _request_count(api, endpoint)
-        seconds = _number(_dict(api.get("seconds")).get(endpoint))
-        average = f"{seconds / count * 1000:.1f}" if seconds is not None and count else DASH
+        summed = _number(_dict(api.get("seconds")).get(endpoint))
+        average = f"{summed / count * 1000:.1f}" if summed is not None and count else DASH
+        busy_cell = f'<td class="num">{_seconds(_number(busy.get(endpoint)))}</td>' if busy else ""
         rows.append(
             f"<tr><td><code>{_text(endpoint)}</code></td><td>{pills or DASH}</td>"
-            f'<td class="num">{_fmt_int(count)}</td>'
-            f'<td class="num">{DASH if seconds is None else f"{seconds:.2f}"}</td>'
+            f'<td class="num">{_fmt_int(count)}</td>{busy_cell}'
+            f'<td class="num">{_seconds(summed)}</td>'
             f'<td class="num">{average}</td></tr>'
         )
+    busy_head = '<th class="num">Busy (wall) time, s</th>' if busy else ""
     head = (
         '<tr><th>Endpoint</th><th>Requests by status</th><th class="num">Requests</th>'
-        '<th class="num">Total seconds</th><th class="num">Avg ms / request</th></tr>'
+        f'{busy_head}<th class="num">Summed request time, s</th>'
+        '<th class="num">Avg ms / request</th></tr>'
     )
-    return _panel("Timing per endpoint", _table(head, rows, "timing-table"), "timing")
+    note = f'<p class="note muted">{TIMING_NOTE}{BUSY_NOTE if busy else ""}</p>'
+    return _panel("Timing per endpoint", _table(head, rows, "timing-table") + note, "timing")
 
 
-def _retries(api: Mapping[str, Any], stats: RowStats, total: int) -> str:
+def _retries(api: Mapping[str, Any], stats: RowStats) -> str:
     """Retries per endpoint and how many rows needed more than one attempt."""
     retries = _dict(api.get("retries"))
-    endpoints = _endpoints(api)
     rows = []
-    for endpoint in endpoints:
+    for endpoint in _endpoints(api):
         count = _count(retries.get(endpoint))
         requests = _request_count(api, endpoint)
         rows.append(
             f'<tr><td><code>{_text(endpoint)}</code></td><td class="num">{_fmt_int(count)}</td>'
-            f'<td class="num muted">{_percent(count, requests):.1f}%</td></tr>'
+            f'<td class="num muted">{_share(count, requests)}</td></tr>'
         )
     head = '<tr><th>Endpoint</th><th class="num">Retries</th><th class="num">Of requests</th></tr>'
     table = _table(head, rows, "retries-table") if rows else ""
@@ -479,6 +584,7 @@ def _retries(api: Mapping[str, Any], stats: RowStats, total: int) -> str:
         f"{label}: {_fmt_int(n)}" for label, n in sorted(stats.retried_by_step.items())
     )
     detail = f" ({steps})" if steps else ""
+    total = stats.summary.total
     summary = (
         f'<p class="note"><strong id="retried-rows">{_fmt_int(stats.retried_rows)}</strong> '
         f"of {_fmt_int(total)} {_plural(total, 'row')} needed more than one attempt{detail}.</p>"
@@ -522,113 +628,72 @@ def _footer(run: Mapping[str, Any], source: str | None) -> str:
     return f"<footer>{' · '.join(parts)}</footer>"
 
 
-def render_report(results: dict[str, Any], source: str | None = None) -> str:
-    """The whole HTML page for one results file."""
+@cache
+def _template(name: str) -> str:
+    """A file of report_templates/, found beside this module whatever the working directory."""
+    path = TEMPLATES / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(
+            f"cannot read the report template {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def render_page(results: Mapping[str, Any], stats: RowStats, source: str | None = None) -> str:
+    """The whole HTML page for a results file whose rows `stats` has collected."""
     run = _dict(results.get("run"))
-    summary = _dict(results.get("summary"))
     api = _dict(run.get("api"))
-    stats = collect_rows(results.get("results"))
-    if not stats.counts:
-        _reasons_from_summary(stats, summary.get("by_reason"))
-    counts = totals(summary, stats)
-    status = run_status(run, counts.failed)
+    summary = stats.summary
     started = run.get("started_at")
     title = f"Iterable sync · {_fmt_time(started)}" if started else "Iterable sync report"
     body = "".join(
         [
-            _header(run, status),
-            _cards(counts, run.get("rows_read")),
-            _split_bar(counts),
-            _failures(stats.failed, counts.total),
-            _skipped(stats.skipped, counts.total),
+            _header(run, run_status(run, summary)),
+            _cards(summary, run.get("rows_read")),
+            _split_bar(summary),
+            _failures(stats),
+            _outstanding(stats),
+            _skipped(summary),
             _timing(api),
             '<div class="pair">',
-            _retries(api, stats, counts.total),
+            _retries(api, stats),
             _warnings(stats),
             "</div>",
             _footer(run, source),
         ]
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{title}</title><style>{_STYLE}</style></head>"
-        f'<body><main class="page">{body}</main></body></html>\n'
-    )
+    page = Template(_template("report.html"))
+    # The style is inlined so the page is one file that stands alone.
+    return page.substitute(title=title, style=_template("report.css"), body=body)
 
 
-_STYLE = """
-:root{--ok:#1a7f37;--ok-bg:#dafbe1;--fail:#cf222e;--fail-bg:#ffebe9;--skip:#8c959f;
---skip-bg:#eaeef2;--warn:#9a6700;--warn-bg:#fff8c5;--ink:#1f2328;--muted:#59636e;
---line:#d1d9e0;--soft:#eef1f4;--bg:#f6f8fa;--card:#fff;--accent:#0969da}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.5 system-ui,-apple-system,
-"Segoe UI",Roboto,"Helvetica Neue",Arial,"Liberation Sans",sans-serif}
-.page{max-width:1100px;margin:0 auto;padding:32px 24px 40px}
-.hero,.panel,.card{background:var(--card);border:1px solid var(--line);border-radius:12px}
-.hero{padding:24px 28px}
-.title-row{display:flex;align-items:center;justify-content:space-between;gap:12px;flex-wrap:wrap}
-h1{font-size:22px;margin:0;letter-spacing:-.01em}
-h2{font-size:15px;margin:0 0 12px}
-.badges{display:flex;gap:8px}
-.badge{display:inline-block;padding:4px 14px;border-radius:999px;font-weight:700;font-size:12px;
-letter-spacing:.06em;text-transform:uppercase;border:1px solid transparent}
-.badge-ok{background:var(--ok-bg);color:var(--ok);border-color:#4ac26b}
-.badge-failed{background:var(--warn-bg);color:var(--warn);border-color:#d4a72c}
-.badge-aborted{background:var(--fail-bg);color:var(--fail);border-color:#ff8182}
-.badge-dry{background:#ddf4ff;color:var(--accent);border-color:#54aeff}
-.meta{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:14px 24px;margin:20px 0 0}
-.meta dt{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.meta dd{margin:2px 0 0;font-weight:500;overflow-wrap:anywhere}
-.alert{margin-top:18px;padding:10px 14px;border-radius:8px;background:var(--fail-bg);
-border:1px solid #ffcecb;color:#82071e;font-weight:500}
-.cards{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:16px;margin:16px 0}
-.card{padding:16px 20px;border-top:4px solid var(--accent)}
-.card-succeeded{border-top-color:var(--ok)}
-.card-failed{border-top-color:var(--fail)}
-.card-skipped{border-top-color:var(--skip)}
-.card .label{font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.card .value{font-size:34px;font-weight:700;line-height:1.2;font-variant-numeric:tabular-nums}
-.card .sub{color:var(--muted);font-size:13px}
-.panel{padding:20px 24px;margin-top:16px}
-.bar{display:flex;height:16px;border-radius:999px;overflow:hidden;background:var(--soft)}
-/* a tiny share still shows as a sliver */
-.seg{display:block;height:100%;min-width:4px}
-.seg-succeeded{background:var(--ok)}
-.seg-failed{background:var(--fail)}
-.seg-skipped{background:var(--skip)}
-.legend{display:flex;gap:28px;list-style:none;padding:0;margin:12px 0 0}
-.swatch{display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px}
-table{width:100%;border-collapse:collapse}
-th{text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.06em;
-color:var(--muted);font-weight:600;border-bottom:1px solid var(--line);padding:6px 10px}
-td{padding:10px;border-bottom:1px solid var(--soft);vertical-align:top}
-tbody tr:last-child td{border-bottom:0}
-th.num{width:1%}
-.pair{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:16px}
-.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.muted{color:var(--muted)}
-.empty{color:var(--muted);font-style:italic;margin:0}
-.note{margin:12px 0 0}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;
-font-size:12px;background:var(--soft);padding:1px 6px;border-radius:6px}
-code.reason{font-weight:600;background:transparent;padding:0;font-size:13px}
-.examples{list-style:none;margin:0;padding:0}
-.examples li{padding:2px 0;display:flex;flex-wrap:wrap;gap:4px 10px;align-items:baseline}
-.cid{font-family:ui-monospace,Menlo,Consolas,"Liberation Mono",monospace;color:var(--muted);
-font-size:12px;min-width:3.5em}
-.email{font-weight:500}
-.step{color:var(--muted);font-size:12px}
-.msg{color:var(--muted)}
-.pill{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;margin:1px 4px 1px 0;
-font-variant-numeric:tabular-nums;white-space:nowrap}
-.pill-2xx{background:var(--ok-bg);color:var(--ok)}
-.pill-4xx{background:var(--warn-bg);color:var(--warn)}
-.pill-5xx{background:var(--fail-bg);color:var(--fail)}
-footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
-@media (max-width:760px){.meta,.cards{grid-template-columns:repeat(2,minmax(0,1fr))}
-.pair{grid-template-columns:minmax(0,1fr)}}
-"""
+def render_report(results: Mapping[str, Any], source: str | None = None) -> str:
+    """The whole HTML page for one results file."""
+    return render_page(results, collect_rows(results.get("results")), source)
+
+
+def _spreadsheet_safe(value: str | None) -> str:
+    """The value, with a leading quote if a spreadsheet would otherwise run it as a formula."""
+    text = value or ""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def write_csv(out: TextIO, rows: Iterable[FailedRow]) -> None:
+    """The failed and outstanding rows with their real addresses, for whoever fixes the data."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                row.customer_id,
+                _spreadsheet_safe(row.email),
+                _spreadsheet_safe(row.reason),
+                _spreadsheet_safe(row.detail),
+                row.failing_since or "",
+                "true" if row.outstanding else "false",
+            ]
+        )
 
 
 class ReportError(Exception):
@@ -656,17 +721,43 @@ def load_results(path: Path) -> dict[str, Any]:
     return data
 
 
-def report_command(args: argparse.Namespace) -> int:
-    """`main.py report`: read RESULTS.json, write the HTML, print its path; 2 on any user error."""
-    output: Path = args.output or default_output(args.results)
+def _check_outputs(results: Path, outputs: Iterable[Path | None]) -> None:
+    """Refuse an output that would overwrite the results file or another output."""
+    seen = {results.resolve()}
+    for output in outputs:
+        if output is None:
+            continue
+        if output.resolve() in seen:
+            raise ReportError(f"{output} would overwrite the results file or another output")
+        seen.add(output.resolve())
+
+
+def _write(path: Path, write: Callable[[TextIO], object]) -> None:
+    """write_atomically, with a write error turned into a ReportError naming the file."""
     try:
-        page = render_report(load_results(args.results), source=args.results.name)
-        write_atomically(output, lambda out: out.write(page))
+        write_atomically(path, write)
+    except OSError as exc:
+        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """`main.py report`: read RESULTS.json, write the HTML (and the CSV with --csv), print
+    their paths; 2 on any user error."""
+    output: Path = args.output or default_output(args.results)
+    csv_path: Path | None = args.csv
+    try:
+        _check_outputs(args.results, [output, csv_path])
+        results = load_results(args.results)
+        stats = collect_rows(results.get("results"))
+        page = render_page(results, stats, source=args.results.name)
+        _write(output, lambda out: out.write(page))
+        if csv_path is not None:
+            _write(csv_path, lambda out: write_csv(out, stats.failed))
     except ReportError as exc:
         return _fail(str(exc))
-    except OSError as exc:
-        return _fail(f"cannot write {output}: {exc.strerror or exc}")
     sys.stdout.write(f"{output}\n")
+    if csv_path is not None:
+        sys.stdout.write(f"{csv_path}\n")
     return EXIT_OK
 
 
