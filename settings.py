@@ -535,6 +535,7 @@ class _Validator:
         return ConnectionSettings(
             host=self.text("MYSQL_HOST"),
             port=self.integer("MYSQL_PORT", 1, 65535),
+            unix_socket=self.optional_path("MYSQL_UNIX_SOCKET"),
             user=self.text("MYSQL_USER", required=True),
             password=self.values.get("MYSQL_PASSWORD", ""),
             database=self.text("MYSQL_DATABASE", required=True),
@@ -582,6 +583,11 @@ class _Validator:
         return settings
 
     def check_paths(self, settings: Settings) -> None:
+        unix_socket = settings.database.unix_socket
+        # A missing socket usually means the server is down: a database failure at connect
+        # time (exit 3). Something else at that path is a configuration mistake.
+        if unix_socket is not None and unix_socket.exists() and not unix_socket.is_socket():
+            self.problems.append(f"MYSQL_UNIX_SOCKET {unix_socket} is not a socket")
         ssl_ca = settings.database.ssl_ca
         if ssl_ca and not ssl_ca.is_file():
             self.problems.append(f"MYSQL_SSL_CA {ssl_ca} is not a readable file")

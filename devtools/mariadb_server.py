@@ -37,6 +37,7 @@ DEFAULT_APP_TABLES = ("customers", "page_views")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 3
+SOCKET_NAME = "mysqld.sock"  # in the server's temp dir
 INSTALL_HINT = "run devtools/ensure_mariadb.sh (or install mariadb-server and mariadb-client)"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -129,6 +130,7 @@ class ServerHandle:
     port: int
     user: str
     password: str
+    unix_socket: str | None = None  # the server's socket, when known
 
     def connect(self, database: str | None = None, **overrides: Any) -> Any:
         """Open an autocommit mysql-connector connection as the admin user."""
@@ -293,7 +295,8 @@ class ThrowawayMariaDB:
     @property
     def admin(self) -> ServerHandle:
         """Root access to this server."""
-        return ServerHandle(self.host, self.port, self.root_user, self.root_password)
+        socket = str(self.tmpdir / SOCKET_NAME) if self.tmpdir is not None else None
+        return ServerHandle(self.host, self.port, self.root_user, self.root_password, socket)
 
     @property
     def error_log(self) -> Path:
@@ -401,7 +404,7 @@ class ThrowawayMariaDB:
             f"--port={self.port}",
             f"--bind-address={self.host}",
             "--skip-networking=0",
-            f"--socket={self.tmpdir / 'mysqld.sock'}",
+            f"--socket={self.tmpdir / SOCKET_NAME}",
             f"--pid-file={self.tmpdir / 'mysqld.pid'}",
             # Temporary tables of big sorts go here, not to a /tmp shared with other servers.
             f"--tmpdir={self.tmpdir}",

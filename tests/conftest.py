@@ -33,7 +33,10 @@ SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
 
 
 def _external_server() -> ServerHandle | None:
-    """The server named by TEST_MYSQL_HOST/PORT/USER/PASSWORD, if TEST_MYSQL_HOST is set."""
+    """The server named by TEST_MYSQL_HOST/PORT/USER/PASSWORD, if TEST_MYSQL_HOST is set.
+
+    TEST_MYSQL_UNIX_SOCKET names its socket, for the tests that connect through one.
+    """
     host = os.environ.get("TEST_MYSQL_HOST")
     if not host:
         return None
@@ -42,6 +45,7 @@ def _external_server() -> ServerHandle | None:
         port=int(os.environ.get("TEST_MYSQL_PORT", "3306")),
         user=os.environ.get("TEST_MYSQL_USER", "root"),
         password=os.environ.get("TEST_MYSQL_PASSWORD", ""),
+        unix_socket=os.environ.get("TEST_MYSQL_UNIX_SOCKET") or None,
     )
 
 

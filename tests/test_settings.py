@@ -143,3 +143,8 @@ def test_missing_or_unreadable_env_file(in_tmp):
     assert "env file nope.env does not exist" in problem(["--env-file", "nope.env"])
     Path("bad.env").write_bytes(b"PLAN_TYPE=\xff\xfe\n")
     assert "is not UTF-8" in problem(["--env-file", "bad.env"])
+
+
+def test_something_else_at_the_socket_path_is_refused(in_tmp):
+    assert "MYSQL_UNIX_SOCKET" not in problem(MYSQL_UNIX_SOCKET="gone.sock", MYSQL_PORT="x")
+    assert f"MYSQL_UNIX_SOCKET {in_tmp} is not a socket" in problem(MYSQL_UNIX_SOCKET=str(in_tmp))
