@@ -1,10 +1,10 @@
-"""Where the job looks for its files, and what the tests keep out.
+"""Where the job looks for its files, and what the demo and the tests keep out.
 
 Relative paths in settings, and `.env` itself, are relative to the project directory
 (where main.py is): a run from cron in another working directory uses the same state,
-lock and results as a run from the project directory. The tests run the job with a
-settings file of their own and a bare environment, so a `.env` in the project directory
-(the user's real one) never reaches them. Each test runs main.py from a copy
+lock and results as a run from the project directory. The demo and the tests run the
+job with a settings file of their own and a bare environment, so a `.env` in the project
+directory (the user's real one) never reaches them. Each test runs main.py from a copy
 of the product in a temporary directory, never from the checkout itself.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.job_env import clean_environment, write_env_file
+from devtools import demo
+from devtools.job_env import PASSED_THROUGH, clean_environment, write_env_file
 from iterable_sandbox import DEFAULT_API_KEY
 from tests.support.job import PROJECT_ROOT, Job, job_environment
 
@@ -117,7 +118,7 @@ def test_env_file_on_the_command_line_is_relative_to_the_working_directory(
     assert "7 users" in run.stdout  # mine.env's settings, not the project's .env
 
 
-# -- the project's .env stays out of the tests ---------------------------------------------
+# -- the project's .env stays out of the tests and the demo --------------------------------
 
 
 @pytest.fixture
@@ -148,4 +149,30 @@ def test_the_tests_job_never_reads_the_projects_env(
 
     assert run.code == 1, run.stderr
     assert run.results["summary"]["total"] == 7
+    assert not poisoned.exists()
+
+
+def test_the_demo_runs_the_job_apart_from_the_users_setup(
+    project, poisoned, tmp_path, seeded_db, app_user, sandbox, monkeypatch
+):
+    # ... and whoever runs `make demo` has monitoring and other settings exported.
+    monkeypatch.setenv("PLAN_TYPE", "no-such-plan")
+    monkeypatch.setenv("SYNC_MODE", "bulk")
+    monkeypatch.setenv("METRICS_FILE", str(poisoned))
+    monkeypatch.setenv("HEALTHCHECK_URL", "https://hc.example.com/ping/abc")
+    output = tmp_path / "demo-output"
+    output.mkdir()
+    settings = demo.demo_settings(app_user(seeded_db), sandbox.base_url, output)
+    command, env = demo.job_invocation(settings, output)
+    assert set(env) <= set(PASSED_THROUGH)
+    # The demo's own command, pointed at the copy whose .env is poisoned.
+    assert command[1] == str(PROJECT_ROOT / "main.py")
+    command[1] = str(project / "main.py")
+
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+    assert done.returncode == 1, done.stderr
+    assert "7 users: 6 succeeded, 1 failed" in done.stdout
+    (results,) = output.glob("integration_results_*.json")
+    assert '"mode": "single"' in results.read_text()
     assert not poisoned.exists()
