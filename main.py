@@ -31,7 +31,7 @@ from logger_config import setup_logging
 from progress import Progress
 from rate_limit import RateLimiters
 from report import report_command
-from results import ResultsWriter, Summary
+from results import ResultsWriter, Summary, remove_old_results
 from settings import ConfigError, Settings, load_settings, parse_command_line
 from sync import Outcome, Syncer
 from sync_state import StateError, SyncState
@@ -265,6 +265,7 @@ def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | N
     try:
         with run_lock(settings.lock_file), graceful_stop(stop):
             report = run(settings, stop, run_id)
+            remove_expired_results(settings)
     except LockHeld as exc:
         return fail(str(exc), EXIT_LOCKED), None
     except StateError as exc:
@@ -280,6 +281,18 @@ def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | N
     if report.outcome.aborted:
         fail(report.outcome.aborted, EXIT_ABORTED)
     return exit_code(report), report
+
+
+def remove_expired_results(settings: Settings) -> None:
+    removed = remove_old_results(
+        settings.results_dir, settings.results_keep_days, datetime.now(UTC)
+    )
+    if removed:
+        log.info(
+            "removed %d results files older than %d days (RESULTS_KEEP_DAYS)",
+            len(removed),
+            settings.results_keep_days,
+        )
 
 
 def publish_metrics(path: Path, code: int, seconds: float, report: RunReport | None) -> None:
