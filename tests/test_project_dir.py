@@ -19,7 +19,6 @@ import pytest
 
 from devtools import demo
 from devtools.job_env import PASSED_THROUGH, clean_environment, write_env_file
-from iterable_sandbox import DEFAULT_API_KEY
 from tests.support.job import PROJECT_ROOT, Job, job_environment
 
 
@@ -55,15 +54,9 @@ def run_main(
 
 
 def connection(database, base_url: str) -> dict[str, str]:
-    return {
-        "MYSQL_HOST": database.host,
-        "MYSQL_PORT": str(database.port),
-        "MYSQL_USER": database.user,
-        "MYSQL_PASSWORD": database.password,
-        "MYSQL_DATABASE": database.name,
-        "ITERABLE_API_KEY": DEFAULT_API_KEY,
-        "ITERABLE_BASE_URL": base_url,
-    }
+    """The MYSQL_* and ITERABLE_* settings the tests' job gets, for a .env of our own."""
+    env = job_environment(database, base_url, Path("unused"))
+    return {k: v for k, v in env.items() if k.startswith(("MYSQL_", "ITERABLE_"))}
 
 
 def test_runs_from_any_directory_use_the_projects_files(
