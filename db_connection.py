@@ -52,8 +52,20 @@ class ConnectionSettings:
     connect_timeout: float = 10.0
     ssl_ca: Path | None = None
     ssl_verify_identity: bool = False
+    unix_socket: Path | None = None  # when set, host and port are not used
+
+    def endpoint(self) -> str:
+        """host:port, or the socket's path."""
+        return str(self.unix_socket) if self.unix_socket else f"{self.host}:{self.port}"
+
+    def transport(self) -> str:
+        if self.unix_socket:
+            return f"the Unix socket {self.unix_socket}"
+        return f"TCP {self.host}:{self.port}"
 
     def where(self) -> str:
+        if self.unix_socket:
+            return f"{self.unix_socket} (database {self.database})"
         return f"{self.host}:{self.port}/{self.database}"
 
 
@@ -101,6 +113,8 @@ class DatabaseConnection:
             # protocol (make bench); TLS is still checked after connecting, either way.
             "use_pure": not mysql.connector.HAVE_CEXT,
         }
+        if s.unix_socket is not None:
+            options["unix_socket"] = str(s.unix_socket)
         if s.ssl_ca is not None:
             options.update(
                 ssl_ca=str(s.ssl_ca),
@@ -270,9 +284,12 @@ def describe_error(exc: mysql.connector.Error, settings: ConnectionSettings) -> 
         return f"{plaintext_refused(where)} ({detail})"
     messages = {
         errorcode.CR_CONN_HOST_ERROR: f"cannot reach MySQL at {settings.host}:{settings.port}",
+        errorcode.CR_CONNECTION_ERROR: (
+            f"cannot reach MySQL through the Unix socket {settings.unix_socket}"
+        ),
         errorcode.CR_UNKNOWN_HOST: f"unknown MySQL host {settings.host!r}",
         errorcode.ER_ACCESS_DENIED_ERROR: (
-            f"MySQL refused user {settings.user!r} at {settings.host}:{settings.port}: "
+            f"MySQL refused user {settings.user!r} at {settings.endpoint()}: "
             "check MYSQL_USER and MYSQL_PASSWORD"
         ),
         errorcode.ER_DBACCESS_DENIED_ERROR: (

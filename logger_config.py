@@ -1,7 +1,11 @@
-"""Logging: console at the chosen level, a rotating file at DEBUG, UTC times, secrets redacted."""
+"""Logging: console at the chosen level, a rotating file at DEBUG, UTC times, secrets redacted.
+
+Text by default; with LOG_FORMAT=json, one JSON object per line for log collectors.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -9,6 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s"
@@ -70,15 +75,54 @@ class RedactingFilter(logging.Filter):
         return mask_emails(text)
 
 
-def setup_logging(level: str, log_file: Path | None, secrets: Iterable[str] = ()) -> None:
-    """Configure the root logger once: console (stderr) at level, file at DEBUG."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC), level, logger, message, run_id, exception."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, object] = {
+            "time": f"{created:%Y-%m-%dT%H:%M:%S}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "run_id": self.run_id,
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def make_formatter(log_format: str, run_id: str | None) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(run_id)
+    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    formatter.converter = time.gmtime
+    return formatter
+
+
+def setup_logging(
+    level: str,
+    log_file: Path | None,
+    secrets: Iterable[str] = (),
+    log_format: str = "text",
+    run_id: str | None = None,
+) -> None:
+    """Configure the root logger once: console (stderr) at level, file at DEBUG.
+
+    Both get the same format; `run_id` goes into every JSON line.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.DEBUG)
-    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
-    formatter.converter = time.gmtime
+    formatter = make_formatter(log_format, run_id)
     redactor = RedactingFilter(secrets)
 
     console = logging.StreamHandler(sys.stderr)

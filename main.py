@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from logger_config import setup_logging
 from progress import Progress
 from rate_limit import RateLimiters
 from report import report_command
-from results import ResultsWriter, Summary
+from results import ResultsWriter, Summary, remove_old_results
 from segment import ListMirror, check_list_exists
 from settings import ConfigError, Settings, load_settings, parse_command_line
 from sync import Outcome, Syncer
@@ -119,7 +120,7 @@ def open_list(
     return ListMirror(client, state, list_id, settings.identify_by)
 
 
-def run(settings: Settings, stop: threading.Event) -> RunReport:
+def run(settings: Settings, stop: threading.Event, run_id: str) -> RunReport:
     """One sync run; always writes a results file once rows have started to flow."""
     started_at = datetime.now(UTC)
     clock = time.monotonic()
@@ -160,7 +161,7 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
             state.close()
         if client is not None:
             client.close()
-        run_info = run_details(settings, started_at, outcome, stats, error)
+        run_info = run_details(settings, run_id, started_at, outcome, stats, error)
         path = writer.finish(run_info, started_at)
         log.info("results written to %s", path)
     return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
@@ -207,6 +208,7 @@ def warn_if_no_such_plan(plan_type: str, source: RowSource) -> None:
 
 def run_details(
     settings: Settings,
+    run_id: str,
     started_at: datetime,
     outcome: Outcome,
     stats: RequestStats,
@@ -214,6 +216,7 @@ def run_details(
 ) -> dict[str, Any]:
     finished_at = datetime.now(UTC)
     return {
+        "run_id": run_id,
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": finished_at.isoformat(timespec="seconds"),
         "duration_seconds": round((finished_at - started_at).total_seconds(), 3),
@@ -279,8 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args)
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
+    # Ties the log lines of one run (LOG_FORMAT=json) to its results file.
+    run_id = uuid.uuid4().hex
     try:
-        setup_logging(settings.log_level, settings.log_file, settings.secrets())
+        setup_logging(
+            settings.log_level, settings.log_file, settings.secrets(), settings.log_format, run_id
+        )
     except OSError as exc:
         message = f"configuration: cannot open LOG_FILE {settings.log_file}: {exc.strerror}"
         return fail(message, EXIT_CONFIG)
@@ -288,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return preflight.run_checks(settings)
     monitoring.ping(settings.healthcheck_url, "start")
     started = time.monotonic()
-    code, report = sync_and_report(settings)
+    code, report = sync_and_report(settings, run_id)
     monitoring.ping(settings.healthcheck_url, str(code))
     if settings.metrics_file is not None:
         publish_metrics(settings.metrics_file, code, time.monotonic() - started, report)
@@ -296,12 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
+def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | None]:
     """Run under the lock and map every outcome to an exit code."""
     stop = threading.Event()
     try:
         with run_lock(settings.lock_file), graceful_stop(stop):
-            report = run(settings, stop)
+            report = run(settings, stop, run_id)
+            remove_expired_results(settings)
     except LockHeld as exc:
         return fail(str(exc), EXIT_LOCKED), None
     except StateError as exc:
@@ -317,6 +325,18 @@ def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
     if report.outcome.aborted:
         fail(report.outcome.aborted, EXIT_ABORTED)
     return exit_code(report), report
+
+
+def remove_expired_results(settings: Settings) -> None:
+    removed = remove_old_results(
+        settings.results_dir, settings.results_keep_days, datetime.now(UTC)
+    )
+    if removed:
+        log.info(
+            "removed %d results files older than %d days (RESULTS_KEEP_DAYS)",
+            len(removed),
+            settings.results_keep_days,
+        )
 
 
 def publish_metrics(path: Path, code: int, seconds: float, report: RunReport | None) -> None:

@@ -34,8 +34,9 @@ def check_database(settings: Settings) -> list[str]:
     tables = ", ".join(
         f"{row.get('table')}: {row.get('type')} via {row.get('key') or 'no index'}" for row in plan
     )
+    database = settings.database
     return [
-        f"connected to {settings.database.where()}",
+        f"connected to database {database.database} over {database.transport()}",
         f"Query 2 runs; {sample}",
         f"plan: {tables}",
     ]

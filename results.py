@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 
 def write_atomically(path: Path, write: Callable[[TextIO], object]) -> None:
@@ -153,6 +157,46 @@ class Summary:
 
 def results_filename(started_at: datetime) -> str:
     return f"integration_results_{started_at:%Y%m%d_%H%M%S}.json"
+
+
+# A results file or its HTML report: the run's start (UTC), then a counter when two runs
+# started in the same second.
+_RESULTS_NAME = re.compile(r"integration_results_(\d{8}_\d{6})(?:_\d+)?\.(?:json|html)")
+
+
+def remove_old_results(results_dir: Path, keep_days: int, now: datetime) -> list[Path]:
+    """Delete results files and their HTML reports that started more than keep_days ago.
+
+    Age comes from the UTC time in the name, not from mtime, which a copy or a restore
+    from backup resets. Other files are never touched; keep_days 0 keeps everything.
+    """
+    if keep_days <= 0:
+        return []
+    cutoff = now - timedelta(days=keep_days)
+    removed = []
+    for path in sorted(results_dir.glob("integration_results_*")):
+        started = _started_at(path.name)
+        if started is None or started >= cutoff or not path.is_file():
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue  # removed meanwhile by someone else: fine
+        except OSError as exc:
+            log.warning("could not remove old results file %s: %s", path, exc.strerror)
+            continue
+        removed.append(path)
+    return removed
+
+
+def _started_at(name: str) -> datetime | None:
+    match = _RESULTS_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:  # digits that are no date, such as month 13
+        return None
 
 
 class ResultsWriter:

@@ -3,6 +3,12 @@
 `VARIABLES` is the one list of what can be configured: the validator reads its defaults,
 and `.env.example` and the README's variables table are generated from it
 (`python -m devtools.docs`; a test fails when they drift).
+
+Values are taken literally: `.env` is read without `$VARIABLE` expansion, and a quoted
+value keeps its spaces. Relative paths in settings are relative to the project directory
+(where main.py is), so a run from cron in another working directory uses the same files;
+paths given on the command line (--env-file, --results-dir) are relative to the working
+directory, as for any other command.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from exit_codes import EXIT_CODES
 from rate_limit import DEFAULT_RATE_LIMITS, PUBLISHED_RATE_LIMITS
 from version import VERSION
 
+PROJECT_DIR = Path(__file__).resolve().parent
+ENV_FILE = ".env"
 DEFAULT_BASE_URL = "https://api.iterable.com"
 MODES = ("single", "bulk")
 IDENTIFY_BY = ("email", "userId")
@@ -57,6 +65,7 @@ class Variable:
     required: str = ""  # when set, says when the variable is required
     secret: bool = False
     flag: str | None = None  # the command-line flag that overrides it
+    path: bool = False  # a file or directory: relative to the project directory
 
 
 MYSQL, ITERABLE, WHAT, HOW, FILES, MONITORING = (
@@ -110,11 +119,13 @@ VARIABLES: tuple[Variable, ...] = (
         "MYSQL_UNIX_SOCKET",
         MYSQL,
         "path of the server's Unix socket; when set, used instead of MYSQL_HOST and MYSQL_PORT",
+        path=True,
     ),
     Variable(
         "MYSQL_SSL_CA",
         MYSQL,
         "CA certificate (PEM) to require and verify TLS to MySQL; empty means no TLS",
+        path=True,
     ),
     Variable(
         "MYSQL_SSL_VERIFY_IDENTITY",
@@ -225,13 +236,16 @@ VARIABLES: tuple[Variable, ...] = (
         "text, or json: one JSON object per log line for log collectors",
         "text",
     ),
-    Variable("LOG_FILE", FILES, "rotating log file (10 MB x 5)", "iterable_integration.log"),
+    Variable(
+        "LOG_FILE", FILES, "rotating log file (10 MB x 5)", "iterable_integration.log", path=True
+    ),
     Variable(
         "RESULTS_DIR",
         FILES,
         "directory for integration_results_YYYYMMDD_HHMMSS.json files",
         ".",
         flag="--results-dir",
+        path=True,
     ),
     Variable(
         "RESULTS_KEEP_DAYS",
@@ -241,13 +255,18 @@ VARIABLES: tuple[Variable, ...] = (
         "30",
     ),
     Variable(
-        "LOCK_FILE", FILES, "lock file that keeps two runs from overlapping", "iterable_sync.lock"
+        "LOCK_FILE",
+        FILES,
+        "lock file that keeps two runs from overlapping",
+        "iterable_sync.lock",
+        path=True,
     ),
     Variable(
         "SYNC_STATE_PATH",
         FILES,
         "SQLite file remembering what Iterable accepted, so unchanged rows are not resent",
         "iterable_sync_state.sqlite3",
+        path=True,
     ),
     Variable(
         "HEALTHCHECK_URL",
@@ -255,7 +274,10 @@ VARIABLES: tuple[Variable, ...] = (
         "healthchecks-style URL: pinged at <url>/start and at <url>/<exit code>",
     ),
     Variable(
-        "METRICS_FILE", MONITORING, "Prometheus textfile for node_exporter's textfile collector"
+        "METRICS_FILE",
+        MONITORING,
+        "Prometheus textfile for node_exporter's textfile collector",
+        path=True,
     ),
 )
 BY_NAME = {variable.name: variable for variable in VARIABLES}
@@ -351,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"iterable-sync {VERSION}")
-    parser.add_argument("--env-file", metavar="PATH", help="read settings from PATH (default .env)")
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="read settings from PATH (default: .env beside main.py)",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="build payloads and results, call nothing"
     )
@@ -407,29 +433,56 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def load_settings(
-    argv: Sequence[str] | argparse.Namespace, environ: Mapping[str, str] | None = None
+    argv: Sequence[str] | argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    project_dir: Path = PROJECT_DIR,
 ) -> Settings:
-    """Parse flags, merge .env < environment < flags, validate, and report all problems at once."""
+    """Parse flags, merge .env < environment < flags, validate, and report all problems at once.
+
+    `project_dir` is where `.env` is looked for and what relative paths in settings are
+    relative to.
+    """
     args = argv if isinstance(argv, argparse.Namespace) else parse_command_line(argv)
     environ = os.environ if environ is None else environ
-    values = _read_env_file(args.env_file)
-    values.update({k: v for k, v in environ.items() if k in BY_NAME})
+    env_path = Path(args.env_file) if args.env_file else project_dir / ENV_FILE
+    values = _read_env_file(env_path, required=bool(args.env_file))
+    values.update({k: _from_environment(k, v) for k, v in environ.items() if k in BY_NAME})
     for flag, variable in FLAG_VARIABLES.items():
         value = getattr(args, flag)
         if value is not None:
-            values[variable] = str(value)
-    return _Validator(values, args).build()
+            values[variable] = _from_command_line(variable, str(value))
+    not_found = None if args.env_file or env_path.exists() else env_path
+    return _Validator(values, args, project_dir, not_found).build()
 
 
-def _read_env_file(path: str | None) -> dict[str, str]:
-    env_path = Path(path) if path else Path(".env")
+# A MySQL password may begin or end with a space; every other value is trimmed.
+VERBATIM_VARIABLES = frozenset({"MYSQL_PASSWORD"})
+
+
+def _from_environment(name: str, value: str) -> str:
+    """An environment variable has no quotes to say its spaces are meant, so they are not."""
+    return value if name in VERBATIM_VARIABLES else value.strip()
+
+
+def _from_command_line(name: str, value: str) -> str:
+    value = value.strip()
+    if BY_NAME[name].path and value:
+        return str(Path.cwd() / value)  # a path typed on the command line: from here
+    return value
+
+
+def _read_env_file(env_path: Path, required: bool) -> dict[str, str]:
+    """The file's settings as written: no `$VAR` expansion, quoted values keep their spaces.
+
+    python-dotenv trims unquoted values and keeps quoted ones as they are.
+    """
     if not env_path.exists():
-        if path:
-            raise ConfigError(f"env file {path} does not exist")
+        if required:
+            raise ConfigError(f"env file {env_path} does not exist")
         return {}
     try:
         with env_path.open(encoding="utf-8") as stream:
-            raw = dotenv_values(stream=stream)
+            raw = dotenv_values(stream=stream, interpolate=False)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ConfigError(f"cannot read env file {env_path}: {reason}") from None
@@ -439,29 +492,40 @@ def _read_env_file(path: str | None) -> dict[str, str]:
 class _Validator:
     """Turns raw strings into typed values, collecting every problem instead of stopping at one.
 
-    A variable that is not set takes its default from VARIABLES.
+    A variable that is not set takes its default from VARIABLES. `env_file_not_found`
+    is the .env path that was looked for and not found, named when settings are missing.
     """
 
-    def __init__(self, values: Mapping[str, str], args: argparse.Namespace) -> None:
-        self.values = {k: v.strip() for k, v in values.items()}
+    def __init__(
+        self,
+        values: Mapping[str, str],
+        args: argparse.Namespace,
+        project_dir: Path,
+        env_file_not_found: Path | None = None,
+    ) -> None:
+        self.values = dict(values)
         self.args = args
+        self.project_dir = project_dir
+        self.env_file_not_found = env_file_not_found
         self.problems: list[str] = []
+        self.missing: list[str] = []
 
     def raw(self, name: str) -> str:
         return self.values.get(name, "") or BY_NAME[name].default
 
     def text(self, name: str, required: bool = False) -> str:
         value = self.raw(name)
-        if not value and required:
+        if not value.strip() and required:
             self.problems.append(f"{name} is not set")
+            self.missing.append(name)
         return value
 
     def path(self, name: str) -> Path:
-        return Path(self.raw(name))
+        # An absolute value replaces project_dir in the join.
+        return self.project_dir / self.raw(name)
 
     def optional_path(self, name: str) -> Path | None:
-        value = self.raw(name)
-        return Path(value) if value else None
+        return self.path(name) if self.raw(name) else None
 
     def integer(self, name: str, low: int, high: int) -> int:
         raw = self.raw(name)
@@ -538,6 +602,7 @@ class _Validator:
         return ConnectionSettings(
             host=self.text("MYSQL_HOST"),
             port=self.integer("MYSQL_PORT", 1, 65535),
+            unix_socket=self.optional_path("MYSQL_UNIX_SOCKET"),
             user=self.text("MYSQL_USER", required=True),
             password=self.values.get("MYSQL_PASSWORD", ""),
             database=self.text("MYSQL_DATABASE", required=True),
@@ -580,11 +645,21 @@ class _Validator:
             check_only=bool(self.args.check),
         )
         self.check_paths(settings)
+        if self.missing and self.env_file_not_found is not None:
+            self.problems.append(
+                f"no settings file at {self.env_file_not_found} (copy .env.example there, "
+                "or name one with --env-file)"
+            )
         if self.problems:
             raise ConfigError("; ".join(self.problems))
         return settings
 
     def check_paths(self, settings: Settings) -> None:
+        unix_socket = settings.database.unix_socket
+        # A missing socket usually means the server is down: a database failure at connect
+        # time (exit 3). Something else at that path is a configuration mistake.
+        if unix_socket is not None and unix_socket.exists() and not unix_socket.is_socket():
+            self.problems.append(f"MYSQL_UNIX_SOCKET {unix_socket} is not a socket")
         ssl_ca = settings.database.ssl_ca
         if ssl_ca and not ssl_ca.is_file():
             self.problems.append(f"MYSQL_SSL_CA {ssl_ca} is not a readable file")

@@ -22,7 +22,8 @@ _BLOCK = re.compile(r"(<!-- generated: (\w[\w-]*) -->\n)(.*?)(<!-- end generated
 ENV_HEADER = """\
 # iterable-sync settings. Copy to .env (chmod 600 .env: it holds secrets).
 # Real environment variables win over this file; command-line flags win over both.
-# Values are taken literally: no $VARIABLE expansion. Generated from settings.py.
+# Values are taken literally: no $VARIABLE expansion; quotes keep surrounding spaces.
+# Relative paths are relative to this directory (where main.py is). Generated from settings.py.
 """
 
 

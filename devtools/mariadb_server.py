@@ -37,6 +37,7 @@ DEFAULT_APP_TABLES = ("customers", "page_views")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 3
+SOCKET_NAME = "mysqld.sock"  # in the server's temp dir
 INSTALL_HINT = "run devtools/ensure_mariadb.sh (or install mariadb-server and mariadb-client)"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -129,6 +130,7 @@ class ServerHandle:
     port: int
     user: str
     password: str
+    unix_socket: str | None = None  # the server's socket, when known
 
     def connect(self, database: str | None = None, **overrides: Any) -> Any:
         """Open an autocommit mysql-connector connection as the admin user."""
@@ -188,6 +190,17 @@ class ServerHandle:
             database=database,
         )
 
+    def run_client(self, statements: str, cwd: str | Path | None = None) -> str:
+        """Type statements into the command-line client as a person would (SOURCE works)."""
+        return run_client(
+            statements.encode("utf-8"),
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            cwd=cwd,
+        )
+
     def create_user(
         self,
         name: str,
@@ -226,6 +239,30 @@ def run_sql_file(
     path: str | Path, *, host: str, port: int, user: str, password: str, database: str
 ) -> str:
     """Pipe a .sql file into the ``mariadb``/``mysql`` client over TCP and return its output."""
+    try:
+        return run_client(
+            Path(path).read_bytes(),
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            database=database,
+        )
+    except RuntimeError as exc:
+        raise RuntimeError(f"{Path(path).name} failed in {exc}") from None
+
+
+def run_client(
+    statements: bytes,
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    database: str | None = None,
+    cwd: str | Path | None = None,
+) -> str:
+    """Feed statements to the ``mariadb``/``mysql`` client over TCP and return its output."""
     client = require_binary(CLIENT_BINARIES)
     command = [
         client,
@@ -236,19 +273,24 @@ def run_sql_file(
         f"--user={user}",
         "--default-character-set=utf8mb4",
         "--batch",
-        database,
+        *([database] if database else []),
     ]
     env = {k: v for k, v in os.environ.items() if k != "MYSQL_PWD"}
     if password:
         # Environment instead of argv so the password does not show up in `ps`.
         env["MYSQL_PWD"] = password
-    with open(path, "rb") as sql_file:
-        result = subprocess.run(
-            command, stdin=sql_file, capture_output=True, env=env, timeout=120, check=False
-        )
+    result = subprocess.run(
+        command,
+        input=statements,
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
     if result.returncode != 0:
         stderr = result.stderr.decode("utf-8", "replace").strip()
-        raise RuntimeError(f"{Path(path).name} failed in {Path(client).name}: {stderr}")
+        raise RuntimeError(f"{Path(client).name}: {stderr}")
     return result.stdout.decode("utf-8", "replace")
 
 
@@ -293,7 +335,8 @@ class ThrowawayMariaDB:
     @property
     def admin(self) -> ServerHandle:
         """Root access to this server."""
-        return ServerHandle(self.host, self.port, self.root_user, self.root_password)
+        socket = str(self.tmpdir / SOCKET_NAME) if self.tmpdir is not None else None
+        return ServerHandle(self.host, self.port, self.root_user, self.root_password, socket)
 
     @property
     def error_log(self) -> Path:
@@ -401,7 +444,7 @@ class ThrowawayMariaDB:
             f"--port={self.port}",
             f"--bind-address={self.host}",
             "--skip-networking=0",
-            f"--socket={self.tmpdir / 'mysqld.sock'}",
+            f"--socket={self.tmpdir / SOCKET_NAME}",
             f"--pid-file={self.tmpdir / 'mysqld.pid'}",
             # Temporary tables of big sorts go here, not to a /tmp shared with other servers.
             f"--tmpdir={self.tmpdir}",

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,7 +29,10 @@ SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
 
 
 def _external_server() -> ServerHandle | None:
-    """The server named by TEST_MYSQL_HOST/PORT/USER/PASSWORD, if TEST_MYSQL_HOST is set."""
+    """The server named by TEST_MYSQL_HOST/PORT/USER/PASSWORD, if TEST_MYSQL_HOST is set.
+
+    TEST_MYSQL_UNIX_SOCKET names its socket, for the tests that connect through one.
+    """
     host = os.environ.get("TEST_MYSQL_HOST")
     if not host:
         return None
@@ -42,6 +41,7 @@ def _external_server() -> ServerHandle | None:
         port=int(os.environ.get("TEST_MYSQL_PORT", "3306")),
         user=os.environ.get("TEST_MYSQL_USER", "root"),
         password=os.environ.get("TEST_MYSQL_PASSWORD", ""),
+        unix_socket=os.environ.get("TEST_MYSQL_UNIX_SOCKET") or None,
     )
 
 
@@ -79,17 +79,20 @@ AppUserFactory = Callable[..., Database]
 
 @pytest.fixture
 def app_user(mariadb: ServerHandle) -> Iterator[AppUserFactory]:
-    """Factory ``app_user(db, privileges="SELECT", tables=...)`` for least-privilege users."""
+    """Factory ``app_user(db, privileges="SELECT", tables=..., password=...)`` for
+    least-privilege users (a random password unless one is given)."""
     created: list[str] = []
 
     def make(
         database: Database,
         privileges: str = "SELECT",
         tables: Sequence[str] = DEFAULT_APP_TABLES,
+        password: str | None = None,
     ) -> Database:
         name = f"app_{uuid.uuid4().hex[:12]}"
         created.append(name)
-        return mariadb.create_user(name, secrets.token_hex(12), database.name, privileges, tables)
+        password = secrets.token_hex(12) if password is None else password
+        return mariadb.create_user(name, password, database.name, privileges, tables)
 
     yield make
     for name in created:
@@ -99,6 +102,7 @@ def app_user(mariadb: ServerHandle) -> Iterator[AppUserFactory]:
 # -- the local Iterable sandbox and the job as a user runs it ------------------------------
 
 from sandbox import DEFAULT_API_KEY, SandboxServer  # noqa: E402
+from tests.support.job import Job, job_environment  # noqa: E402
 
 API_KEY = DEFAULT_API_KEY
 
@@ -128,95 +132,6 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
     )
     yield sandbox_server
     sandbox_server.clear_faults()
-
-
-@dataclass
-class JobRun:
-    """One `python main.py` run as cron would see it: exit code, output, results file."""
-
-    code: int
-    stdout: str
-    stderr: str
-    results_path: Path | None
-
-    @property
-    def results(self) -> dict[str, Any]:
-        assert self.results_path is not None, f"no results file; stderr: {self.stderr}"
-        return json.loads(self.results_path.read_text(encoding="utf-8"))
-
-    def by_customer(self) -> dict[int, dict[str, Any]]:
-        return {row["customer_id"]: row for row in self.results["results"]}
-
-
-class Job:
-    """Runs main.py in a subprocess with a clean environment pointing at the test's parts."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.env = env
-        self.results_dir = workdir / "results"
-        self.results_dir.mkdir(exist_ok=True)
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, str(PROJECT_ROOT / "main.py"), *args]
-
-    def environment(self, **overrides: str | None) -> dict[str, str]:
-        env = {**self.env, **{k: v for k, v in overrides.items() if v is not None}}
-        for name, value in overrides.items():
-            if value is None:
-                env.pop(name, None)
-        return env
-
-    def run(self, *args: str, timeout: float = 120, **overrides: str | None) -> JobRun:
-        before = set(self.results_dir.glob("integration_results_*.json"))
-        done = subprocess.run(
-            self.command(*args),
-            cwd=self.workdir,
-            env=self.environment(**overrides),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        created = sorted(set(self.results_dir.glob("integration_results_*.json")) - before)
-        return JobRun(done.returncode, done.stdout, done.stderr, created[-1] if created else None)
-
-    def start(self, *args: str, **overrides: str | None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(*args),
-            cwd=self.workdir,
-            env=self.environment(**overrides),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "sync.log"
-
-    @property
-    def state_file(self) -> Path:
-        return self.workdir / "state.sqlite3"
-
-
-def job_environment(database: Database, base_url: str, workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    env.update(
-        MYSQL_HOST=database.host,
-        MYSQL_PORT=str(database.port),
-        MYSQL_USER=database.user,
-        MYSQL_PASSWORD=database.password,
-        MYSQL_DATABASE=database.name,
-        ITERABLE_API_KEY=API_KEY,
-        ITERABLE_BASE_URL=base_url,
-        RESULTS_DIR=str(workdir / "results"),
-        LOG_FILE=str(workdir / "sync.log"),
-        LOCK_FILE=str(workdir / "sync.lock"),
-        SYNC_STATE_PATH=str(workdir / "state.sqlite3"),
-        REQUEST_TIMEOUT_SECONDS="2",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 @pytest.fixture

@@ -39,8 +39,10 @@ def test_all_checks_pass(job, sandbox, seeded_db):
     assert run.code == 0, run.stdout + run.stderr
     assert run.stderr == ""
     assert lines(run)[0] == "configuration: ok"
-    connected = line(run, "database: ok: connected")
-    assert connected.endswith(f"{seeded_db.host}:{seeded_db.port}/{seeded_db.name}")
+    assert line(run, "database: ok: connected") == (
+        f"database: ok: connected to database {seeded_db.name} "
+        f"over TCP {seeded_db.host}:{seeded_db.port}"
+    )
     # Query 2 with LIMIT 1: the first qualifying customer, email masked.
     assert line(run, "database: ok: Query 2 runs") == (
         "database: ok: Query 2 runs; first row: customer 1 (a***@example.com)"

@@ -239,9 +239,10 @@ def test_a_ca_file_that_is_not_a_certificate_is_a_configuration_error(job, sandb
         "https://api.eu.iterable.com",
     ],
 )
-def test_base_urls_allowed(url):
+def test_base_urls_allowed(url, tmp_path):
     env = {"MYSQL_USER": "u", "MYSQL_DATABASE": "d", "ITERABLE_API_KEY": "k"}
-    assert load_settings([], {**env, "ITERABLE_BASE_URL": url}).iterable_base_url == url
+    settings = load_settings([], {**env, "ITERABLE_BASE_URL": url}, project_dir=tmp_path)
+    assert settings.iterable_base_url == url
 
 
 @pytest.mark.parametrize(
@@ -257,11 +258,10 @@ def test_base_urls_allowed(url):
         ("ftp://127.0.0.1/", "must be an https URL"),
     ],
 )
-def test_base_urls_refused(url, problem, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_base_urls_refused(url, problem, tmp_path):
     env = {"MYSQL_USER": "u", "MYSQL_DATABASE": "d", "ITERABLE_API_KEY": "k"}
     with pytest.raises(ConfigError, match=re.escape(problem)):
-        load_settings([], {**env, "ITERABLE_BASE_URL": url})
+        load_settings([], {**env, "ITERABLE_BASE_URL": url}, project_dir=tmp_path)
 
 
 def test_plain_http_to_a_non_loopback_host_is_refused_before_anything_is_sent(job, sandbox):

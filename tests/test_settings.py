@@ -20,12 +20,13 @@ BASE = {
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
+    """A temporary project directory, which is also the working directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def load(argv=(), **env):
-    return load_settings(list(argv), {**BASE, **env})
+    return load_settings(list(argv), {**BASE, **env}, project_dir=Path.cwd())
 
 
 def problem(argv=(), **env) -> str:
@@ -44,21 +45,22 @@ def test_defaults():
     )
     assert s.iterable_base_url == "https://api.iterable.com"
     assert s.request_timeout == 10.0 and s.log_level == "INFO" and s.mode == "single"
-    assert s.log_file == Path("iterable_integration.log") and s.results_dir == Path(".")
+    assert s.log_file == Path.cwd() / "iterable_integration.log"
+    assert s.results_dir == Path.cwd()
 
 
 def test_env_file_then_environment_then_flags(in_tmp):
     Path(".env").write_text("PLAN_TYPE=basic\nLOOKBACK_DAYS=3\nMYSQL_HOST=db.internal\n")
-    s = load_settings([], {**BASE, "LOOKBACK_DAYS": "5"})
+    s = load_settings([], {**BASE, "LOOKBACK_DAYS": "5"}, project_dir=in_tmp)
     assert (s.plan_type, s.lookback_days, s.database.host) == ("basic", 5, "db.internal")
-    s = load_settings(["--lookback-days", "9"], {**BASE, "LOOKBACK_DAYS": "5"})
+    s = load_settings(["--lookback-days", "9"], {**BASE, "LOOKBACK_DAYS": "5"}, project_dir=in_tmp)
     assert s.lookback_days == 9
 
 
 def test_named_env_file(in_tmp):
     Path("prod.env").write_text("MYSQL_DATABASE=warehouse\nCANDIDATE_NAME='Jane Doe'\n")
     env = {k: v for k, v in BASE.items() if k != "MYSQL_DATABASE"}
-    s = load_settings(["--env-file", "prod.env"], env)
+    s = load_settings(["--env-file", "prod.env"], env, project_dir=in_tmp)
     assert s.database.database == "warehouse" and s.candidate_name == "Jane Doe"
 
 
@@ -135,7 +137,7 @@ def test_secrets_never_echoed():
 
 
 def test_dry_run_needs_no_api_key():
-    s = load_settings(["--dry-run"], {k: v for k, v in BASE.items() if k != "ITERABLE_API_KEY"})
+    s = load(["--dry-run"], ITERABLE_API_KEY="")
     assert s.dry_run and s.iterable_api_key == ""
 
 
@@ -143,3 +145,115 @@ def test_missing_or_unreadable_env_file(in_tmp):
     assert "env file nope.env does not exist" in problem(["--env-file", "nope.env"])
     Path("bad.env").write_bytes(b"PLAN_TYPE=\xff\xfe\n")
     assert "is not UTF-8" in problem(["--env-file", "bad.env"])
+
+
+# -- values are taken literally ------------------------------------------------------------
+
+DOLLAR_PASSWORD = "pa$word${HOME}x"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"MYSQL_PASSWORD={DOLLAR_PASSWORD}",
+        f"MYSQL_PASSWORD='{DOLLAR_PASSWORD}'",
+        f'MYSQL_PASSWORD="{DOLLAR_PASSWORD}"',
+        f"MYSQL_PASSWORD=  {DOLLAR_PASSWORD}  ",
+    ],
+)
+def test_env_file_values_are_not_expanded(in_tmp, line):
+    Path(".env").write_text(line + "\n")
+    env = {k: v for k, v in BASE.items() if k != "MYSQL_PASSWORD"}
+    assert load_settings([], env, project_dir=in_tmp).database.password == DOLLAR_PASSWORD
+
+
+def test_quoted_values_keep_their_spaces_and_unquoted_ones_are_trimmed(in_tmp):
+    Path(".env").write_text(
+        "CANDIDATE_NAME=\" padded \"\nMYSQL_PASSWORD='  two  '\nPLAN_TYPE=   basic   \n"
+    )
+    env = {k: v for k, v in BASE.items() if k != "MYSQL_PASSWORD"}
+    s = load_settings([], env, project_dir=in_tmp)
+    assert s.candidate_name == " padded " and len(s.candidate_name) == 8
+    assert s.database.password == "  two  "
+    assert s.plan_type == "basic"
+
+
+def test_environment_values_are_trimmed_except_the_password():
+    s = load(PLAN_TYPE="  basic\n", CANDIDATE_NAME=" Jane ", MYSQL_PASSWORD=" pw with spaces ")
+    assert (s.plan_type, s.candidate_name) == ("basic", "Jane")
+    assert s.database.password == " pw with spaces "
+    assert "ITERABLE_API_KEY is not set" in problem(ITERABLE_API_KEY="  ")
+
+
+# -- a missing .env is named -------------------------------------------------------------
+
+
+def test_missing_settings_name_the_env_file_that_was_looked_for(in_tmp):
+    message = problem(MYSQL_USER="", ITERABLE_API_KEY="")
+    assert message.startswith("MYSQL_USER is not set; ITERABLE_API_KEY is not set; ")
+    assert f"no settings file at {in_tmp / '.env'}" in message
+
+
+def test_no_env_file_note_when_the_file_exists_or_nothing_is_missing(in_tmp):
+    assert "no settings file" not in problem(LOOKBACK_DAYS="0")  # nothing missing
+    Path(".env").write_text("PLAN_TYPE=pro\n")
+    assert "no settings file" not in problem(MYSQL_USER="")
+
+
+# -- relative paths ----------------------------------------------------------------------
+
+PATHS = {
+    "RESULTS_DIR": "results",
+    "LOG_FILE": "logs/sync.log",
+    "LOCK_FILE": "sync.lock",
+    "SYNC_STATE_PATH": "state/state.sqlite3",
+    "METRICS_FILE": "metrics.prom",
+    "MYSQL_UNIX_SOCKET": "run/mysqld.sock",
+}
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A project directory and, apart from it, the working directory."""
+    project = tmp_path / "project"
+    for directory in ("results", "logs", "state", "run"):
+        (project / directory).mkdir(parents=True)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return project
+
+
+def test_relative_paths_in_settings_are_relative_to_the_project_directory(elsewhere):
+    (elsewhere / ".env").write_text("".join(f"{k}={v}\n" for k, v in PATHS.items()))
+    s = load_settings([], BASE, project_dir=elsewhere)
+    found = {
+        "RESULTS_DIR": s.results_dir,
+        "LOG_FILE": s.log_file,
+        "LOCK_FILE": s.lock_file,
+        "SYNC_STATE_PATH": s.sync_state_path,
+        "METRICS_FILE": s.metrics_file,
+        "MYSQL_UNIX_SOCKET": s.database.unix_socket,
+    }
+    assert found == {k: elsewhere / v for k, v in PATHS.items()}
+
+
+def test_absolute_paths_are_used_as_given(elsewhere, tmp_path):
+    s = load_settings([], {**BASE, "LOG_FILE": str(tmp_path / "x.log")}, project_dir=elsewhere)
+    assert s.log_file == tmp_path / "x.log"
+
+
+def test_command_line_paths_are_relative_to_the_working_directory(elsewhere):
+    Path("results").mkdir()
+    Path("mine.env").write_text("PLAN_TYPE=basic\n")
+    (elsewhere / ".env").write_text("PLAN_TYPE=enterprise\n")
+    s = load_settings(["--results-dir", "results"], BASE, project_dir=elsewhere)
+    assert s.results_dir == Path.cwd() / "results"
+    assert s.plan_type == "enterprise"  # the project's .env, not one in the working directory
+    s = load_settings(["--env-file", "mine.env"], BASE, project_dir=elsewhere)
+    assert s.plan_type == "basic"
+
+
+def test_something_else_at_the_socket_path_is_refused(in_tmp):
+    assert "MYSQL_UNIX_SOCKET" not in problem(MYSQL_UNIX_SOCKET="gone.sock", MYSQL_PORT="x")
+    assert f"MYSQL_UNIX_SOCKET {in_tmp} is not a socket" in problem(MYSQL_UNIX_SOCKET=str(in_tmp))
