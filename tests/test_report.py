@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import stat
@@ -21,6 +20,7 @@ from report import (
     render_report,
     run_status,
 )
+from tests.support.prerequisites import prerequisite_missing
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -471,11 +471,9 @@ def chromium(html_file: Path, profile: Path, *mode: str) -> subprocess.Completed
 
 def test_report_renders_in_headless_chromium(tmp_path):
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
-        message = f"Chromium not installed at {CHROMIUM}; devtools/ensure_chromium.sh installs it"
-        # Locally a missing browser is a skip; in CI the check must really run.
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        prerequisite_missing(
+            f"Chromium not installed at {CHROMIUM}; devtools/ensure_chromium.sh installs it"
+        )
     results = write_json(tmp_path / "run.json", SAMPLE)
     proc = run_cli(results)
     assert proc.returncode == 0, proc.stderr

@@ -25,11 +25,17 @@ import mysql.connector
 import pytest
 
 from db_connection import ConnectionSettings, DatabaseConnection, DatabaseError
-from devtools.mariadb_server import Database, ThrowawayMariaDB, server_binaries_available
+from devtools.mariadb_server import (
+    INSTALL_HINT,
+    Database,
+    ThrowawayMariaDB,
+    server_binaries_available,
+)
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
 from iterable_client import IterableClient
 from sandbox import DEFAULT_API_KEY as API_KEY
 from settings import ConfigError, load_settings
+from tests.support.prerequisites import prerequisite_missing
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
@@ -80,7 +86,7 @@ def make_ca(directory: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command-line tool is not installed")
+        prerequisite_missing("the openssl command-line tool is not installed")
     directory = tmp_path_factory.mktemp("tls")
     ca = make_ca(directory, "ca")
     other_ca = make_ca(directory, "other-ca")
@@ -108,7 +114,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 def tls_db(tls_files: TlsFiles) -> Iterator[Database]:
     """A second server that speaks TLS only, seeded, with a SELECT-only user."""
     if not server_binaries_available():
-        pytest.skip("MariaDB binaries not found; the TLS tests need a local server")
+        prerequisite_missing(f"MariaDB binaries not found: {INSTALL_HINT}; the TLS tests need them")
     args = [
         f"--ssl-ca={tls_files.ca}",
         f"--ssl-cert={tls_files.server_cert}",

@@ -1,1 +1,2 @@
-"""Test support: the oracle that says what the sandbox should hold, and waiting helpers."""
+"""Test support: the oracle that says what the sandbox should hold, waiting helpers, and
+the rule for a missing prerequisite (skip locally, fail in CI)."""
