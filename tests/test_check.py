@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from sandbox import DEFAULT_API_KEY as API_KEY
 
 CHECK_FAILED = 3
@@ -129,21 +127,12 @@ def test_a_user_without_select_on_a_table_fails_the_check(job, sandbox, seeded_d
     assert f"database: FAILED: MySQL user '{narrow.user}' lacks SELECT" in run.stdout
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"MYSQL_DATABASE": None}, "MYSQL_DATABASE is not set"),
-        ({"ITERABLE_API_KEY": None}, "ITERABLE_API_KEY is not set"),
-        ({"ITERABLE_BASE_URL": "http://api.iterable.com"}, "must use https"),
-        ({"LOOKBACK_DAYS": "0"}, "LOOKBACK_DAYS"),
-    ],
-)
-def test_bad_configuration_is_exit_two_before_any_check(job, sandbox, overrides, message):
-    run = job.run("--check", **overrides)
+def test_bad_configuration_is_exit_two_before_any_check(job, sandbox):
+    # The rules themselves are tested in-process (test_settings.py); here, what --check does.
+    run = job.run("--check", MYSQL_DATABASE=None)
     assert run.code == 2
     assert run.stdout == ""  # no check ran
-    error = run.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: configuration:") and message in error
+    assert run.stderr == "error: configuration: MYSQL_DATABASE is not set\n"
     assert sandbox.stats()["total_requests"] == 0
 
 
