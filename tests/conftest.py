@@ -24,6 +24,7 @@ from devtools.mariadb_server import (  # noqa: E402
     ThrowawayMariaDB,
     server_binaries_available,
 )
+from tests.support.prerequisites import prerequisite_missing  # noqa: E402
 
 SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
 
@@ -53,11 +54,7 @@ def mariadb() -> Iterator[ServerHandle]:
         yield external
         return
     if not server_binaries_available():
-        message = f"MariaDB binaries not found: {INSTALL_HINT}, or set TEST_MYSQL_HOST"
-        # Locally a missing server is a skip; in CI it must not silently pass.
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        prerequisite_missing(f"MariaDB binaries not found: {INSTALL_HINT}, or set TEST_MYSQL_HOST")
     with ThrowawayMariaDB() as server:
         yield server.admin
 

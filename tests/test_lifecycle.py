@@ -230,12 +230,6 @@ def test_a_list_that_does_not_exist_stops_the_run_before_anything_is_sent(job, s
     assert sandbox.request_count("users/update") == 0
 
 
-def test_identify_by_must_be_email_or_user_id(job):
-    run = job.run(ITERABLE_IDENTIFY_BY="phone")
-    assert run.code == 2
-    assert "ITERABLE_IDENTIFY_BY must be one of email, userId (got 'phone')" in run.stderr
-
-
 def test_a_state_file_from_the_previous_version_is_migrated_not_discarded(job, sandbox):
     job.run()
     downgrade_to_schema_1(job.state_file)

@@ -1,9 +1,10 @@
 """Security properties of the job, checked against real parts.
 
 TLS to MySQL (a plaintext server, a TLS-only server with our own CA, a wrong CA, a host
-name the certificate lacks), TLS to Iterable (verification on, plain http only for
-loopback), the API key never taken from the command line, private files whatever the
-umask, and no secret or unmasked email in any log or console output.
+name the certificate lacks), TLS to Iterable (verification on; plain http only for a
+loopback host, for the monitoring URL too), the API key never taken from the command
+line, private files whatever the umask, and no secret or unmasked email in any log or
+console output.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ import mysql.connector
 import pytest
 
 from db_connection import ConnectionSettings, DatabaseConnection, DatabaseError
-from devtools.mariadb_server import Database, ThrowawayMariaDB, server_binaries_available
+from devtools.mariadb_server import (
+    INSTALL_HINT,
+    Database,
+    ThrowawayMariaDB,
+    server_binaries_available,
+)
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
 from iterable_client import IterableClient
 from sandbox import DEFAULT_API_KEY as API_KEY
 from settings import ConfigError, load_settings
+from tests.support.prerequisites import prerequisite_missing
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
@@ -51,6 +58,19 @@ def assert_refused(run, code: int, *fragments: str) -> None:
     line = error_line(run)
     for fragment in fragments:
         assert fragment in line, line
+
+
+@pytest.fixture
+def empty_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Settings loaded in-process read ./.env and check ./ is writable: use an empty dir."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def settings_problem(argv: list[str], env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(argv, env)
+    return str(caught.value)
 
 
 # -- certificates made with the openssl command-line tool ---------------------------------
@@ -80,7 +100,7 @@ def make_ca(directory: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command-line tool is not installed")
+        prerequisite_missing("the openssl command-line tool is not installed")
     directory = tmp_path_factory.mktemp("tls")
     ca = make_ca(directory, "ca")
     other_ca = make_ca(directory, "other-ca")
@@ -108,7 +128,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 def tls_db(tls_files: TlsFiles) -> Iterator[Database]:
     """A second server that speaks TLS only, seeded, with a SELECT-only user."""
     if not server_binaries_available():
-        pytest.skip("MariaDB binaries not found; the TLS tests need a local server")
+        prerequisite_missing(f"MariaDB binaries not found: {INSTALL_HINT}; the TLS tests need them")
     args = [
         f"--ssl-ca={tls_files.ca}",
         f"--ssl-cert={tls_files.server_cert}",
@@ -216,52 +236,43 @@ def test_a_wrong_ca_is_refused(job, sandbox, tls_db, tls_files):
     assert sandbox.stats()["total_requests"] == 0
 
 
-def test_a_ca_file_that_is_not_a_certificate_is_a_configuration_error(job, sandbox):
-    garbage = job.workdir / "not-a-ca.pem"
-    garbage.write_text("this is not a certificate\n")
-    run = job.run(MYSQL_SSL_CA=str(garbage))
-    assert_refused(run, 2, f"MYSQL_SSL_CA {garbage} holds no PEM certificate")
-    assert sandbox.stats()["total_requests"] == 0
-    assert run.results_path is None
-
-
 # -- TLS to Iterable -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:8080",
-        "http://127.9.9.9:8080",
-        "http://localhost:8080",
-        "http://LOCALHOST:8080",
-        "http://[::1]:8080",
-        "https://api.eu.iterable.com",
-    ],
-)
-def test_base_urls_allowed(url, tmp_path):
-    env = {"MYSQL_USER": "u", "MYSQL_DATABASE": "d", "ITERABLE_API_KEY": "k"}
-    settings = load_settings([], {**env, "ITERABLE_BASE_URL": url}, project_dir=tmp_path)
-    assert settings.iterable_base_url == url
+# Both URL settings follow one rule: https, or plain http to a loopback host only (the
+# local sandbox, a monitoring agent on the same machine). None: the URL is accepted.
+URL_VARIABLES = {"ITERABLE_BASE_URL": "iterable_base_url", "HEALTHCHECK_URL": "healthcheck_url"}
+URLS = [
+    ("https://api.iterable.com", None),
+    ("https://api.eu.iterable.com/", None),
+    ("http://127.0.0.1:8080", None),
+    ("http://127.9.9.9:8080", None),
+    ("http://localhost:8080/", None),
+    ("http://LOCALHOST:8080", None),
+    ("http://[::1]:8080", None),
+    ("http://api.iterable.com", "must use https; plain http is allowed only for a loopback host"),
+    ("http://10.0.0.7:8080", "must use https"),
+    ("http://0.0.0.0:8080", "must use https"),
+    ("http://localhost.example.com", "must use https"),
+    ("http://127.0.0.1.example.com", "must use https"),
+    ("http://[::ffff:10.0.0.1]:8080", "must use https"),
+    ("http://user:secret@127.0.0.1:8080", "must not carry credentials"),
+    ("https://api.iterable.com/?region=us", "must not carry credentials, a query or a fragment"),
+    ("ftp://127.0.0.1/", "must be an https URL"),
+    ("api.iterable.com", "must be an https URL"),
+    ("not a url", "must be an https URL"),
+    ("https://api.iterable.com:99999", "has an invalid port"),
+]
 
 
-@pytest.mark.parametrize(
-    ("url", "problem"),
-    [
-        ("http://api.iterable.com", "must use https"),
-        ("http://10.0.0.7:8080", "must use https"),
-        ("http://0.0.0.0:8080", "must use https"),
-        ("http://localhost.example.com", "must use https"),
-        ("http://127.0.0.1.example.com", "must use https"),
-        ("http://[::ffff:10.0.0.1]:8080", "must use https"),
-        ("http://user:secret@127.0.0.1:8080", "must not carry credentials"),
-        ("ftp://127.0.0.1/", "must be an https URL"),
-    ],
-)
-def test_base_urls_refused(url, problem, tmp_path):
-    env = {"MYSQL_USER": "u", "MYSQL_DATABASE": "d", "ITERABLE_API_KEY": "k"}
-    with pytest.raises(ConfigError, match=re.escape(problem)):
-        load_settings([], {**env, "ITERABLE_BASE_URL": url}, project_dir=tmp_path)
+@pytest.mark.parametrize(("url", "problem"), URLS)
+def test_urls_accepted_and_refused(empty_dir, url, problem):
+    for variable, attribute in URL_VARIABLES.items():
+        env = {"MYSQL_USER": "u", "MYSQL_DATABASE": "d", "ITERABLE_API_KEY": "k", variable: url}
+        if problem is None:
+            assert getattr(load_settings([], env), attribute) == url.rstrip("/"), variable
+        else:
+            assert f"{variable} {problem}" in settings_problem([], env)
 
 
 def test_plain_http_to_a_non_loopback_host_is_refused_before_anything_is_sent(job, sandbox):
@@ -356,12 +367,18 @@ CLI_SECRET = "sk-cli-0123456789abcdef"
         (CLI_SECRET,),
     ],
 )
-def test_api_key_on_the_command_line_is_refused_and_not_echoed(job, sandbox, args):
-    run = job.run(*args)
-    assert_refused(run, 2, "unrecognized arguments")
-    assert CLI_SECRET not in run.stderr + run.stdout
+def test_api_key_on_the_command_line_is_refused_and_not_echoed(empty_dir, args):
+    message = settings_problem(list(args), {})
+    assert "unrecognized arguments" in message
+    assert CLI_SECRET not in message
     if any("key" in a.lower() for a in args if a.startswith("-")):
-        assert "read from ITERABLE_API_KEY only" in error_line(run)
+        assert "read from ITERABLE_API_KEY only" in message
+
+
+def test_a_key_on_the_command_line_stops_the_job_before_it_writes_anything(job, sandbox):
+    run = job.run(f"--api-key={CLI_SECRET}")
+    assert_refused(run, 2, "unrecognized arguments: --api-key", "read from ITERABLE_API_KEY only")
+    assert CLI_SECRET not in run.stderr + run.stdout
     # Refused before logging starts: no log file, and no file anywhere holds the key.
     assert not job.log_file.exists()
     written = [p for p in job.workdir.rglob("*") if p.is_file()]

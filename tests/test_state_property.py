@@ -10,7 +10,6 @@ without committing, as when the process is killed.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from sandbox import DEFAULT_API_KEY
 from sync import Syncer
 from sync_state import SyncState
 from tests.support.oracle import unbacked_state_claims
+from tests.support.waiting import wait_until
 
 BASE_TIME = datetime(2026, 1, 5, 12, 0, 0)
 FAST_RETRY = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02)
@@ -139,10 +139,11 @@ class World:
     def drain(self, timeout: float = 5.0) -> None:
         """Wait until the sandbox has finished every request sent so far, so a slow answer
         the client gave up on is not counted against a later run."""
-        deadline = time.monotonic() + timeout
-        while self.sandbox.stats()["total_requests"] < self.requests_sent:
-            assert time.monotonic() < deadline, "the sandbox never finished a request"
-            time.sleep(0.01)
+        wait_until(
+            lambda: self.sandbox.stats()["total_requests"] >= self.requests_sent,
+            timeout,
+            "the sandbox to finish every request sent",
+        )
 
     def problems(self) -> list[str]:
         """How the sandbox's store differs from the current data, delivered exactly once."""

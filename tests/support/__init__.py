@@ -1,2 +1,2 @@
 """Test support: the job as cron runs it, the oracle that says what the sandbox should hold,
-and waiting helpers."""
+waiting helpers, and the rule for a missing prerequisite (skip locally, fail in CI)."""
