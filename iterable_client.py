@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -9,7 +10,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -130,13 +131,37 @@ class IterableAuthError(Exception):
 
 
 class RequestStats:
-    """Counts of requests by endpoint and outcome, for the summary and the metrics file."""
+    """Counts of requests by endpoint and outcome, for the summary and the metrics file.
 
-    def __init__(self) -> None:
+    `seconds` sums every request's time; `busy_seconds` is the wall-clock time an endpoint
+    had at least one request in flight (overlapping requests count once).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self.requests: Counter[tuple[str, str]] = Counter()
         self.retries: Counter[str] = Counter()
         self.seconds: dict[str, float] = {}
+        self.busy_seconds: dict[str, float] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._busy_since: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def in_flight(self, endpoint: str) -> Iterator[None]:
+        """Around one request: keeps the union of the endpoint's request intervals."""
+        with self._lock:
+            if self._in_flight[endpoint] == 0:
+                self._busy_since[endpoint] = self._clock()
+            self._in_flight[endpoint] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[endpoint] -= 1
+                if self._in_flight[endpoint] == 0:
+                    busy = self._clock() - self._busy_since.pop(endpoint)
+                    self.busy_seconds[endpoint] = self.busy_seconds.get(endpoint, 0.0) + busy
 
     def record(self, endpoint: str, status: int | None, seconds: float, retry: bool) -> None:
         with self._lock:
@@ -150,10 +175,15 @@ class RequestStats:
             by_endpoint: dict[str, dict[str, int]] = {}
             for (endpoint, status), count in sorted(self.requests.items()):
                 by_endpoint.setdefault(endpoint, {})[status] = count
+            busy = dict(self.busy_seconds)
+            now = self._clock()
+            for endpoint, since in self._busy_since.items():
+                busy[endpoint] = busy.get(endpoint, 0.0) + now - since
             return {
                 "requests": by_endpoint,
                 "retries": dict(self.retries),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "busy_seconds": {k: round(v, 3) for k, v in busy.items()},
             }
 
     def total_requests(self) -> int:
@@ -256,8 +286,10 @@ class IterableClient:
                 log.info("%s: stop requested while waiting for the rate limit; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
                 return self._result(endpoint, False, unsent, attempt - 1, started)
-            response = self._send(method, endpoint, data, params)
+            with self.stats.in_flight(endpoint):
+                response = self._send(method, endpoint, data, params)
             if response.status in AUTH_STATUSES:
+                self.stats.record(endpoint, response.status, response.seconds, retry=False)
                 raise IterableAuthError(response.status or 0, response.code, response.msg)
             ok = self._is_success(endpoint, response)
             retry = not ok and self.retry.should_retry(response.status, attempt)

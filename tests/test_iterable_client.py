@@ -9,6 +9,7 @@ import pytest
 from iterable_client import (
     IterableAuthError,
     IterableClient,
+    RequestStats,
     RetryPolicy,
     parse_retry_after,
 )
@@ -163,6 +164,7 @@ def test_rejected_key_raises_without_retrying(client, sandbox, config):
     assert caught.value.status == 401
     assert "sandbox-key" not in str(caught.value)
     assert sandbox.request_count("users/update") == 1
+    assert client.stats.snapshot()["requests"] == {"users/update": {"401": 1}}
 
 
 def test_forbidden_key_raises(client, sandbox):
@@ -189,11 +191,34 @@ def test_unreachable_server_is_no_response(sandbox):
 
 
 def test_stats_count_requests_by_endpoint_and_status(client, sandbox):
+    sandbox.set_latency(0.01)  # so that the times do not round to 0
     sandbox.add_fault("status", endpoint="users/update", status=503, times=1)
     client.update_user(USER)
     snapshot = client.stats.snapshot()
     assert snapshot["requests"]["users/update"] == {"200": 1, "503": 1}
     assert snapshot["retries"] == {"users/update": 1}
+    assert snapshot["seconds"]["users/update"] > 0
+    assert snapshot["busy_seconds"]["users/update"] > 0
+
+
+def test_busy_seconds_count_overlapping_requests_once():
+    now = [0.0]
+    stats = RequestStats(clock=lambda: now[0])
+    first = stats.in_flight("users/update")
+    second = stats.in_flight("users/update")
+    first.__enter__()  # 0 s
+    now[0] = 1.0
+    second.__enter__()  # 1 s, overlapping the first
+    now[0] = 3.0
+    first.__exit__(None, None, None)
+    now[0] = 4.0
+    second.__exit__(None, None, None)  # busy from 0 to 4
+    now[0] = 10.0
+    with stats.in_flight("users/update"):
+        now[0] = 11.0  # and from 10 to 11
+    with stats.in_flight("events/track"):
+        now[0] = 13.0
+        assert stats.snapshot()["busy_seconds"] == {"users/update": 5.0, "events/track": 2.0}
 
 
 # -- the retry policy and the limiter as plain values ------------------------------------
