@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import http.client
 import json
 import logging
 import random
 import re
+import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -17,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar, merge_cookies
 
@@ -355,11 +360,14 @@ class IterableClient:
                 allow_redirects=True,
                 **self._send_settings,
             )
+        except requests.ConnectTimeout:
+            timeout = f"timed out after {self.timeout[0]:g}s connecting"
+            return _Response(error=timeout, seconds=time.monotonic() - started)
         except requests.Timeout:
             timeout = f"timed out after {self.timeout[1]:g}s"
             return _Response(error=timeout, seconds=time.monotonic() - started)
         except requests.ConnectionError as exc:
-            failure = f"connection failed: {_first_line(exc)}"
+            failure = describe_connection_error(exc)
             return _Response(error=failure, seconds=time.monotonic() - started)
         body = parse_body(reply)
         code = body.get("code") if isinstance(body.get("code"), str) else None
@@ -429,6 +437,63 @@ def _text_excerpt(reply: requests.Response, limit: int = 120) -> str:
     if title:
         return title.group(1).strip()[:limit]
     return text.splitlines()[0][:limit] if text else ""
+
+
+# Socket errors that say where the way to Iterable ends.
+_UNREACHABLE = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ECONNABORTED: "connection aborted",
+}
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """A short phrase for why a request got no answer, from the causes requests and urllib3
+    wrap (their own text is a long repr, cut off mid-way): "connection refused", ..."""
+    causes = _causes(exc)
+    phrases = (_phrase(cause) for cause in causes)
+    phrase = (
+        next((p for p in phrases if p), None) or f"connection failed: {_first_line(causes[-1])}"
+    )
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return f"through the proxy: {phrase}"
+    return phrase
+
+
+def _phrase(cause: BaseException) -> str | None:
+    if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
+        return "name resolution failed"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = getattr(cause, "verify_message", None) or "certificate verify failed"
+        return f"TLS certificate not accepted: {detail} (CERTIFICATE_VERIFY_FAILED)"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'reason', None) or _first_line(cause)}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, ConnectionResetError):
+        return "connection reset"
+    if isinstance(cause, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    if isinstance(cause, OSError) and cause.errno in _UNREACHABLE:
+        return _UNREACHABLE[cause.errno]
+    return None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps, outermost first."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        wrapped = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        wrapped += [arg for arg in current.args if isinstance(arg, BaseException)]
+        pending += [item for item in wrapped if isinstance(item, BaseException)]
+    return found
 
 
 def _first_line(exc: BaseException) -> str:

@@ -49,8 +49,10 @@ def check_api_key(settings: Settings) -> list[str]:
     with client:
         call = client.check_key()
     if not call.ok:
-        # call.error says "HTTP 503 ..." for an answer and "connection failed: ..." for none.
+        # call.error is a short phrase: "connection refused", "timed out after 10s", "HTTP 503".
         problem = call.error or f"HTTP {call.http_status}"
+        if call.http_status is None or call.http_status >= 500:
+            raise CheckFailed(f"cannot reach {settings.iterable_base_url}: {problem}")
         raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
     return [f"Iterable at {settings.iterable_base_url} accepts the key"]
 

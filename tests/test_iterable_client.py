@@ -153,7 +153,7 @@ def test_dropped_connection_every_time_reports_no_response(client, sandbox):
     sandbox.add_fault("drop", endpoint="users/update", times=None)
     result = client.update_user(USER)
     assert not result.ok and result.http_status is None and result.attempts == 4
-    assert result.error.startswith("connection failed")
+    assert result.error == "connection reset"
 
 
 @pytest.mark.parametrize("config", [{"api_keys": ["other"]}, {"disabled_keys": ["sandbox-key"]}])
@@ -188,6 +188,20 @@ def test_unreachable_server_is_no_response(sandbox):
     with IterableClient("k", "http://127.0.0.1:9", timeout=0.5, retry=FAST) as client:
         result = client.update_user(USER)
     assert not result.ok and result.http_status is None and result.attempts == 4
+    assert result.error == "connection refused"
+
+
+def test_a_host_that_does_not_resolve_is_named_as_such():
+    with IterableClient("k", "https://no-such-host.invalid", retry=FAST) as client:
+        result = client.update_user(USER)
+    assert result.http_status is None and result.error == "name resolution failed"
+
+
+def test_a_read_timeout_says_how_long_it_waited(sandbox):
+    sandbox.add_fault("delay", endpoint="users/update", delay=1.0, times=None)
+    policy = RetryPolicy(max_attempts=1)
+    with IterableClient("sandbox-key", sandbox.base_url, timeout=0.3, retry=policy) as client:
+        assert client.update_user(USER).error == "timed out after 0.3s"
 
 
 def test_stats_count_requests_by_endpoint_and_status(client, sandbox):
