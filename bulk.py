@@ -14,7 +14,6 @@ from iterable_client import (
     EVENTS_TRACK_BULK,
     USERS_BULK_UPDATE,
     CallResult,
-    IterableAuthError,
     IterableClient,
     encode,
 )
@@ -194,8 +193,7 @@ class Delivered:
     """What a pool thread brings back from one bulk batch."""
 
     outcomes: list[RowOutcome] = field(default_factory=list)
-    interrupted: bool = False  # the run was stopping: nothing was sent
-    auth_error: IterableAuthError | None = None
+    interrupted: bool = False  # the run was stopping, or Iterable refused the key or is down
     unexpected: bool = False  # an unexpected error, logged where it happened
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import itertools
 import json
 import logging
 import random
@@ -40,6 +41,11 @@ GET_USER = "users/getByEmail"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 5.0
+# Iterable counts as down, and the run stops, after this many requests in a row (from any
+# thread, so across different users) got no answer or a 5xx...
+OUTAGE_FAILURES_IN_A_ROW = 20
+# ...or after this many seconds of such failures without a single other answer.
+OUTAGE_SECONDS = 60.0
 _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -107,6 +113,7 @@ class CallResult:
     body: Mapping[str, Any] | None = field(default=None, repr=False)
     error: str | None = None
     batch_size: int | None = None
+    interrupted: bool = False  # cut short (not sent, or not retried) because the run is stopping
 
     def summary(self) -> dict[str, Any]:
         """The part that goes into the results file."""
@@ -133,6 +140,76 @@ class IterableAuthError(Exception):
         )
         self.status = status
         self.code = code
+
+
+class IterableUnavailable(Exception):
+    """Iterable gave no usable answer for a sustained stretch: the run should stop, not grind."""
+
+    def __init__(self, base_url: str, verdict: str) -> None:
+        super().__init__(f"Iterable at {base_url}: unreachable: {verdict}")
+        self.verdict = verdict
+
+
+class OutageDetector:
+    """Tells a blip from an outage, from every request's outcome (thread-safe).
+
+    A request fails this way when it gets no answer at all (refused, DNS, TLS, timeout,
+    dropped) or a 5xx; any other answer, a 4xx included, proves Iterable is there and
+    ends the streak of failures. Iterable is down when the streak reaches
+    `failures_in_a_row` requests or lasts `seconds`, or when a call gives up after
+    retrying with every attempt in the streak and other calls failing in it too (a bulk
+    run makes few requests, each for many users). Once tripped it stays tripped.
+    """
+
+    def __init__(
+        self,
+        failures_in_a_row: int = OUTAGE_FAILURES_IN_A_ROW,
+        seconds: float = OUTAGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures_in_a_row = failures_in_a_row
+        self.seconds = seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._streak = 0  # which streak: a new one after every answer
+        self._failures = 0
+        self._failing_since = 0.0
+        self._calls: set[int] = set()
+        self._last = ""
+        self.verdict: str | None = None
+
+    @staticmethod
+    def is_unavailable(status: int | None) -> bool:
+        return status is None or status >= 500
+
+    def record(self, status: int | None, error: str | None, call: int = 0) -> int | None:
+        """One request's outcome; returns the streak a failure belongs to, None for an answer."""
+        with self._lock:
+            if not self.is_unavailable(status):
+                if self._failures:
+                    self._streak += 1
+                    self._failures, self._calls = 0, set()
+                return None
+            now = self.clock()
+            if self._failures == 0:
+                self._failing_since = now
+            self._failures += 1
+            self._calls.add(call)
+            self._last = error or f"HTTP {status}"
+            if self.verdict is None and self._failures >= self.failures_in_a_row:
+                self.verdict = self._in_a_row()
+            elif self.verdict is None and now - self._failing_since >= self.seconds:
+                self.verdict = f"no answer for {now - self._failing_since:.0f}s; last: {self._last}"
+            return self._streak
+
+    def gave_up(self, streak: int) -> None:
+        """A call stops retrying; every attempt it made failed in `streak`."""
+        with self._lock:
+            if self.verdict is None and streak == self._streak and len(self._calls) > 1:
+                self.verdict = self._in_a_row()
+
+    def _in_a_row(self) -> str:
+        return f"{self._failures} requests in a row failed; last: {self._last}"
 
 
 class RequestStats:
@@ -222,6 +299,7 @@ class IterableClient:
         pool_size: int = 32,
         stop: threading.Event | None = None,
         stats: RequestStats | None = None,
+        outage: OutageDetector | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
@@ -229,6 +307,8 @@ class IterableClient:
         self.limiters = limiters or RateLimiters({})
         self.stop = stop or threading.Event()
         self.stats = stats or RequestStats()
+        self.outage = outage or OutageDetector()
+        self._calls = itertools.count(1)
         self._api_key = api_key
         self.session = requests.Session()
         self.session.headers.update(
@@ -280,30 +360,43 @@ class IterableClient:
         method: str = "POST",
         body: bytes | None = None,
     ) -> CallResult:
-        """Send with retries; raise IterableAuthError on 401/403, otherwise return a CallResult."""
+        """Send with retries; return a CallResult.
+
+        Raises IterableAuthError on 401/403, and IterableUnavailable once the outage
+        detector has seen Iterable down (then nothing more is sent).
+        """
         data = body if body is not None else encode(payload) if payload is not None else None
         started = time.monotonic()
+        number = next(self._calls)
+        streak: int | None = None  # the outage streak all attempts so far failed in
         attempt = 0
         while True:
             attempt += 1
+            self._raise_if_unavailable()
             if not self.limiters.acquire_unless_stopped(endpoint, self.stop):
                 # A stopping run does not wait for the limiter (a 429's pause can be a minute).
-                log.info("%s: stop requested while waiting for the rate limit; not sent", endpoint)
+                log.debug("%s: stop requested while waiting for the rate limit; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
-                return self._result(endpoint, False, unsent, attempt - 1, started)
+                return self._result(endpoint, False, unsent, attempt - 1, started, stopped=True)
             with self.stats.in_flight(endpoint):
                 response = self._send(method, endpoint, data, params)
             if response.status in AUTH_STATUSES:
                 self.stats.record(endpoint, response.status, response.seconds, retry=False)
                 raise IterableAuthError(response.status or 0, response.code, response.msg)
+            in_streak = self.outage.record(response.status, response.error, number)
+            streak = in_streak if attempt == 1 or in_streak == streak else None
             ok = self._is_success(endpoint, response)
             retry = not ok and self.retry.should_retry(response.status, attempt)
-            if retry and self.stop.is_set():
+            stopped = retry and self.stop.is_set()
+            if stopped:
                 retry = False
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
             self.stats.record(endpoint, response.status, response.seconds, retry)
+            if not retry and not stopped and attempt > 1 and streak is not None:
+                self.outage.gave_up(streak)
+            self._raise_if_unavailable()
             if not retry:
-                return self._result(endpoint, ok, response, attempt, started)
+                return self._result(endpoint, ok, response, attempt, started, stopped)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
                 self.limiters.penalize(endpoint, delay)
@@ -318,13 +411,22 @@ class IterableClient:
             )
             if self.stop.wait(delay):
                 # Not even one more attempt: it would first wait out the limiter's pause.
-                log.info("%s: stop requested during backoff; giving up on this call", endpoint)
+                log.debug("%s: stop requested during backoff; giving up on this call", endpoint)
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
-                return self._result(endpoint, False, response, attempt, started)
+                return self._result(endpoint, False, response, attempt, started, stopped=True)
+
+    def _raise_if_unavailable(self) -> None:
+        if self.outage.verdict is not None:
+            raise IterableUnavailable(self.base_url, self.outage.verdict)
 
     @staticmethod
     def _result(
-        endpoint: str, ok: bool, response: _Response, attempts: int, started: float
+        endpoint: str,
+        ok: bool,
+        response: _Response,
+        attempts: int,
+        started: float,
+        stopped: bool = False,
     ) -> CallResult:
         return CallResult(
             endpoint=endpoint,
@@ -336,6 +438,7 @@ class IterableClient:
             elapsed_seconds=time.monotonic() - started,
             body=response.body,
             error=None if ok else response.error,
+            interrupted=stopped,
         )
 
     @staticmethod

@@ -9,7 +9,7 @@ from typing import TextIO
 
 from db_connection import DatabaseConnection, DatabaseError, RowSource
 from exit_codes import EXIT_ABORTED, EXIT_OK
-from iterable_client import IterableAuthError, IterableClient, RetryPolicy
+from iterable_client import IterableAuthError, IterableClient, OutageDetector, RetryPolicy
 from logger_config import mask_email
 from settings import Settings
 
@@ -51,7 +51,7 @@ def check_api_key(settings: Settings) -> list[str]:
     if not call.ok:
         # call.error is a short phrase: "connection refused", "timed out after 10s", "HTTP 503".
         problem = call.error or f"HTTP {call.http_status}"
-        if call.http_status is None or call.http_status >= 500:
+        if OutageDetector.is_unavailable(call.http_status):
             raise CheckFailed(f"cannot reach {settings.iterable_base_url}: {problem}")
         raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
     return [f"Iterable at {settings.iterable_base_url} accepts the key"]

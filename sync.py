@@ -26,7 +26,7 @@ from bulk import (
     event_item,
     user_item,
 )
-from iterable_client import CallResult, IterableAuthError, IterableClient
+from iterable_client import CallResult, IterableAuthError, IterableClient, IterableUnavailable
 from logger_config import mask_email
 from payloads import Payloads, Rejection, SourceRow, build_payloads, fingerprint
 from results import FAILED, SKIPPED, SUCCESS, ResultsWriter, RowResult
@@ -77,6 +77,8 @@ class Outcome:
 
 def call_failure_reason(call: CallResult) -> str:
     """A stable reason for a failed call: Iterable's code, the HTTP status, or no_response."""
+    if call.interrupted:
+        return INTERRUPTED
     if call.code and call.code != "Success":
         return call.code
     if call.http_status is not None:
@@ -230,7 +232,9 @@ class Syncer:
     def record(self, result: RowResult) -> None:
         self.writer.add(result)
         self.on_row()
-        level = logging.WARNING if result.status == FAILED else logging.DEBUG
+        # Rows a stopping run interrupts are counted in the summary, not one warning each.
+        failed = result.status == FAILED and result.reason != INTERRUPTED
+        level = logging.WARNING if failed else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(
                 level,
@@ -301,11 +305,12 @@ class Syncer:
         work.result.event_track = {"skipped": UNCHANGED}
         self.record(work.result)
 
-    def abort(self, exc: IterableAuthError) -> None:
+    def abort(self, exc: IterableAuthError | IterableUnavailable) -> None:
         with self._abort_lock:
             if self.outcome.aborted is None:
                 self.outcome.aborted = str(exc)
-                log.error("%s; stopping the run", exc)
+                # DEBUG: main() reports it, in one line.
+                log.debug("%s; stopping the run", exc)
         self.stop.set()
 
     # -- single mode ----------------------------------------------------------------
@@ -335,8 +340,8 @@ class Syncer:
                 self.event_done(work, self.client.track_event(work.payloads.event))
             else:
                 self.skip_event(work)
-        except IterableAuthError as exc:
-            self._fail(work, exc.code or f"http_{exc.status}", permanent=False)
+        except (IterableAuthError, IterableUnavailable) as exc:
+            self._fail(work, INTERRUPTED, permanent=False)
             self.abort(exc)
         except Exception:
             log.exception("unexpected error for customer %s", work.row.customer_id)
@@ -345,7 +350,8 @@ class Syncer:
     def _planned(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Work]:
         for raw in rows:
             if self.stop.is_set():
-                self.outcome.stopped = True
+                # A run that aborted (rejected key, Iterable down) was not stopped by a signal.
+                self.outcome.stopped = self.outcome.aborted is None
                 break
             work = self.plan(raw)
             if work is not None:
@@ -418,7 +424,8 @@ class Syncer:
     ) -> Delivered:
         """On a pool thread: send one batch and collect its outcomes; no row is touched here.
 
-        An auth failure aborts the run at once; anything else fails only this batch.
+        A rejected key or an unreachable Iterable aborts the run at once; anything else
+        fails only this batch.
         """
         done = Delivered()
         if self.stop.is_set():
@@ -427,8 +434,8 @@ class Syncer:
         try:
             for outcome in send(client, batch):
                 done.outcomes.append(outcome)
-        except IterableAuthError as exc:
-            done.auth_error = exc
+        except (IterableAuthError, IterableUnavailable) as exc:
+            done.interrupted = True
             self.abort(exc)
         except Exception:
             log.exception("unexpected error in a batch of %d users", len(batch))
@@ -445,6 +452,8 @@ class Syncer:
         reason: str | None = None
         accepted: list[Work] = []
         if done.interrupted:
+            # Outcomes a split batch got before the stop are dropped too: its rows are all
+            # sent again by the next run, which the idempotent writes absorb.
             reason = INTERRUPTED
         else:
             try:
@@ -452,9 +461,7 @@ class Syncer:
             except Exception:
                 log.exception("unexpected error in a batch of %d users", len(call.batch))
                 done.unexpected = True
-            if done.auth_error is not None:
-                reason = done.auth_error.code or f"http_{done.auth_error.status}"
-            elif done.unexpected:
+            if done.unexpected:
                 reason = "internal_error"
         if reason is None:
             return accepted

@@ -132,7 +132,8 @@ def test_signal_during_retry_backoff_ends_the_wait(job, sandbox, mariadb, seeded
     results = json.loads(results_path.read_text(encoding="utf-8"))
     assert results["run"]["stopped_by_signal"] is True
     failed = [row for row in results["results"] if row["customer_id"] in expected.emails]
-    assert {(row["status"], row["reason"]) for row in failed} == {("failed", "http_503")}
+    assert {(row["status"], row["reason"]) for row in failed} == {("failed", "interrupted")}
+    assert {row["event_track"]["http_status"] for row in failed} == {503}
     assert all(row["event_track"]["attempts"] < 6 for row in failed)
     assert sandbox.events() == {}
 
