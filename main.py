@@ -27,7 +27,7 @@ from db_connection import DatabaseConnection, DatabaseError, ReadAhead, RowSourc
 from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED
 from iterable_client import IterableClient, RequestStats, RetryPolicy
 from logger_config import setup_logging
-from progress import Progress
+from progress import Progress, is_terminal
 from rate_limit import RateLimiters
 from report import report_command
 from results import ResultsWriter, Summary
@@ -120,19 +120,18 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
     try:
         with DatabaseConnection(settings.database) as db:
             source = RowSource(db, settings.plan_type, settings.lookback_days)
-            progress = Progress(total=None)
             # Counting runs Query 2 a second time (seconds at 100k rows), so only a
             # terminal, where the bar shows an ETA, pays for it; cron logs the rate.
-            if progress.interactive:
-                progress.total = source.count()
+            total = source.count() if is_terminal(sys.stderr) else None
             log.info(
                 "syncing %s %s customers active in the last %d days; mode %s%s",
-                "all" if progress.total is None else progress.total,
+                "all" if total is None else total,
                 settings.plan_type,
                 settings.lookback_days,
                 settings.mode,
                 " (dry run)" if settings.dry_run else "",
             )
+            progress = Progress(total)
             syncer = Syncer(
                 client=client,
                 writer=writer,
