@@ -14,8 +14,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -59,16 +59,51 @@ def run_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+class StopNow:
+    """What a second SIGTERM/SIGINT does: save the sync state and the results, exit 3 at
+    once, without waiting for the requests in flight (each may take REQUEST_TIMEOUT_SECONDS)."""
+
+    def __init__(self) -> None:
+        self.save: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        # Not in the signal handler itself: the handler interrupts the main thread, which
+        # may be holding a lock the saving needs (the sync state's, the results writer's).
+        threading.Thread(target=self._save_and_exit, name="stop-now", daemon=True).start()
+
+    def _save_and_exit(self) -> None:
+        try:
+            self.save()
+        except Exception:
+            log.exception("could not save everything before stopping")
+        finally:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Pool threads waiting on Iterable would hold up a normal exit.
+            os._exit(EXIT_ABORTED)
+
+
 @contextlib.contextmanager
-def graceful_stop(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT ask the run to stop taking rows; in-flight work then finishes."""
+def graceful_stop(stop: threading.Event, stop_now: StopNow) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the run to stop taking rows; in-flight work then finishes.
+    A second one stops at once (StopNow)."""
+    received = 0
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if not stop.is_set():
+        nonlocal received
+        received += 1
+        name = signal.Signals(signum).name
+        if received == 1:
             log.warning(
-                "%s received: finishing in-flight work, then stopping", signal.Signals(signum).name
+                "%s received: finishing the rows in flight, then stopping (again: stop at once)",
+                name,
             )
-        stop.set()
+            stop.set()
+        elif received == 2:
+            log.warning("%s received again: saving the state and stopping at once", name)
+            stop_now.start()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -76,6 +111,40 @@ def graceful_stop(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class RunFiles:
+    """The sync state and the results file of one run, closed once: when the run ends, or
+    when a second signal stops it at once. Then requests may still be in flight, so the
+    state is committed but left open for the threads waiting on them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        started_at: datetime,
+        stats: RequestStats,
+        state: SyncState | None,
+        writer: ResultsWriter,
+    ) -> None:
+        self.settings = settings
+        self.started_at = started_at
+        self.stats = stats
+        self.state = state
+        self.writer = writer
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+
+    def close(self, outcome: Outcome, error: str | None, at_once: bool = False) -> Path:
+        with self._lock:
+            if self.path is None:
+                if self.state is not None and at_once:
+                    self.state.flush()
+                elif self.state is not None:
+                    self.state.close()
+                run_info = run_details(self.settings, self.started_at, outcome, self.stats, error)
+                self.path = self.writer.finish(run_info, self.started_at)
+                log.info("results written to %s", self.path)
+            return self.path
 
 
 @dataclass
@@ -107,16 +176,26 @@ def open_state(settings: Settings) -> SyncState | None:
     return SyncState(settings.sync_state_path)
 
 
-def run(settings: Settings, stop: threading.Event) -> RunReport:
+def run(settings: Settings, stop: threading.Event, stop_now: StopNow) -> RunReport:
     """One sync run; always writes a results file once rows have started to flow."""
     started_at = datetime.now(UTC)
     clock = time.monotonic()
     stats = RequestStats()
     state = open_state(settings)
     client = None if settings.dry_run else make_client(settings, stop, stats)
-    writer = ResultsWriter(settings.results_dir)
+    files = RunFiles(settings, started_at, stats, state, ResultsWriter(settings.results_dir))
     outcome = Outcome()
+    progress: Progress | None = None
+    syncer: Syncer | None = None
     error: str | None = None
+
+    def save_at_once() -> None:
+        if progress is not None:
+            progress.finish()
+        so_far = syncer.outcome if syncer is not None else outcome
+        files.close(replace(so_far, stopped=True), None, at_once=True)
+
+    stop_now.save = save_at_once
     try:
         with DatabaseConnection(settings.database) as db:
             source = RowSource(db, settings.plan_type, settings.lookback_days)
@@ -134,7 +213,7 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
             progress = Progress(total)
             syncer = Syncer(
                 client=client,
-                writer=writer,
+                writer=files.writer,
                 state=state,
                 candidate=settings.candidate_name,
                 full_refresh=settings.full_refresh,
@@ -157,14 +236,12 @@ def run(settings: Settings, stop: threading.Event) -> RunReport:
         error = str(exc)
         raise
     finally:
-        if state is not None:
-            state.close()
         if client is not None:
             client.close()
-        run_info = run_details(settings, started_at, outcome, stats, error)
-        path = writer.finish(run_info, started_at)
-        log.info("results written to %s", path)
-    return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
+        path = files.close(outcome, error)
+    return RunReport(
+        path, files.writer.summary, outcome, time.monotonic() - clock, stats.snapshot()
+    )
 
 
 def run_details(
@@ -254,9 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def sync_and_report(settings: Settings) -> tuple[int, RunReport | None]:
     """Run under the lock and map every outcome to an exit code."""
     stop = threading.Event()
+    stop_now = StopNow()
     try:
-        with run_lock(settings.lock_file), graceful_stop(stop):
-            report = run(settings, stop)
+        with run_lock(settings.lock_file), graceful_stop(stop, stop_now):
+            report = run(settings, stop, stop_now)
     except LockHeld as exc:
         return fail(str(exc), EXIT_LOCKED), None
     except StateError as exc:

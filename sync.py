@@ -146,6 +146,7 @@ class Syncer:
         self.outcome = Outcome()
         self.duplicates = DuplicateEmails()
         self._abort_lock = threading.Lock()
+        self._interrupted = False
 
     # -- planning -----------------------------------------------------------------
 
@@ -277,6 +278,7 @@ class Syncer:
 
     def _fail(self, work: Work, reason: str, permanent: bool) -> None:
         work.result.status, work.result.reason = FAILED, reason
+        self._interrupted = self._interrupted or reason == INTERRUPTED
         if permanent and self.state is not None and reason != INTERRUPTED:
             self.state.rejected(work.row.customer_id, work.row_fingerprint, reason)
         self.record(work.result)
@@ -410,9 +412,9 @@ class Syncer:
         return self._finished()
 
     def _finished(self) -> Outcome:
-        """A signal that came while the last rows were in flight stopped the run as well:
-        their retries were cut short, so the run did not finish them."""
-        if self.stop.is_set() and self.outcome.aborted is None:
+        """A signal that came while the last rows were in flight stopped the run as well
+        when it cut a row short; one that came after every row was done did not."""
+        if self.stop.is_set() and self.outcome.aborted is None and self._interrupted:
             self.outcome.stopped = True
         return self.outcome
 
