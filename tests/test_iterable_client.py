@@ -17,6 +17,7 @@ from iterable_client import (
     parse_retry_after,
 )
 from rate_limit import RateLimiter
+from tests.support.waiting import wait_until
 
 USER = {"email": "alice@example.com", "dataFields": {"plan_type": "pro"}}
 EVENT = {
@@ -205,6 +206,8 @@ def test_a_read_timeout_says_how_long_it_waited(sandbox):
     policy = RetryPolicy(max_attempts=1)
     with IterableClient("sandbox-key", sandbox.base_url, timeout=0.3, retry=policy) as client:
         assert client.update_user(USER).error == "timed out after 0.3s"
+    # The sandbox finishes the slow request now, not in the middle of the next test.
+    wait_until(lambda: sandbox.request_count(status="client_gone") == 1, 10, "the slow request")
 
 
 def test_stats_count_requests_by_endpoint_and_status(client, sandbox):
