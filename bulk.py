@@ -16,7 +16,6 @@ from iterable_client import (
     USERS_BULK_UPDATE,
     CallResult,
     IterableClient,
-    StopRun,
 )
 from payloads import Payloads
 
@@ -251,8 +250,7 @@ class Delivered:
     """What a pool thread brings back from one bulk batch."""
 
     outcomes: list[RowOutcome] = field(default_factory=list)
-    interrupted: bool = False  # the run was stopping: nothing was sent
-    auth_error: StopRun | None = None  # the run had to stop (key rejected, ...)
+    interrupted: bool = False  # the run was stopping, or Iterable refused the key or is down
     unexpected: bool = False  # an unexpected error, logged where it happened
 
 

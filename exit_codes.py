@@ -24,8 +24,9 @@ EXIT_CODES = {
     ),
     EXIT_ABORTED: (
         "run aborted: database unreachable or query failed, Iterable rejected the key "
-        "(401/403), ITERABLE_LIST_ID names no list, interrupted by SIGTERM/SIGINT, a failed "
-        "--check, or an unexpected error (logged with its traceback)"
+        "(401/403), Iterable unreachable (no answer or only 5xx for a sustained stretch), "
+        "ITERABLE_LIST_ID names no list, interrupted by SIGTERM/SIGINT, a failed --check, "
+        "or an unexpected error (logged with its traceback)"
     ),
     EXIT_LOCKED: "locked: another run holds the lock; this one did nothing",
 }

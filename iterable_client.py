@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import http.client
+import itertools
 import logging
 import random
 import re
+import socket
+import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -16,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar, merge_cookies
 
@@ -47,6 +54,11 @@ SHARED_LIMITS = {LISTS_SUBSCRIBE: "lists", LISTS_UNSUBSCRIBE: "lists"}
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 5.0
+# Iterable counts as down, and the run stops, after this many requests in a row (from any
+# thread, so across different users) got no answer or a 5xx...
+OUTAGE_FAILURES_IN_A_ROW = 20
+# ...or after this many seconds of such failures without a single other answer.
+OUTAGE_SECONDS = 60.0
 _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -114,6 +126,7 @@ class CallResult:
     body: Mapping[str, Any] | None = field(default=None, repr=False)
     error: str | None = None
     batch_size: int | None = None
+    interrupted: bool = False  # cut short (not sent, or not retried) because the run is stopping
 
     def summary(self) -> dict[str, Any]:
         """The part that goes into the results file."""
@@ -132,9 +145,8 @@ class CallResult:
 
 
 class StopRun(Exception):
-    """No further call can succeed: the run stops; `reason` goes on the rows in flight."""
-
-    reason = "interrupted"
+    """No further call can succeed (the key is refused, Iterable is down, the list is
+    missing): the run stops, and the rows in flight are recorded as interrupted."""
 
 
 class IterableAuthError(StopRun):
@@ -146,17 +158,110 @@ class IterableAuthError(StopRun):
         )
         self.status = status
         self.code = code
-        self.reason = code or f"http_{status}"
+
+
+class IterableUnavailable(StopRun):
+    """Iterable gave no usable answer for a sustained stretch: the run should stop, not grind."""
+
+    def __init__(self, base_url: str, verdict: str) -> None:
+        super().__init__(f"Iterable at {base_url}: unreachable: {verdict}")
+        self.verdict = verdict
+
+
+class OutageDetector:
+    """Tells a blip from an outage, from every request's outcome (thread-safe).
+
+    A request fails this way when it gets no answer at all (refused, DNS, TLS, timeout,
+    dropped) or a 5xx; any other answer, a 4xx included, proves Iterable is there and
+    ends the streak of failures. Iterable is down when the streak reaches
+    `failures_in_a_row` requests or lasts `seconds`, or when a call gives up after
+    retrying with every attempt in the streak and other calls failing in it too (a bulk
+    run makes few requests, each for many users). Once tripped it stays tripped.
+    """
+
+    def __init__(
+        self,
+        failures_in_a_row: int = OUTAGE_FAILURES_IN_A_ROW,
+        seconds: float = OUTAGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures_in_a_row = failures_in_a_row
+        self.seconds = seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._streak = 0  # which streak: a new one after every answer
+        self._failures = 0
+        self._failing_since = 0.0
+        self._calls: set[int] = set()
+        self._last = ""
+        self.verdict: str | None = None
+
+    @staticmethod
+    def is_unavailable(status: int | None) -> bool:
+        return status is None or status >= 500
+
+    def record(self, status: int | None, error: str | None, call: int = 0) -> int | None:
+        """One request's outcome; returns the streak a failure belongs to, None for an answer."""
+        with self._lock:
+            if not self.is_unavailable(status):
+                if self._failures:
+                    self._streak += 1
+                    self._failures, self._calls = 0, set()
+                return None
+            now = self.clock()
+            if self._failures == 0:
+                self._failing_since = now
+            self._failures += 1
+            self._calls.add(call)
+            self._last = error or f"HTTP {status}"
+            if self.verdict is None and self._failures >= self.failures_in_a_row:
+                self.verdict = self._in_a_row()
+            elif self.verdict is None and now - self._failing_since >= self.seconds:
+                self.verdict = f"no answer for {now - self._failing_since:.0f}s; last: {self._last}"
+            return self._streak
+
+    def gave_up(self, streak: int) -> None:
+        """A call stops retrying; every attempt it made failed in `streak`."""
+        with self._lock:
+            if self.verdict is None and streak == self._streak and len(self._calls) > 1:
+                self.verdict = self._in_a_row()
+
+    def _in_a_row(self) -> str:
+        return f"{self._failures} requests in a row failed; last: {self._last}"
 
 
 class RequestStats:
-    """Counts of requests by endpoint and outcome, for the summary and the metrics file."""
+    """Counts of requests by endpoint and outcome, for the summary and the metrics file.
 
-    def __init__(self) -> None:
+    `seconds` sums every request's time; `busy_seconds` is the wall-clock time an endpoint
+    had at least one request in flight (overlapping requests count once).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self.requests: Counter[tuple[str, str]] = Counter()
         self.retries: Counter[str] = Counter()
         self.seconds: dict[str, float] = {}
+        self.busy_seconds: dict[str, float] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._busy_since: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def in_flight(self, endpoint: str) -> Iterator[None]:
+        """Around one request: keeps the union of the endpoint's request intervals."""
+        with self._lock:
+            if self._in_flight[endpoint] == 0:
+                self._busy_since[endpoint] = self._clock()
+            self._in_flight[endpoint] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[endpoint] -= 1
+                if self._in_flight[endpoint] == 0:
+                    busy = self._clock() - self._busy_since.pop(endpoint)
+                    self.busy_seconds[endpoint] = self.busy_seconds.get(endpoint, 0.0) + busy
 
     def record(self, endpoint: str, status: int | None, seconds: float, retry: bool) -> None:
         with self._lock:
@@ -170,10 +275,15 @@ class RequestStats:
             by_endpoint: dict[str, dict[str, int]] = {}
             for (endpoint, status), count in sorted(self.requests.items()):
                 by_endpoint.setdefault(endpoint, {})[status] = count
+            busy = dict(self.busy_seconds)
+            now = self._clock()
+            for endpoint, since in self._busy_since.items():
+                busy[endpoint] = busy.get(endpoint, 0.0) + now - since
             return {
                 "requests": by_endpoint,
                 "retries": dict(self.retries),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "busy_seconds": {k: round(v, 3) for k, v in busy.items()},
             }
 
     def total_requests(self) -> int:
@@ -207,6 +317,7 @@ class IterableClient:
         pool_size: int = 32,
         stop: threading.Event | None = None,
         stats: RequestStats | None = None,
+        outage: OutageDetector | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
@@ -214,6 +325,8 @@ class IterableClient:
         self.limiters = limiters or RateLimiters({})
         self.stop = stop or threading.Event()
         self.stats = stats or RequestStats()
+        self.outage = outage or OutageDetector()
+        self._calls = itertools.count(1)
         self._api_key = api_key
         self.session = requests.Session()
         self.session.headers.update(
@@ -321,31 +434,46 @@ class IterableClient:
         body: bytes | None = None,
         path: str | None = None,
     ) -> CallResult:
-        """Send with retries; raise IterableAuthError on 401/403, otherwise return a CallResult."""
+        """Send with retries; return a CallResult.
+
+        Raises IterableAuthError on 401/403, and IterableUnavailable once the outage
+        detector has seen Iterable down (then nothing more is sent).
+        """
         self._pass_gate()
         data = body if body is not None else encode_json(payload) if payload is not None else None
         started = time.monotonic()
+        number = next(self._calls)
+        streak: int | None = None  # the outage streak all attempts so far failed in
         attempt = 0
         while True:
             attempt += 1
+            self._raise_if_unavailable()
             if not self.limiters.acquire_unless_stopped(
                 SHARED_LIMITS.get(endpoint, endpoint), self.stop
             ):
                 # A stopping run does not wait for the limiter (a 429's pause can be a minute).
-                log.info("%s: stop requested while waiting for the rate limit; not sent", endpoint)
+                log.debug("%s: stop requested while waiting for the rate limit; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
-                return self._result(endpoint, False, unsent, attempt - 1, started)
-            response = self._send(method, path or endpoint, data, params)
+                return self._result(endpoint, False, unsent, attempt - 1, started, stopped=True)
+            with self.stats.in_flight(endpoint):
+                response = self._send(method, path or endpoint, data, params)
             if response.status in AUTH_STATUSES:
+                self.stats.record(endpoint, response.status, response.seconds, retry=False)
                 raise IterableAuthError(response.status or 0, response.code, response.msg)
+            in_streak = self.outage.record(response.status, response.error, number)
+            streak = in_streak if attempt == 1 or in_streak == streak else None
             ok = self._is_success(endpoint, response)
             retry = not ok and self.retry.should_retry(response.status, attempt)
-            if retry and self.stop.is_set():
+            stopped = retry and self.stop.is_set()
+            if stopped:
                 retry = False
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
             self.stats.record(endpoint, response.status, response.seconds, retry)
+            if not retry and not stopped and attempt > 1 and streak is not None:
+                self.outage.gave_up(streak)
+            self._raise_if_unavailable()
             if not retry:
-                return self._result(endpoint, ok, response, attempt, started)
+                return self._result(endpoint, ok, response, attempt, started, stopped)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
                 self.limiters.penalize(SHARED_LIMITS.get(endpoint, endpoint), delay)
@@ -360,13 +488,22 @@ class IterableClient:
             )
             if self.stop.wait(delay):
                 # Not even one more attempt: it would first wait out the limiter's pause.
-                log.info("%s: stop requested during backoff; giving up on this call", endpoint)
+                log.debug("%s: stop requested during backoff; giving up on this call", endpoint)
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
-                return self._result(endpoint, False, response, attempt, started)
+                return self._result(endpoint, False, response, attempt, started, stopped=True)
+
+    def _raise_if_unavailable(self) -> None:
+        if self.outage.verdict is not None:
+            raise IterableUnavailable(self.base_url, self.outage.verdict)
 
     @staticmethod
     def _result(
-        endpoint: str, ok: bool, response: _Response, attempts: int, started: float
+        endpoint: str,
+        ok: bool,
+        response: _Response,
+        attempts: int,
+        started: float,
+        stopped: bool = False,
     ) -> CallResult:
         return CallResult(
             endpoint=endpoint,
@@ -378,6 +515,7 @@ class IterableClient:
             elapsed_seconds=time.monotonic() - started,
             body=response.body,
             error=None if ok else response.error,
+            interrupted=stopped,
         )
 
     @staticmethod
@@ -403,11 +541,14 @@ class IterableClient:
                 allow_redirects=True,
                 **self._send_settings,
             )
+        except requests.ConnectTimeout:
+            timeout = f"timed out after {self.timeout[0]:g}s connecting"
+            return _Response(error=timeout, seconds=time.monotonic() - started)
         except requests.Timeout:
             timeout = f"timed out after {self.timeout[1]:g}s"
             return _Response(error=timeout, seconds=time.monotonic() - started)
         except requests.ConnectionError as exc:
-            failure = f"connection failed: {_first_line(exc)}"
+            failure = describe_connection_error(exc)
             return _Response(error=failure, seconds=time.monotonic() - started)
         body = parse_body(reply)
         code = body.get("code") if isinstance(body.get("code"), str) else None
@@ -474,6 +615,63 @@ def _text_excerpt(reply: requests.Response, limit: int = 120) -> str:
     if title:
         return title.group(1).strip()[:limit]
     return text.splitlines()[0][:limit] if text else ""
+
+
+# Socket errors that say where the way to Iterable ends.
+_UNREACHABLE = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ECONNABORTED: "connection aborted",
+}
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """A short phrase for why a request got no answer, from the causes requests and urllib3
+    wrap (their own text is a long repr, cut off mid-way): "connection refused", ..."""
+    causes = _causes(exc)
+    phrases = (_phrase(cause) for cause in causes)
+    phrase = (
+        next((p for p in phrases if p), None) or f"connection failed: {_first_line(causes[-1])}"
+    )
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return f"through the proxy: {phrase}"
+    return phrase
+
+
+def _phrase(cause: BaseException) -> str | None:
+    if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
+        return "name resolution failed"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = getattr(cause, "verify_message", None) or "certificate verify failed"
+        return f"TLS certificate not accepted: {detail} (CERTIFICATE_VERIFY_FAILED)"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'reason', None) or _first_line(cause)}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, ConnectionResetError):
+        return "connection reset"
+    if isinstance(cause, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    if isinstance(cause, OSError) and cause.errno in _UNREACHABLE:
+        return _UNREACHABLE[cause.errno]
+    return None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps, outermost first."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        wrapped = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        wrapped += [arg for arg in current.args if isinstance(arg, BaseException)]
+        pending += [item for item in wrapped if isinstance(item, BaseException)]
+    return found
 
 
 def _first_line(exc: BaseException) -> str:

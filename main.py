@@ -15,8 +15,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -28,7 +28,7 @@ from db_connection import DatabaseConnection, DatabaseError, ReadAhead, RowSourc
 from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED
 from iterable_client import IterableClient, RequestStats, RetryPolicy
 from logger_config import setup_logging
-from progress import Progress
+from progress import Progress, is_terminal
 from rate_limit import RateLimiters
 from report import report_command
 from results import ResultsWriter, Summary, remove_old_results
@@ -61,16 +61,51 @@ def run_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+class StopNow:
+    """What a second SIGTERM/SIGINT does: save the sync state and the results, exit 3 at
+    once, without waiting for the requests in flight (each may take REQUEST_TIMEOUT_SECONDS)."""
+
+    def __init__(self) -> None:
+        self.save: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        # Not in the signal handler itself: the handler interrupts the main thread, which
+        # may be holding a lock the saving needs (the sync state's, the results writer's).
+        threading.Thread(target=self._save_and_exit, name="stop-now", daemon=True).start()
+
+    def _save_and_exit(self) -> None:
+        try:
+            self.save()
+        except Exception:
+            log.exception("could not save everything before stopping")
+        finally:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Pool threads waiting on Iterable would hold up a normal exit.
+            os._exit(EXIT_ABORTED)
+
+
 @contextlib.contextmanager
-def graceful_stop(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT ask the run to stop taking rows; in-flight work then finishes."""
+def graceful_stop(stop: threading.Event, stop_now: StopNow) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the run to stop taking rows; in-flight work then finishes.
+    A second one stops at once (StopNow)."""
+    received = 0
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if not stop.is_set():
+        nonlocal received
+        received += 1
+        name = signal.Signals(signum).name
+        if received == 1:
             log.warning(
-                "%s received: finishing in-flight work, then stopping", signal.Signals(signum).name
+                "%s received: finishing the rows in flight, then stopping (again: stop at once)",
+                name,
             )
-        stop.set()
+            stop.set()
+        elif received == 2:
+            log.warning("%s received again: saving the state and stopping at once", name)
+            stop_now.start()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -78,6 +113,44 @@ def graceful_stop(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class RunFiles:
+    """The sync state and the results file of one run, closed once: when the run ends, or
+    when a second signal stops it at once. Then requests may still be in flight, so the
+    state is committed but left open for the threads waiting on them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_id: str,
+        started_at: datetime,
+        stats: RequestStats,
+        state: SyncState | None,
+        writer: ResultsWriter,
+    ) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.started_at = started_at
+        self.stats = stats
+        self.state = state
+        self.writer = writer
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+
+    def close(self, outcome: Outcome, error: str | None, at_once: bool = False) -> Path:
+        with self._lock:
+            if self.path is None:
+                if self.state is not None and at_once:
+                    self.state.flush()
+                elif self.state is not None:
+                    self.state.close()
+                run_info = run_details(
+                    self.settings, self.run_id, self.started_at, outcome, self.stats, error
+                )
+                self.path = self.writer.finish(run_info, self.started_at)
+                log.info("results written to %s", self.path)
+            return self.path
 
 
 @dataclass
@@ -120,7 +193,7 @@ def open_list(
     return ListMirror(client, state, list_id, settings.identify_by)
 
 
-def run(settings: Settings, stop: threading.Event, run_id: str) -> RunReport:
+def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: str) -> RunReport:
     """One sync run; always writes a results file once rows have started to flow."""
     started_at = datetime.now(UTC)
     clock = time.monotonic()
@@ -128,9 +201,20 @@ def run(settings: Settings, stop: threading.Event, run_id: str) -> RunReport:
     state = open_state(settings)
     client = None if settings.dry_run else make_client(settings, stop, stats)
     writer = ResultsWriter(settings.results_dir)
+    files = RunFiles(settings, run_id, started_at, stats, state, writer)
     lists: ListMirror | None = None
     outcome = Outcome()
+    progress: Progress | None = None
+    syncer: Syncer | None = None
     error: str | None = None
+
+    def save_at_once() -> None:
+        if progress is not None:
+            progress.finish()
+        so_far = syncer.outcome if syncer is not None else outcome
+        files.close(replace(so_far, stopped=True), None, at_once=True)
+
+    stop_now.save = save_at_once
     try:
         lists = open_list(settings, client, state)
         syncer = Syncer(
@@ -145,9 +229,10 @@ def run(settings: Settings, stop: threading.Event, run_id: str) -> RunReport:
             delete_deleted=settings.on_deleted_customer == "delete",
         )
         with DatabaseConnection(settings.database) as db:
-            outcome = sync_rows(
-                settings, RowSource(db, settings.plan_type, settings.lookback_days), syncer
-            )
+            source = RowSource(db, settings.plan_type, settings.lookback_days)
+            progress = start_progress(settings, source)
+            syncer.on_row = progress.advance
+            outcome = sync_rows(settings, source, syncer, progress)
     except DatabaseError as exc:
         error = str(exc)
         raise
@@ -157,32 +242,30 @@ def run(settings: Settings, stop: threading.Event, run_id: str) -> RunReport:
     finally:
         if lists is not None:
             lists.close()
-        if state is not None:
-            state.close()
         if client is not None:
             client.close()
-        run_info = run_details(settings, run_id, started_at, outcome, stats, error)
-        path = writer.finish(run_info, started_at)
-        log.info("results written to %s", path)
+        path = files.close(outcome, error)
     return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
 
 
-def sync_rows(settings: Settings, source: RowSource, syncer: Syncer) -> Outcome:
-    """Query 2's rows through the syncer, then the customers who left the segment."""
-    progress = Progress(total=None)
-    syncer.on_row = progress.advance
+def start_progress(settings: Settings, source: RowSource) -> Progress:
+    """Say what the run will do, and start the progress display."""
     # Counting runs Query 2 a second time (seconds at 100k rows), so only a
     # terminal, where the bar shows an ETA, pays for it; cron logs the rate.
-    if progress.interactive:
-        progress.total = source.count()
+    total = source.count() if is_terminal(sys.stderr) else None
     log.info(
         "syncing %s %s customers active in the last %d days; mode %s%s",
-        "all" if progress.total is None else progress.total,
+        "all" if total is None else total,
         settings.plan_type,
         settings.lookback_days,
         settings.mode,
         " (dry run)" if settings.dry_run else "",
     )
+    return Progress(total)
+
+
+def sync_rows(settings: Settings, source: RowSource, syncer: Syncer, progress: Progress) -> Outcome:
+    """Query 2's rows through the syncer, then the customers who left the segment."""
     rows = ReadAhead(source.rows())
     try:
         if settings.mode == "bulk" and syncer.client is not None:
@@ -306,9 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | None]:
     """Run under the lock and map every outcome to an exit code."""
     stop = threading.Event()
+    stop_now = StopNow()
     try:
-        with run_lock(settings.lock_file), graceful_stop(stop):
-            report = run(settings, stop, run_id)
+        with run_lock(settings.lock_file), graceful_stop(stop, stop_now):
+            report = run(settings, stop, stop_now, run_id)
             remove_expired_results(settings)
     except LockHeld as exc:
         return fail(str(exc), EXIT_LOCKED), None

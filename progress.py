@@ -1,63 +1,120 @@
-"""Progress: a bar with rate and ETA on a terminal, a log line about every 10 s otherwise (cron)."""
+"""Progress: a tqdm bar on a terminal, a log line about every 10 s otherwise (cron).
+
+While the bar is shown, console log lines go through tqdm, which clears the bar's line,
+prints the log line and draws the bar again below it: a log line never lands on the bar.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from typing import Never, TextIO
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_SECONDS = 10.0
 DRAW_EVERY_SECONDS = 0.2
-BAR_WIDTH = 30
+# The rate, and so the ETA, means something only after a few seconds of rows.
+ETA_AFTER_SECONDS = 3.0
+BAR_FORMAT = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} users [{elapsed}, {rate_fmt}{postfix}]"
+COUNT_FORMAT = "{n_fmt} users [{elapsed}, {rate_fmt}]"
+
+
+def is_terminal(stream: TextIO) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 class Progress:
     """Counts finished rows; thread-safe, cheap enough to call once per row."""
 
-    def __init__(self, total: int | None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total
         self.stream = stream or sys.stderr
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interactive = is_terminal(self.stream)
+        self.clock = clock
         self.done = 0
-        self.started = time.monotonic()
+        self.started = clock()
         self._last_output = self.started
         self._lock = threading.Lock()
+        self._bar: tqdm[Never] | None = None
+        self._logging = contextlib.ExitStack()
+        if self.interactive:
+            self._bar = tqdm(
+                total=total,
+                file=self.stream,
+                unit=" users",
+                bar_format=BAR_FORMAT if total else COUNT_FORMAT,
+                dynamic_ncols=True,
+                mininterval=DRAW_EVERY_SECONDS,
+                smoothing=0,  # the average rate since the start, as the ETA uses
+            )
+            self._logging.enter_context(console_logging_beside_the_bar())
 
     def advance(self, count: int = 1) -> None:
         with self._lock:
             self.done += count
-            now = time.monotonic()
-            interval = DRAW_EVERY_SECONDS if self.interactive else LOG_EVERY_SECONDS
-            if now - self._last_output >= interval:
+            now = self.clock()
+            if self._bar is not None:
+                if now - self._last_output >= DRAW_EVERY_SECONDS:
+                    self._last_output = now
+                    self._bar.set_postfix_str(self.eta(now), refresh=False)
+                self._bar.update(count)
+            elif now - self._last_output >= LOG_EVERY_SECONDS:
                 self._last_output = now
-                self._emit(now)
+                log.info("progress: %s", self.line(now))
 
     def finish(self) -> None:
+        """Close the bar (keeping its last frame) and give the console back; idempotent."""
         with self._lock:
-            if self.interactive:
-                self._emit(time.monotonic())
-                self.stream.write("\n")
-                self.stream.flush()
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            self._logging.close()
+
+    def eta(self, now: float) -> str:
+        """'ETA 12s' once the rate is measured and there is a total; '' before."""
+        elapsed = now - self.started
+        if not self.total or elapsed < ETA_AFTER_SECONDS or self.done == 0:
+            return ""
+        remaining = max(self.total - self.done, 0)
+        return f"ETA {remaining / (self.done / elapsed):.0f}s"
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
-        if self.total:
-            remaining = max(self.total - self.done, 0)
-            eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
-            return f"{self.done}/{self.total} users, {rate:.0f}/s, ETA {eta}"
-        return f"{self.done} users, {rate:.0f}/s"
+        eta = self.eta(now)
+        counted = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+        return f"{counted} users, {rate:.0f}/s" + (f", {eta}" if eta else "")
 
-    def _emit(self, now: float) -> None:
-        text = self.line(now)
-        if not self.interactive:
-            log.info("progress: %s", text)
-            return
-        filled = int(BAR_WIDTH * self.done / self.total) if self.total else 0
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {text}   ")
-        self.stream.flush()
+
+@contextlib.contextmanager
+def console_logging_beside_the_bar() -> Iterator[None]:
+    """logging_redirect_tqdm, keeping the console handler's level (it keeps only its format
+    and filters, so DEBUG lines meant for the log file would reach the screen)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    console = [
+        handler.level
+        for handler in before
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+    ]
+    if not console:
+        yield
+        return
+    with logging_redirect_tqdm():
+        for handler in root.handlers:
+            if handler not in before:
+                handler.setLevel(min(console))
+        yield

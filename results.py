@@ -218,6 +218,10 @@ class ResultsWriter:
     def add(self, result: RowResult) -> None:
         line = json.dumps(result.to_dict(), ensure_ascii=False, default=str)
         with self._lock:
+            if self._spool.closed:
+                # A run stopped at once by a second signal has written its file; rows that
+                # finish after that are left out of it, as if never attempted.
+                return
             self.summary.add(result)
             self._spool.write(line + "\n")
 

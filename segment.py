@@ -131,7 +131,11 @@ class ListMirror:
                 self._sent.append(self._pool.submit(send, batch))
 
     def _send_subscribe(self, batch: list[tuple[int, str]]) -> None:
-        call = self.client.subscribe(self.list_id, self._subscribers(batch))
+        try:
+            call = self.client.subscribe(self.list_id, self._subscribers(batch))
+        except StopRun as exc:
+            log.debug("lists/subscribe for %d not sent (%s); tried again next run", len(batch), exc)
+            return
         self.calls += 1
         refused = self._refused(call, batch, including_not_found=True)
         for customer_id, identifier in batch:
@@ -139,7 +143,13 @@ class ListMirror:
                 self.state.subscribed(customer_id, identifier)
 
     def _send_unsubscribe(self, batch: list[tuple[int, str]]) -> None:
-        call = self.client.unsubscribe(self.list_id, self._subscribers(batch))
+        try:
+            call = self.client.unsubscribe(self.list_id, self._subscribers(batch))
+        except StopRun as exc:
+            log.debug(
+                "lists/unsubscribe for %d not sent (%s); tried again next run", len(batch), exc
+            )
+            return
         self.calls += 1
         refused = self._refused(call, batch, including_not_found=False)
         for customer_id, identifier in batch:

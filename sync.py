@@ -113,6 +113,8 @@ class Outcome:
 
 def call_failure_reason(call: CallResult) -> str:
     """A stable reason for a failed call: Iterable's code, the HTTP status, or no_response."""
+    if call.interrupted:
+        return INTERRUPTED
     if call.code and call.code != "Success":
         return call.code
     if call.http_status is not None:
@@ -187,6 +189,7 @@ class Syncer:
         self.outcome = Outcome()
         self.duplicates = DuplicateEmails()
         self._abort_lock = threading.Lock()
+        self._interrupted = False
 
     @property
     def writes(self) -> bool:
@@ -324,7 +327,9 @@ class Syncer:
         """
         self.writer.add(result)
         self.on_row()
-        if result.status == FAILED and not result.outstanding:
+        # Rows a stopping run interrupts are counted in the summary, not one warning each;
+        # rows still failing as before are counted as outstanding.
+        if result.status == FAILED and not result.outstanding and result.reason != INTERRUPTED:
             log.warning(
                 "customer %s (%s): failed %s%s",
                 result.customer_id,
@@ -387,6 +392,7 @@ class Syncer:
 
     def _fail(self, work: Work, reason: str, permanent: bool) -> None:
         work.result.status, work.result.reason = FAILED, reason
+        self._interrupted = self._interrupted or reason == INTERRUPTED
         if permanent and self.state is not None and reason != INTERRUPTED:
             self.state.rejected(work.row.customer_id, work.row_fingerprint, reason)
         self.record(work.result)
@@ -431,7 +437,8 @@ class Syncer:
         with self._abort_lock:
             if self.outcome.aborted is None:
                 self.outcome.aborted = str(exc)
-                log.error("%s; stopping the run", exc)
+                # DEBUG: main() reports it, in one line.
+                log.debug("%s; stopping the run", exc)
         self.stop.set()
 
     # -- email changes --------------------------------------------------------------
@@ -514,7 +521,7 @@ class Syncer:
             else:
                 self.skip_event(work)
         except StopRun as exc:
-            self._fail(work, exc.reason, permanent=False)
+            self._fail(work, INTERRUPTED, permanent=False)
             self.abort(exc)
         except Exception:
             log.exception("unexpected error for customer %s", work.row.customer_id)
@@ -523,7 +530,8 @@ class Syncer:
     def _planned(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Work]:
         for raw in rows:
             if self.stop.is_set():
-                self.outcome.stopped = True
+                # A run that aborted (rejected key, Iterable down) was not stopped by a signal.
+                self.outcome.stopped = self.outcome.aborted is None
                 break
             work = self.plan(raw)
             if work is not None:
@@ -665,7 +673,7 @@ class Syncer:
         try:
             call = self.client.delete_user(identity)
         except StopRun as exc:
-            result.status, result.reason = FAILED, exc.reason
+            result.status, result.reason = FAILED, INTERRUPTED
             self.record(result)
             self.abort(exc)
             return
@@ -681,9 +689,9 @@ class Syncer:
         self.record(result)
 
     def _finished(self) -> Outcome:
-        """A signal that came while the last rows were in flight stopped the run as well:
-        their retries were cut short, so the run did not finish them."""
-        if self.stop.is_set() and self.outcome.aborted is None:
+        """A signal that came while the last rows were in flight stopped the run as well
+        when it cut a row short; one that came after every row was done did not."""
+        if self.stop.is_set() and self.outcome.aborted is None and self._interrupted:
             self.outcome.stopped = True
         return self.outcome
 
@@ -695,7 +703,8 @@ class Syncer:
     ) -> Delivered:
         """On a pool thread: send one batch and collect its outcomes; no row is touched here.
 
-        An auth failure aborts the run at once; anything else fails only this batch.
+        A rejected key or an unreachable Iterable aborts the run at once; anything else
+        fails only this batch.
         """
         done = Delivered()
         if self.stop.is_set():
@@ -705,7 +714,7 @@ class Syncer:
             for outcome in send(client, batch):
                 done.outcomes.append(outcome)
         except StopRun as exc:
-            done.auth_error = exc
+            done.interrupted = True
             self.abort(exc)
         except Exception:
             log.exception("unexpected error in a batch of %d users", len(batch))
@@ -722,6 +731,8 @@ class Syncer:
         reason: str | None = None
         accepted: list[Work] = []
         if done.interrupted:
+            # Outcomes a split batch got before the stop are dropped too: its rows are all
+            # sent again by the next run, which the idempotent writes absorb.
             reason = INTERRUPTED
         else:
             try:
@@ -729,9 +740,7 @@ class Syncer:
             except Exception:
                 log.exception("unexpected error in a batch of %d users", len(call.batch))
                 done.unexpected = True
-            if done.auth_error is not None:
-                reason = done.auth_error.reason
-            elif done.unexpected:
+            if done.unexpected:
                 reason = "internal_error"
         if reason is None:
             return accepted

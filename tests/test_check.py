@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from sandbox import DEFAULT_API_KEY as API_KEY
+from tests.support.waiting import wait_until
 
 CHECK_FAILED = 3
 
@@ -78,13 +81,29 @@ def test_a_rejected_key_fails_the_check(job, sandbox):
     assert_wrote_nothing(job, sandbox)
 
 
-def test_an_unreachable_iterable_fails_the_check(job, sandbox):
-    run = job.run("--check", ITERABLE_BASE_URL="http://127.0.0.1:1", MAX_ATTEMPTS="1")
+@pytest.mark.parametrize(
+    ("base_url", "why"),
+    [
+        ("http://127.0.0.1:1", "connection refused"),
+        ("https://no-such-host.invalid", "name resolution failed"),
+    ],
+)
+def test_an_unreachable_iterable_fails_the_check_in_a_sentence(job, sandbox, base_url, why):
+    run = job.run("--check", ITERABLE_BASE_URL=base_url, MAX_ATTEMPTS="1")
     assert run.code == CHECK_FAILED
-    assert line(run, "iterable: FAILED:").startswith(
-        "iterable: FAILED: Iterable at http://127.0.0.1:1: connection failed"
-    )
+    assert line(run, "iterable: FAILED:") == f"iterable: FAILED: cannot reach {base_url}: {why}"
     assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_a_slow_iterable_fails_the_check_saying_how_long_it_waited(job, sandbox):
+    sandbox.add_fault("delay", endpoint="users/getByEmail", delay=1.0, times=1)
+    run = job.run("--check", REQUEST_TIMEOUT_SECONDS="0.5")
+    assert run.code == CHECK_FAILED
+    assert line(run, "iterable: FAILED:") == (
+        f"iterable: FAILED: cannot reach {sandbox.base_url}: timed out after 0.5s"
+    )
+    # The sandbox finishes the slow request now, not in the middle of the next test.
+    wait_until(lambda: sandbox.request_count(status="client_gone") == 1, 10, "the slow request")
 
 
 def test_a_server_error_fails_the_check(job, sandbox):
@@ -92,7 +111,7 @@ def test_a_server_error_fails_the_check(job, sandbox):
     run = job.run("--check", MAX_ATTEMPTS="1")
     assert run.code == CHECK_FAILED
     assert line(run, "iterable: FAILED:") == (
-        f"iterable: FAILED: Iterable at {sandbox.base_url}: HTTP 503"
+        f"iterable: FAILED: cannot reach {sandbox.base_url}: HTTP 503"
     )
 
 

@@ -1,19 +1,27 @@
 """SIGTERM and SIGINT mid-run: stop taking rows, let in-flight calls finish, save the state,
-write the results, exit 3 - quickly and without a traceback. A rerun sends only the rest,
-and the two runs together deliver every record exactly once.
+write the results, exit 3 - quickly, in one line and without a traceback. A second signal
+stops at once. A rerun sends only the rest, and the runs together deliver every record
+exactly once.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
+from datetime import datetime
 
 import pytest
 import requests
 
 from devtools.bulk_seed import add_pro_customers
+from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
+from iterable_client import IterableClient
+from results import ResultsWriter
+from sandbox import DEFAULT_API_KEY
 from sandbox import DEFAULT_API_KEY as API_KEY
+from sync import Syncer
 from tests.support.oracle import audit, expected_store, unbacked_state_claims
 from tests.support.waiting import wait_until
 
@@ -64,7 +72,14 @@ def test_signal_mid_run_stops_cleanly_and_the_rerun_sends_only_the_rest(
     assert process.returncode == 3, stderr
     assert took < EXIT_BOUND, f"took {took:.1f}s to stop"
     assert "Traceback" not in stderr + stdout
-    assert f"{signum.name} received" in stderr
+    # One line says the run is stopping; the rows it interrupts get no line each.
+    assert [line for line in stderr.splitlines() if " WARNING " in line] == [
+        line
+        for line in stderr.splitlines()
+        if f"{signum.name} received: finishing the rows in flight" in line
+        or f"customer {SEED_MALFORMED_EMAIL_CUSTOMER} " in line
+    ]
+    assert stderr.count(f"{signum.name} received") == 1
     assert "run stopped by a signal" in stdout
 
     # Nothing the job sent was still waiting in the sandbox when it exited, and in-flight
@@ -149,7 +164,8 @@ def test_signal_during_retry_backoff_ends_the_wait(job, sandbox, mariadb, seeded
     results = json.loads(results_path.read_text(encoding="utf-8"))
     assert results["run"]["stopped_by_signal"] is True
     failed = [row for row in results["results"] if row["customer_id"] in expected.emails]
-    assert {(row["status"], row["reason"]) for row in failed} == {("failed", "http_503")}
+    assert {(row["status"], row["reason"]) for row in failed} == {("failed", "interrupted")}
+    assert {row["event_track"]["http_status"] for row in failed} == {503}
     assert all(row["event_track"]["attempts"] < 6 for row in failed)
     assert sandbox.events() == {}
 
@@ -191,3 +207,91 @@ def test_signal_while_rate_limited_does_not_wait_out_retry_after(job, sandbox, m
     result = audit(sandbox, expected)
     assert result.lost == [] and result.duplicated == []
     assert set(sandbox.user_writes().values()) == {1}
+
+
+def test_a_second_signal_stops_at_once_after_saving_the_state(job, sandbox, mariadb, seeded_db):
+    """After the first signal the run waits for the requests in flight (here they hang for
+    5 s); the second one does not: it saves the state and the results and exits 3."""
+    add_pro_customers(mariadb, seeded_db.name, ROWS)
+    expected = expected_store(mariadb, seeded_db.name)
+    process = job.start("--concurrency", "4", REQUEST_TIMEOUT_SECONDS="30")
+    try:
+        wait_until(lambda: len(sandbox.events()) >= 4, 30, "the first events")
+        sandbox.add_fault("delay", endpoint="users/update", delay=5.0, times=None)
+        wait_until(lambda: sandbox.stats()["faults_applied"] >= 4, 30, "updates to hang")
+        process.send_signal(signal.SIGINT)
+        wait_until(lambda: "SIGINT received" in job.log_file.read_text(), 30, "the first signal")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr + stdout
+    assert "SIGINT received again: saving the state and stopping at once" in stderr
+    # It did not wait: the hanging updates found their client gone.
+    wait_until(
+        lambda: sandbox.request_count(status="client_gone") >= 4, 30, "the sandbox to notice"
+    )
+    (results_path,) = job.results_dir.glob("integration_results_*.json")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    assert results["run"]["stopped_by_signal"] is True
+    done = {row["customer_id"] for row in results["results"] if row["status"] == "success"}
+    assert done
+    assert unbacked_state_claims(job.state_file, sandbox) == []
+
+    sandbox.clear_faults()
+    rerun = job.run("--concurrency", "4")
+    assert rerun.code in (0, 1), rerun.stderr
+    again = rerun.by_customer()
+    # The state had saved what was done: none of it is sent again.
+    assert all(again[cid]["reason"] == "unchanged" for cid in done)
+    result = audit(sandbox, expected)
+    assert result.lost == [] and result.duplicated == []
+
+
+def customer_rows(count: int) -> list[dict[str, object]]:
+    return [
+        {
+            "customer_id": n,
+            "email": f"c{n}@example.com",
+            "first_name": "Ann",
+            "last_name": "Lee",
+            "plan_type": "pro",
+            "page_view_id": n,
+            "page": "/a",
+            "device": "desktop",
+            "location": None,
+            "viewed_at": datetime(2026, 1, 5, 12, n),
+        }
+        for n in range(1, count + 1)
+    ]
+
+
+@pytest.mark.parametrize(("stop_after", "stopped"), [(10, False), (1, True)])
+def test_only_a_signal_that_cut_rows_short_counts_as_a_stop(sandbox, tmp_path, stop_after, stopped):
+    """A signal that comes once every row is done (here: when the last row is recorded)
+    does not make the run a stopped one; one that comes earlier does."""
+    rows = customer_rows(10)
+    sandbox.set_latency(0.05)
+    stop = threading.Event()
+    recorded = [0]
+
+    def on_row() -> None:
+        recorded[0] += 1
+        if recorded[0] == stop_after:
+            stop.set()
+
+    writer = ResultsWriter(tmp_path)
+    with IterableClient(DEFAULT_API_KEY, sandbox.base_url, stop=stop) as client:
+        syncer = Syncer(client=client, writer=writer, stop=stop, on_row=on_row)
+        outcome = syncer.run_single(rows, 4)
+        syncer.duplicates.close()
+    writer.discard()
+    assert outcome.stopped is stopped
+    interrupted = writer.summary.reasons["failed:interrupted"]
+    if stopped:
+        assert interrupted > 0
+    else:
+        assert (writer.summary.succeeded, interrupted) == (10, 0)

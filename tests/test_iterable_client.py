@@ -1,4 +1,5 @@
-"""The Iterable client over real HTTP: retries, Retry-After, no retry on 4xx, odd bodies, auth."""
+"""The Iterable client over real HTTP: retries, Retry-After, no retry on 4xx, odd bodies, auth,
+failures named in a few words, and an outage told apart from a blip."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import pytest
 from iterable_client import (
     IterableAuthError,
     IterableClient,
+    IterableUnavailable,
+    OutageDetector,
+    RequestStats,
     RetryPolicy,
     parse_retry_after,
 )
 from rate_limit import RateLimiter
+from tests.support.waiting import wait_until
 
 USER = {"email": "alice@example.com", "dataFields": {"plan_type": "pro"}}
 EVENT = {
@@ -152,7 +157,7 @@ def test_dropped_connection_every_time_reports_no_response(client, sandbox):
     sandbox.add_fault("drop", endpoint="users/update", times=None)
     result = client.update_user(USER)
     assert not result.ok and result.http_status is None and result.attempts == 4
-    assert result.error.startswith("connection failed")
+    assert result.error == "connection reset"
 
 
 @pytest.mark.parametrize("config", [{"api_keys": ["other"]}, {"disabled_keys": ["sandbox-key"]}])
@@ -163,6 +168,7 @@ def test_rejected_key_raises_without_retrying(client, sandbox, config):
     assert caught.value.status == 401
     assert "sandbox-key" not in str(caught.value)
     assert sandbox.request_count("users/update") == 1
+    assert client.stats.snapshot()["requests"] == {"users/update": {"401": 1}}
 
 
 def test_forbidden_key_raises(client, sandbox):
@@ -186,14 +192,149 @@ def test_unreachable_server_is_no_response(sandbox):
     with IterableClient("k", "http://127.0.0.1:9", timeout=0.5, retry=FAST) as client:
         result = client.update_user(USER)
     assert not result.ok and result.http_status is None and result.attempts == 4
+    assert result.error == "connection refused"
+
+
+def test_a_host_that_does_not_resolve_is_named_as_such():
+    with IterableClient("k", "https://no-such-host.invalid", retry=FAST) as client:
+        result = client.update_user(USER)
+    assert result.http_status is None and result.error == "name resolution failed"
+
+
+def test_a_read_timeout_says_how_long_it_waited(sandbox):
+    sandbox.add_fault("delay", endpoint="users/update", delay=1.0, times=None)
+    policy = RetryPolicy(max_attempts=1)
+    with IterableClient("sandbox-key", sandbox.base_url, timeout=0.3, retry=policy) as client:
+        assert client.update_user(USER).error == "timed out after 0.3s"
+    # The sandbox finishes the slow request now, not in the middle of the next test.
+    wait_until(lambda: sandbox.request_count(status="client_gone") == 1, 10, "the slow request")
 
 
 def test_stats_count_requests_by_endpoint_and_status(client, sandbox):
+    sandbox.set_latency(0.01)  # so that the times do not round to 0
     sandbox.add_fault("status", endpoint="users/update", status=503, times=1)
     client.update_user(USER)
     snapshot = client.stats.snapshot()
     assert snapshot["requests"]["users/update"] == {"200": 1, "503": 1}
     assert snapshot["retries"] == {"users/update": 1}
+    assert snapshot["seconds"]["users/update"] > 0
+    assert snapshot["busy_seconds"]["users/update"] > 0
+
+
+def test_busy_seconds_count_overlapping_requests_once():
+    now = [0.0]
+    stats = RequestStats(clock=lambda: now[0])
+    first = stats.in_flight("users/update")
+    second = stats.in_flight("users/update")
+    first.__enter__()  # 0 s
+    now[0] = 1.0
+    second.__enter__()  # 1 s, overlapping the first
+    now[0] = 3.0
+    first.__exit__(None, None, None)
+    now[0] = 4.0
+    second.__exit__(None, None, None)  # busy from 0 to 4
+    now[0] = 10.0
+    with stats.in_flight("users/update"):
+        now[0] = 11.0  # and from 10 to 11
+    with stats.in_flight("events/track"):
+        now[0] = 13.0
+        assert stats.snapshot()["busy_seconds"] == {"users/update": 5.0, "events/track": 2.0}
+
+
+# -- an outage: no answer, or only 5xx, for a sustained stretch ----------------------------
+
+
+def test_an_unreachable_iterable_stops_the_calls(sandbox):
+    outage = OutageDetector(failures_in_a_row=6)
+    with IterableClient("k", "http://127.0.0.1:9", retry=FAST, outage=outage) as client:
+        assert client.update_user(USER).attempts == 4  # 4 failures: a blip, so far
+        with pytest.raises(IterableUnavailable) as caught:
+            client.update_user(USER)
+        assert str(caught.value) == (
+            "Iterable at http://127.0.0.1:9: unreachable: 6 requests in a row failed; "
+            "last: connection refused"
+        )
+        with pytest.raises(IterableUnavailable):
+            client.track_event(EVENT)  # nothing more is tried
+    assert client.stats.total_requests() == 6
+
+
+def test_a_second_call_giving_up_in_the_same_streak_is_an_outage(sandbox):
+    """Few requests, each for many users (bulk mode): two calls that retried in vain, with
+    nothing answered in between, are enough."""
+    with IterableClient("k", "http://127.0.0.1:9", retry=FAST) as client:
+        assert client.update_user(USER).error == "connection refused"  # alone: rows fail
+        with pytest.raises(IterableUnavailable) as caught:
+            client.update_user(USER)
+    assert caught.value.verdict == "8 requests in a row failed; last: connection refused"
+
+
+def test_calls_that_never_retry_do_not_give_up_into_an_outage():
+    one_try = RetryPolicy(max_attempts=1)
+    with IterableClient("k", "http://127.0.0.1:9", retry=one_try) as client:
+        for _ in range(3):
+            assert client.update_user(USER).error == "connection refused"
+    assert client.outage.verdict is None
+
+
+def test_5xx_for_a_minute_is_an_outage(sandbox):
+    ticks = iter([0.0, 30.0, 61.0])
+    outage = OutageDetector(failures_in_a_row=100, seconds=60, clock=lambda: next(ticks))
+    sandbox.add_fault("status", endpoint="users/update", status=503, times=None)
+    client = IterableClient("sandbox-key", sandbox.base_url, retry=FAST, outage=outage)
+    with client, pytest.raises(IterableUnavailable) as caught:
+        client.update_user(USER)
+    assert caught.value.verdict == "no answer for 61s; last: HTTP 503"
+    assert sandbox.request_count("users/update", 503) == 3
+
+
+def test_any_other_answer_ends_the_streak(sandbox):
+    outage = OutageDetector(failures_in_a_row=4)
+    sandbox.add_fault("status", endpoint="users/update", status=502, times=3)
+    sandbox.add_fault("status", endpoint="events/track", status=503, times=3)
+    with IterableClient("sandbox-key", sandbox.base_url, retry=FAST, outage=outage) as client:
+        assert client.update_user(USER).ok  # 3 failures, then an answer
+        assert client.track_event(EVENT).ok  # 3 more, not 6 in a row
+    assert outage.verdict is None
+
+
+def test_outage_detector_decisions():
+    now = [0.0]
+    outage = OutageDetector(failures_in_a_row=3, seconds=60, clock=lambda: now[0])
+    for status in (None, 500, 429, 503, 400, None, 502):
+        outage.record(status, None)  # 429 and 400 are answers: Iterable is there
+    assert outage.verdict is None
+    outage.record(None, "connection refused")
+    assert outage.verdict == "3 requests in a row failed; last: connection refused"
+    outage.record(200, None)
+    assert outage.verdict is not None  # once tripped, the run is stopping
+    slow = OutageDetector(failures_in_a_row=100, seconds=60, clock=lambda: now[0])
+    slow.record(504, None)
+    now[0] = 59.0
+    slow.record(None, "timed out after 10s")
+    assert slow.verdict is None
+    now[0] = 60.0
+    slow.record(None, "timed out after 10s")
+    assert slow.verdict == "no answer for 60s; last: timed out after 10s"
+
+
+def test_a_call_giving_up_trips_only_with_others_failing_in_the_same_streak():
+    outage = OutageDetector()
+    streak = outage.record(503, "HTTP 503", call=1)
+    assert streak is not None and outage.record(503, "HTTP 503", call=1) == streak
+    outage.gave_up(streak)
+    assert outage.verdict is None  # one call alone: its rows fail, the run goes on
+    outage.record(None, "connection refused", call=2)
+    outage.gave_up(streak)
+    assert outage.verdict == "3 requests in a row failed; last: connection refused"
+    answered = OutageDetector()
+    first = answered.record(None, "timed out", call=1)
+    assert first is not None
+    answered.record(None, "timed out", call=2)
+    assert answered.record(200, None, call=3) is None
+    answered.record(None, "timed out", call=1)
+    answered.gave_up(first)  # an answer came since this call's first attempt
+    assert answered.verdict is None
 
 
 # -- the retry policy and the limiter as plain values ------------------------------------

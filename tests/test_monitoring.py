@@ -271,6 +271,19 @@ def test_metrics_after_a_run_with_retries_and_a_failed_row(job, sandbox):
     assert [p.name for p in metrics_file.parent.iterdir()] == [metrics_file.name]
 
 
+def test_metrics_count_the_requests_a_rejected_key_got(job, sandbox):
+    metrics_file = job.workdir / "iterable_sync.prom"
+    run = job.run(METRICS_FILE=str(metrics_file), ITERABLE_API_KEY="not-the-key")
+    assert run.code == 3
+    refused = sandbox.request_count("users/update", 401)
+    assert refused > 0
+    metrics = parse_metrics(metrics_file.read_text())
+    assert (
+        value(metrics, "iterable_sync_requests", endpoint="users/update", status="401") == refused
+    )
+    assert run.results["run"]["api"]["requests"] == {"users/update": {"401": refused}}
+
+
 def test_last_success_is_kept_across_failing_runs(job, sandbox, mariadb, seeded_db):
     metrics_file = job.workdir / "iterable_sync.prom"
     fix_the_malformed_email(mariadb, seeded_db)

@@ -474,7 +474,8 @@ def test_no_secret_or_email_leaks_in_a_run_with_failures(job, sandbox):
     assert rows[2]["status"] == "success" and rows[2]["user_update"]["attempts"] == 3
     assert rows[3]["status"] == "success" and rows[3]["event_track"]["attempts"] == 2
     assert rows[5]["reason"] == "BadParams"
-    assert rows[9]["reason"] == "BadApiKey"
+    assert rows[9]["reason"] == "interrupted"  # the run says why: the key was rejected
+    assert run.results["run"]["aborted"].startswith("Iterable rejected the API key: HTTP 401")
 
     log_text = job.log_file.read_text()
     assert "retrying" in log_text  # DEBUG reached the file
