@@ -6,7 +6,9 @@ import contextlib
 import errno
 import http.client
 import itertools
+import json
 import logging
+import os
 import random
 import re
 import socket
@@ -19,12 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
+import urllib3
+import urllib3.connectionpool
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
-from requests.cookies import RequestsCookieJar, merge_cookies
 
 from payloads import encode_json
 from rate_limit import RateLimiters
@@ -305,7 +307,7 @@ class _Response:
 
 
 class IterableClient:
-    """Talks to Iterable's four endpoints over one pooled requests.Session."""
+    """Talks to Iterable's endpoints over one pool of kept-alive connections."""
 
     def __init__(
         self,
@@ -328,28 +330,15 @@ class IterableClient:
         self.outage = outage or OutageDetector()
         self._calls = itertools.count(1)
         self._api_key = api_key
-        self.session = requests.Session()
-        self.session.headers.update(
-            {
-                "Api-Key": api_key,
-                "Content-Type": "application/json",
-                "User-Agent": f"iterable-sync/{VERSION}",
-            }
-        )
-        # Retries are ours (they must be paced and logged); the adapter only pools.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self.headers = {
+            "Api-Key": api_key,
+            "Content-Type": "application/json",
+            "User-Agent": f"iterable-sync/{VERSION}",
+        }
+        self._pool = connection_pool(self.base_url, pool_size)
+        self._path = urlsplit(self.base_url).path.rstrip("/") + "/api/"
+        self._timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self._rng = random.Random()
-        # Session.request reads proxies, the CA bundle and .netrc from the environment and
-        # prepares headers and URL again for every call: more CPU than the HTTP exchange
-        # itself at hundreds of requests a second. None of that changes during a run, so
-        # it is done once (the session still trusts the environment) and each call sends
-        # a copy of a per-endpoint prepared request with its own body and cookies.
-        self._send_settings = self.session.merge_environment_settings(
-            self.base_url, {}, None, None, None
-        )
-        self._templates: dict[tuple[str, str], requests.PreparedRequest] = {}
         # A check that must pass before the run's first call (see set_gate).
         self._gate: Callable[[], None] | None = None
         self._gate_open = threading.Event()
@@ -381,7 +370,7 @@ class IterableClient:
             self._gate_open.set()
 
     def close(self) -> None:
-        self.session.close()
+        self._pool.close()
 
     def __enter__(self) -> IterableClient:
         return self
@@ -534,38 +523,50 @@ class IterableClient:
         self, method: str, endpoint: str, data: bytes | None, params: Mapping[str, str] | None
     ) -> _Response:
         started = time.monotonic()
+        path = self._path + endpoint + (f"?{urlencode(params)}" if params else "")
         try:
-            reply = self.session.send(
-                self._prepare(method, endpoint, data, params),
-                timeout=self.timeout,
-                allow_redirects=True,
-                **self._send_settings,
+            # Retries and redirects are ours to decide (paced, logged, never followed).
+            reply = self._pool.urlopen(
+                method,
+                path,
+                body=data,
+                headers=self.headers,
+                retries=False,
+                redirect=False,
+                timeout=self._timeout,
+                preload_content=True,
+                assert_same_host=False,
             )
-        except requests.ConnectTimeout:
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError too
+            return _Response(
+                error=describe_connection_error(exc), seconds=time.monotonic() - started
+            )
+        except urllib3.exceptions.ConnectTimeoutError:
             timeout = f"timed out after {self.timeout[0]:g}s connecting"
             return _Response(error=timeout, seconds=time.monotonic() - started)
-        except requests.Timeout:
+        except urllib3.exceptions.TimeoutError:
             timeout = f"timed out after {self.timeout[1]:g}s"
             return _Response(error=timeout, seconds=time.monotonic() - started)
-        except requests.ConnectionError as exc:
+        except urllib3.exceptions.HTTPError as exc:
             failure = describe_connection_error(exc)
             return _Response(error=failure, seconds=time.monotonic() - started)
-        body = parse_body(reply)
+        status, content = reply.status, reply.data
+        body = parse_body(reply.headers.get("Content-Type", ""), content)
         code = body.get("code") if isinstance(body.get("code"), str) else None
         msg = body.get("msg") if isinstance(body.get("msg"), str) else None
-        if not body and reply.status_code != 200:
-            msg = _text_excerpt(reply)
+        if not body and status != 200:
+            msg = _text_excerpt(content)
         # A server (or a proxy) that echoes the request back must not carry the key into
         # the results file, the log or an error message.
         code, msg = self._scrub(code), self._scrub(msg)
         error: str | None = None
-        if reply.status_code != 200:
-            error = f"HTTP {reply.status_code} {code or ''}".strip()
+        if status != 200:
+            error = f"HTTP {status} {code or ''}".strip()
         return _Response(
-            status=reply.status_code,
+            status=status,
             code=code,
             msg=msg,
-            body=body if body or reply.status_code == 200 else None,
+            body=body if body or status == 200 else None,
             retry_after=reply.headers.get("Retry-After"),
             error=error,
             seconds=time.monotonic() - started,
@@ -576,41 +577,46 @@ class IterableClient:
             return text.replace(self._api_key, "[REDACTED]")
         return text
 
-    def _prepare(
-        self, method: str, endpoint: str, data: bytes | None, params: Mapping[str, str] | None
-    ) -> requests.PreparedRequest:
-        """The request Session.request would send, without its per-call environment lookups."""
-        url = f"{self.base_url}/api/{endpoint}"
-        if params or method != "POST":
-            # Reads and deletes are rare (and a delete's path names the user): no template.
-            return self.session.prepare_request(
-                requests.Request(method, url, data=data, params=params)
-            )
-        template = self._templates.get((method, endpoint))
-        if template is None:
-            template = self.session.prepare_request(requests.Request(method, url))
-            template.headers.pop("Cookie", None)
-            self._templates[(method, endpoint)] = template
-        prepared = template.copy()
-        prepared.prepare_body(data, None)
-        prepared.prepare_cookies(merge_cookies(RequestsCookieJar(), self.session.cookies))
-        return prepared
+
+def connection_pool(base_url: str, pool_size: int) -> urllib3.connectionpool.HTTPConnectionPool:
+    """Kept-alive connections to Iterable, set up as requests would from the environment.
+
+    requests' Session spent more CPU per call than the exchange itself (cookies, hooks,
+    redirects, a Response object, environment lookups; see make bench), for nothing this
+    client uses, so calls go to urllib3 directly. The environment is still honoured, read
+    once: HTTPS_PROXY/NO_PROXY, and REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE for a private CA;
+    certificates are always verified.
+    """
+    settings = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
+    verify = settings["verify"]
+    ca = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+    options: dict[str, Any] = {"maxsize": pool_size, "block": False}
+    if base_url.startswith("https:"):
+        ca_option = "ca_cert_dir" if os.path.isdir(ca) else "ca_certs"
+        options.update(cert_reqs="CERT_REQUIRED", **{ca_option: ca})
+    proxy = requests.utils.select_proxy(base_url, settings["proxies"])
+    manager: urllib3.PoolManager = (
+        urllib3.ProxyManager(proxy, num_pools=1, **options)
+        if proxy
+        else urllib3.PoolManager(num_pools=1, **options)
+    )
+    return manager.connection_from_url(base_url)
 
 
-def parse_body(reply: requests.Response) -> dict[str, Any]:
+def parse_body(content_type: str, content: bytes) -> dict[str, Any]:
     """The JSON object in a reply, or {} for anything else (plain-text 429s, HTML error pages)."""
-    if "json" not in reply.headers.get("Content-Type", "") and not reply.content.startswith(b"{"):
+    if "json" not in content_type and not content.startswith(b"{"):
         return {}
     try:
-        body = reply.json()
-    except ValueError:
+        body = json.loads(content)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
         return {}
     return body if isinstance(body, dict) else {}
 
 
-def _text_excerpt(reply: requests.Response, limit: int = 120) -> str:
+def _text_excerpt(content: bytes, limit: int = 120) -> str:
     """A short message from a non-JSON body: an HTML page's title, or the first line of text."""
-    text = reply.text.strip()
+    text = content.decode("utf-8", errors="replace").strip()
     title = _HTML_TITLE.search(text)
     if title:
         return title.group(1).strip()[:limit]
@@ -633,7 +639,7 @@ def describe_connection_error(exc: BaseException) -> str:
     phrase = (
         next((p for p in phrases if p), None) or f"connection failed: {_first_line(causes[-1])}"
     )
-    if isinstance(exc, requests.exceptions.ProxyError):
+    if isinstance(exc, urllib3.exceptions.ProxyError | requests.exceptions.ProxyError):
         return f"through the proxy: {phrase}"
     return phrase
 

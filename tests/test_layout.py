@@ -83,7 +83,7 @@ def test_one_version_everywhere():
     ).stdout
     assert shown.strip() == f"iterable-sync {VERSION}"
     with IterableClient("k", "https://api.iterable.com") as client:
-        assert client.session.headers["User-Agent"] == f"iterable-sync/{VERSION}"
+        assert client.headers["User-Agent"] == f"iterable-sync/{VERSION}"
 
 
 def test_env_example_and_readme_tables_are_generated_from_the_code():

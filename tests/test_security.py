@@ -33,7 +33,6 @@ from devtools.mariadb_server import (
     server_binaries_available,
 )
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
-from iterable_client import IterableClient
 from sandbox import DEFAULT_API_KEY as API_KEY
 from settings import ConfigError, load_settings
 from tests.support.prerequisites import prerequisite_missing
@@ -283,12 +282,6 @@ def test_plain_http_to_a_non_loopback_host_is_refused_before_anything_is_sent(jo
     assert_refused(run, 2, "ITERABLE_BASE_URL must use https")
     assert sandbox.stats()["total_requests"] == 0
     assert run.results_path is None
-
-
-def test_the_client_verifies_certificates():
-    with IterableClient("k", "https://api.iterable.com") as client:
-        assert client.session.verify is True
-        assert client.session.trust_env is True  # REQUESTS_CA_BUNDLE may add a private CA
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
