@@ -23,10 +23,13 @@ MAX_CONCURRENCY = 256
 # Each user is two requests in a row (~100 ms at Iterable's usual latency), so reaching
 # 500 users/s needs ~60 users in flight; 128 leaves room for slower answers (make bench).
 DEFAULT_CONCURRENCY = 128
-# Iterable's bulk endpoints take at most 4 MB a request; events are capped by the
-# same byte limit, users also by a count that integrations keep at 1,000.
-MAX_BULK_USERS = 1000
-MAX_BULK_EVENTS = 8000
+# Iterable's bulk endpoints take at most 4 MB a request and document no record count;
+# integrations send 1,000 users or 2,000 events a request, hence the defaults. Larger
+# batches are allowed (bulk.py still splits any batch at 4 MB); the cap only stops a typo.
+DEFAULT_BULK_USERS = 1000
+DEFAULT_BULK_EVENTS = 2000
+MAX_BULK_USERS = 20_000
+MAX_BULK_EVENTS = 20_000
 
 # Iterable publishes these per-project limits; our defaults stay below them because
 # the customer's other integrations share the same budget.
@@ -336,9 +339,9 @@ class _Validator:
             lock_file=Path(self.text("LOCK_FILE", "iterable_sync.lock")),
             mode=self.choice("SYNC_MODE", "single", MODES),
             concurrency=self.integer("CONCURRENCY", DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY),
-            bulk_batch_size=self.integer("BULK_BATCH_SIZE", MAX_BULK_USERS, 1, MAX_BULK_USERS),
+            bulk_batch_size=self.integer("BULK_BATCH_SIZE", DEFAULT_BULK_USERS, 1, MAX_BULK_USERS),
             events_batch_size=self.integer(
-                "EVENTS_BATCH_SIZE", MAX_BULK_USERS * 2, 1, MAX_BULK_EVENTS
+                "EVENTS_BATCH_SIZE", DEFAULT_BULK_EVENTS, 1, MAX_BULK_EVENTS
             ),
             rate_limits=self.rate_limits(),
             sync_state_path=Path(self.text("SYNC_STATE_PATH", "iterable_sync_state.sqlite3")),

@@ -96,7 +96,7 @@ def test_every_problem_is_named_in_one_message():
         ({"RESULTS_DIR": "/nonexistent/dir"}, "RESULTS_DIR /nonexistent/dir is not a directory"),
         ({"LOG_FILE": "/nonexistent/dir/x.log"}, "LOG_FILE"),
         ({"RATE_LIMIT_USERS_UPDATE": "-5"}, "RATE_LIMIT_USERS_UPDATE"),
-        ({"BULK_BATCH_SIZE": "5000"}, "BULK_BATCH_SIZE must be a whole number from 1 to 1000"),
+        ({"BULK_BATCH_SIZE": "20001"}, "BULK_BATCH_SIZE must be a whole number from 1 to 20000"),
         ({"ITERABLE_API_KEY": "  "}, "ITERABLE_API_KEY is not set"),
     ],
 )
