@@ -13,18 +13,33 @@ DOCS_DIR = ROOT / "docs" / "bench"
 
 
 def one_line(r: dict[str, Any]) -> str:
+    busy = r.get("busy_core_share")
     return (
         f"{r['users_per_second']:,.1f} users/s over {r['sync_seconds']}s "
         f"(ceiling {r['ceiling']:,.0f}/s, efficiency {r['efficiency']:.3f}; "
         f"wall {r['job_duration_seconds']}s, {r['efficiency_wall']:.3f}), "
         f"CPU {r['cpu_seconds_per_1000_users']:.3f}s/1k users, RSS {r['peak_rss_mb']} MB, "
         f"{r['requests']:,} requests, {r['status_429']} x 429, lost {r['lost']}, "
-        f"duplicated {r['duplicated']}, exit {r['exit_code']}"
+        f"duplicated {r['duplicated']}, exit {r['exit_code']}; "
+        f"sandbox CPU {r.get('sandbox_cpu_share', 0):.0%} of a core"
+        + (f", busy loop got {busy:.0%} of a core" if busy is not None else "")
+    )
+
+
+def capacity_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['load']}: {r['users']:,} users + events in batches of {r['batch_size']:,}: "
+        f"{r['users_per_second']:,.0f} users/s (ceiling {r['ceiling']:,.0f}/s, "
+        f"efficiency {r['efficiency']:.3f}), sandbox CPU {r['sandbox_cpu_share']:.0%} of a "
+        f"core ({r['sandbox_cpu_seconds_per_1000_users']:.3f}s per 1k users), answers in "
+        f"{r['answer_seconds_median']}s median / {r['answer_seconds_max']}s max, "
+        f"lost {r['lost']}, duplicated {r['duplicated']}"
     )
 
 
 COLUMNS = (
     ("run", "name", "{}"),
+    ("machine", "load", "{}"),
     ("users", "users", "{:,}"),
     ("conc/batch", "shape", "{}"),
     ("users/s", "users_per_second", "{:,.1f}"),
@@ -36,6 +51,7 @@ COLUMNS = (
     ("eff wall", "efficiency_wall", "{:.3f}"),
     ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
     ("RSS MB", "peak_rss_mb", "{:.1f}"),
+    ("sandbox CPU", "sandbox_cpu_share", "{:.0%}"),
     ("requests", "requests", "{:,}"),
     ("429s", "status_429", "{:,}"),
     ("lost", "lost", "{}"),
@@ -57,7 +73,10 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             if r["latency_ceiling"]
             else f"{r['rate_limit_ceiling']:,.0f} (limits)"
         )
-        rows.append([fmt.format(shown[key]) for _, key, fmt in COLUMNS])
+        shown.setdefault("load", "quiet")  # reports from before the busy runs
+        rows.append(
+            ["-" if shown.get(key) is None else fmt.format(shown[key]) for _, key, fmt in COLUMNS]
+        )
     return header, rows
 
 
@@ -97,9 +116,17 @@ def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) 
     import matplotlib.pyplot as plt
 
     panels = 2 if rss else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), dpi=100, squeeze=False)
+    width = max(5.2, 1.1 * len(results))
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(width + 5.2 * (panels - 1), 4.2),
+        dpi=100,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [width, 5.2][:panels]},
+    )
     ax = axes[0][0]
-    names = [f"{bar_label(r)}\n{r['users']:,} users" for r in results]
+    names = [f"{bar_label(r)}\n{r['users']:,} users\n{r.get('load', 'quiet')}" for r in results]
     values = [r["users_per_second"] for r in results]
     colours = [
         "#9aa5b1" if r["name"] == "baseline" else "#3b82f6" if r["mode"] == "single" else "#10b981"
@@ -107,6 +134,9 @@ def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) 
     ]
     bars = ax.bar(names, values, color=colours)
     for bar, r in zip(bars, results, strict=True):
+        if r.get("load") == "busy":
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
         x0, width = bar.get_x(), bar.get_width()
         marks = [(r["rate_limit_ceiling"], "rate-limit ceiling", "--")]
         if r["latency_ceiling"]:
@@ -117,7 +147,8 @@ def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) 
             )
         ax.annotate(
             f"{r['users_per_second']:,.0f}/s\n{r['efficiency']:.0%} of ceiling",
-            (x0 + width / 2, r["users_per_second"]),
+            # Above the bar, or above its ceiling line when the bar stops short of it.
+            (x0 + width / 2, max(r["users_per_second"], r["ceiling"])),
             ha="center",
             va="bottom",
             fontsize=8,
@@ -130,7 +161,7 @@ def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) 
     ax.set_yscale("log")
     ax.set_ylim(1, max(r["rate_limit_ceiling"] for r in results) * 8)
     ax.set_ylabel("users per second (log)")
-    ax.set_title("Throughput by mode (red: ceiling)", fontsize=10)
+    ax.set_title("Throughput by mode, quiet and one core busy (red: ceiling)", fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
     if rss:
         ax2 = axes[0][1]
@@ -167,8 +198,13 @@ def write_outputs(report: dict[str, Any], docs: bool, save: bool = True) -> None
             "\nusers/s and eff are over the sync (first API request to last answer); "
             "eff = ceiling time / sync time, eff wall = ceiling time / the job's whole run "
             "(incl. Query 2).\nThe baseline's ceiling is latency-bound: 1 / (2 x latency); "
-            "eff vs limit compares it with the rate-limit ceiling."
+            "eff vs limit compares it with the rate-limit ceiling.\nbusy: another process "
+            "kept one core busy during the run. sandbox CPU: its share of one core meanwhile."
         )
+    if report.get("sandbox_capacity"):
+        print("\nsandbox capacity (one process, bulk traffic sent without the job):")
+        for r in report["sandbox_capacity"]:
+            print("  " + capacity_line(r))
     if rss:
         print("\nmemory series (bulk mode):")
         for r in rss:
@@ -177,6 +213,8 @@ def write_outputs(report: dict[str, Any], docs: bool, save: bool = True) -> None
                 f"{r['users_per_second']:,.0f} users/s, eff {r['efficiency']:.3f}, "
                 f"lost {r['lost']}, duplicated {r['duplicated']}"
             )
+    for entry in report.get("profiles") or []:
+        print(f"profile of {entry['name']} ({entry['load']}): {entry['profile']}")
     print(f"\nbench wall time {report['bench_wall_seconds']}s")
     if save:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -197,6 +235,7 @@ def write_outputs(report: dict[str, Any], docs: bool, save: bool = True) -> None
 
 SUMMARY_KEYS = (
     "name",
+    "load",
     "mode",
     "users",
     "concurrency",
@@ -217,6 +256,24 @@ SUMMARY_KEYS = (
     "lost",
     "duplicated",
     "exit_code",
+    "sandbox_cpu_share",
+    "busy_core_share",
+)
+CAPACITY_KEYS = (
+    "load",
+    "users",
+    "batch_size",
+    "ceiling",
+    "users_per_second",
+    "efficiency",
+    "sandbox_cpu_share",
+    "sandbox_cpu_seconds_per_1000_users",
+    "answer_seconds_median",
+    "answer_seconds_max",
+    "statuses",
+    "lost",
+    "duplicated",
+    "busy_core_share",
 )
 
 
@@ -228,6 +285,10 @@ def compact(report: dict[str, Any]) -> dict[str, Any]:
         | {"duplicated": r.get("duplicated")}
         for r in report.get("rss_series", [])
     ]
+    if "sandbox_capacity" in report:
+        out["sandbox_capacity"] = [
+            {k: r.get(k) for k in CAPACITY_KEYS} for r in report["sandbox_capacity"]
+        ]
     if "query2" in report:
         out["query2"] = report["query2"]
     out["bench_wall_seconds"] = report.get("bench_wall_seconds")
@@ -253,8 +314,28 @@ def summary_markdown(report: dict[str, Any]) -> str:
             "baseline (one user at a time) is bound by latency, 1 / (2 x latency); eff vs limit "
             "compares every run with the rate-limit ceiling. A run of only a few batches can "
             "show slightly more than 1: n paced requests span n - 1 intervals. CPU and RSS: "
-            "main.py's own (wait4 rusage). lost/dup: checked against the sandbox's store."
+            "main.py's own (wait4 rusage). lost/dup: checked against the sandbox's store. "
+            "machine busy: another process kept one core busy for the whole run. sandbox CPU: "
+            "the sandbox process's share of one core while the job ran."
         )
+        lines.append("")
+    if report.get("sandbox_capacity"):
+        lines += [
+            "Sandbox capacity: one sandbox process, users/bulkUpdate and events/trackBulk "
+            "bodies prepared in advance and sent without the job at 5 requests/s each:",
+            "",
+            "| machine | users | batch | users/s | ceiling/s | eff | sandbox CPU | "
+            "CPU s/1k users | answer s median / max | lost | dup |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['load']} | {r['users']:,} | {r['batch_size']:,} | "
+            f"{r['users_per_second']:,.0f} | {r['ceiling']:,.0f} | {r['efficiency']:.3f} | "
+            f"{r['sandbox_cpu_share']:.0%} | {r['sandbox_cpu_seconds_per_1000_users']:.3f} | "
+            f"{r['answer_seconds_median']} / {r['answer_seconds_max']} | {r['lost']} | "
+            f"{r['duplicated']} |"
+            for r in report["sandbox_capacity"]
+        ]
         lines.append("")
     if report.get("rss_series"):
         lines += [

@@ -4,18 +4,24 @@ Starts a throwaway MariaDB loaded with synthetic Query 2 data (bench.dataset) an
 Iterable sandbox as its own process (simulated latency, Iterable's published rate
 limits), then runs `python main.py` as a subprocess per mode:
 
-  baseline  --mode single --concurrency 1   (one user at a time)
-  single    --mode single                   (the job's default concurrency)
-  bulk      --mode bulk                     (users/bulkUpdate + events/trackBulk)
+  baseline    --mode single --concurrency 1   (one user at a time)
+  single      --mode single                   (the job's default concurrency)
+  bulk        --mode bulk                     (users/bulkUpdate + events/trackBulk)
+  bulk-b5000  --mode bulk, 5,000 users and 5,000 events a request (ceiling 25,000 users/s)
 
-and, separately, bulk mode at several sizes for peak memory. Every run gets a fresh
-sync state, results directory and sandbox store, and is checked against the sandbox:
-every user and event there with the right fields, nothing missing, extra or duplicated.
-This module runs and measures; bench/output.py prints and writes what it measured.
+each twice: on a quiet machine and with a second process keeping one core busy
+(bench.busy_core). Then it checks, without the job, that one sandbox process keeps up
+with bulk traffic at 25,000 users/s (bench.sandbox_capacity), and runs bulk mode at
+several sizes for peak memory. Every run gets a fresh sync state, results directory and
+sandbox store, and is checked against the sandbox: every user and event there with the
+right fields, nothing missing, extra or duplicated. This module runs and measures;
+bench/output.py prints and writes what it measured.
 
-    python -m bench.run                 # full run, writes bench/results/ and docs/bench/
-    python -m bench.run --quick         # small smoke run, bench/results/ only
-    python -m bench.run --explain       # also EXPLAIN and time Query 2 on 100k customers
+    python -m bench.run                      # full run, writes bench/results/ and docs/bench/
+    python -m bench.run --quick              # small smoke run, bench/results/ only
+    python -m bench.run --only single,bulk --no-busy-core --users 20000
+    python -m bench.run --only single,bulk --profile   # + the job's CPU profile per run
+    python -m bench.run --explain            # also EXPLAIN and time Query 2 on 100k customers
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -46,10 +52,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import dataset as data  # noqa: E402
-from bench.output import DOCS_DIR, format_explain, one_line, write_outputs  # noqa: E402
+from bench import profile_summary, sandbox_capacity  # noqa: E402
+from bench.busy_core import BusyCore  # noqa: E402
+from bench.output import DOCS_DIR, RESULTS_DIR, format_explain, one_line, write_outputs  # noqa: E402
 from bench.sandbox_process import SandboxProcess  # noqa: E402
 from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
-from iterable_sandbox import DEFAULT_API_KEY  # noqa: E402
 from settings import load_settings  # noqa: E402
 
 # The limits the sandbox enforces with --rate-limits iterable; the job is given the same.
@@ -63,7 +70,14 @@ API_ENDPOINTS = ("users/update", "events/track", "users/bulkUpdate", "events/tra
 VIEWS_PER_CUSTOMER = 10  # 100k customers -> 1M page views
 EXPLAIN_CUSTOMERS = 100_000
 MARIADB_ARGS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# 5 users/bulkUpdate a second x 5,000 users; events in batches as large, so that
+# events/trackBulk (10/s) is not the tighter limit.
+BIG_BATCH = 5_000
+BIG_BATCH_ENV = (("BULK_BATCH_SIZE", str(BIG_BATCH)), ("EVENTS_BATCH_SIZE", str(BIG_BATCH)))
+RUNS = ("baseline", "single", "bulk", "bulk-b5000", "sandbox", "memory")
+LOADS = ("quiet", "busy")
+# Profiling slows the job down several times; give it room before the timeout kills it.
+PROFILED_TIMEOUT_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,8 @@ class Plan:
     args: tuple[str, ...]
     views: int = VIEWS_PER_CUSTOMER
     series: str = "modes"
+    env: tuple[tuple[str, str], ...] = ()  # settings given through the environment
+    load: str = "quiet"  # or "busy": one core kept busy by another process meanwhile
 
 
 class Bench:
@@ -107,35 +123,74 @@ class Bench:
             self.datasets[key] = loaded
         return self.datasets[key]
 
-    def run(self, plan: Plan) -> dict[str, Any]:
+    def run(self, plan: Plan, profile: Path | None = None) -> dict[str, Any]:
+        """One run of main.py, measured and checked; under the profiler when `profile` is set."""
         dataset = self.dataset(plan.users, plan.views)
         self.sandbox.reset()
         with tempfile.TemporaryDirectory(prefix=f"bench-{plan.name}-") as tmp:
             workdir = Path(tmp)
-            env = self.environment(dataset, workdir)
+            env = self.environment(dataset, workdir) | dict(plan.env)
             settings = load_settings([*plan.args, "--env-file", str(workdir / "bench.env")], env)
             expected = expected_seconds(plan, settings, self.latency)
-            timeout = 120 + 3 * expected
+            # A floor for runs bound by the job's own CPU rather than by the ceiling.
+            timeout = 120 + max(3 * expected, plan.users / 1000)
+            if profile is not None:
+                timeout *= PROFILED_TIMEOUT_FACTOR
+            settings_env = " ".join(f"{k}={v}" for k, v in plan.env)
+            verb = "profile" if profile else "run"
             print(
-                f"run {plan.name}: {plan.users:,} users, main.py {' '.join(plan.args)} "
+                f"{verb} {plan.name} ({plan.load}): {plan.users:,} users, "
+                f"{settings_env + ' ' if settings_env else ''}main.py {' '.join(plan.args)} "
                 f"(ceiling {expected:.0f}s, timeout {timeout:.0f}s) ...",
                 flush=True,
             )
-            sandbox_cpu = process_cpu_seconds(self.sandbox.pid)
-            job = run_job(
-                [*plan.args, "--env-file", str(workdir / "bench.env")],
-                env,
-                workdir,
-                timeout,
-                self.job_prefix,
-            )
-            sandbox_cpu = process_cpu_seconds(self.sandbox.pid) - sandbox_cpu
+            with ExitStack() as stack:
+                busy = stack.enter_context(BusyCore()) if plan.load == "busy" else None
+                sandbox_cpu = self.sandbox.cpu_seconds()
+                job = run_job(
+                    [*plan.args, "--env-file", str(workdir / "bench.env")],
+                    env,
+                    workdir,
+                    timeout,
+                    self.job_prefix,
+                    profile,
+                )
+                sandbox_cpu = self.sandbox.cpu_seconds() - sandbox_cpu
             if job.code != 0:
                 print(f"  main.py exited with {job.code}:\n{tail(job.stderr_path)}")
             run_info, summary = read_results_head(workdir / "results")
             sandbox_view = self.inspect_sandbox(dataset)
-        return self.measure(plan, dataset, settings, job, run_info, summary, sandbox_view) | {
-            "sandbox_cpu_seconds": round(sandbox_cpu, 2)
+        extra = {
+            "load": plan.load,
+            "busy_core_share": round(busy.share, 2) if busy is not None else None,
+            "sandbox_cpu_seconds": round(sandbox_cpu, 2),
+            # The sandbox's share of one core while the job ran: near 1 it would be the limit.
+            "sandbox_cpu_share": round(sandbox_cpu / job.wall_seconds, 3),
+        }
+        return self.measure(plan, dataset, settings, job, run_info, summary, sandbox_view, extra)
+
+    def profile(self, plan: Plan, unprofiled: dict[str, Any]) -> dict[str, Any]:
+        """The run again under the profiler; its .txt gains CPU by area (bench.profile_summary)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        path = RESULTS_DIR / f"profile-{plan.name}-{plan.load}-{plan.users}-{stamp}"
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        profiled = self.run(plan, path)
+        text = path.with_suffix(".txt")
+        if not path.with_suffix(".prof").exists():
+            print("  no profile was written (see the job's exit above)")
+            return {"name": plan.name, "load": plan.load, "profile": None}
+        areas = profile_summary.summarise(
+            path.with_suffix(".prof"), unprofiled["cpu_seconds"], plan.users
+        )
+        text.write_text(areas + "\n" + text.read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"  profile: {text.relative_to(ROOT)}\n" + areas, flush=True)
+        return {
+            "name": plan.name,
+            "load": plan.load,
+            "users": plan.users,
+            "profile": str(text.relative_to(ROOT)),
+            "profiled_cpu_seconds": profiled["cpu_seconds"],
+            "unprofiled_cpu_seconds": unprofiled["cpu_seconds"],
         }
 
     def environment(self, dataset: data.Dataset, workdir: Path) -> dict[str, str]:
@@ -148,7 +203,7 @@ class Bench:
             MYSQL_USER="bench_app",
             MYSQL_PASSWORD=self.app_password,
             MYSQL_DATABASE=dataset.database,
-            ITERABLE_API_KEY=DEFAULT_API_KEY,
+            ITERABLE_API_KEY=self.sandbox.api_key,
             ITERABLE_BASE_URL=self.sandbox.base_url,
             RESULTS_DIR=str(workdir / "results"),
             LOG_FILE=str(workdir / "sync.log"),
@@ -185,6 +240,7 @@ class Bench:
         run_info: dict[str, Any],
         summary: dict[str, Any],
         sandbox_view: dict[str, Any],
+        extra: dict[str, Any],
     ) -> dict[str, Any]:
         users = dataset.customers
         limit_ceiling = rate_limit_ceiling(settings)
@@ -247,7 +303,7 @@ class Bench:
             + checks["extra_users"]
             + checks["extra_events"],
             "checks": checks,
-        }
+        } | extra
         print("  " + one_line(result), flush=True)
         return result
 
@@ -322,14 +378,19 @@ def run_job(
     workdir: Path,
     timeout: float,
     prefix: Sequence[str] = (),
+    profile: Path | None = None,
 ) -> JobResult:
     """main.py as a grandchild under bench/spawn.py, which reports the job's own rusage.
 
     The job's CPU time and peak RSS come from wait4 in that small process: measured from
     here, Linux would report this process's peak RSS as the job's (see bench/spawn.py).
+    With `profile`, main.py runs under bench/profile_job.py, which writes its profile there.
     """
     usage_path = workdir / "rusage.json"
-    command = [*prefix, sys.executable, str(ROOT / "main.py"), *args]
+    command = [*prefix, sys.executable]
+    if profile is not None:
+        command += [str(ROOT / "bench" / "profile_job.py"), str(profile), "--"]
+    command += [str(ROOT / "main.py"), *args]
     stdout = open(workdir / "stdout.txt", "wb")  # noqa: SIM115 - handed to the child
     stderr = open(workdir / "stderr.txt", "wb")  # noqa: SIM115
     started = time.monotonic()
@@ -448,14 +509,6 @@ def expected_seconds(plan: Plan, settings: Any, latency: float) -> float:
     return plan.users / ceiling
 
 
-def process_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -501,6 +554,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-users", type=int, default=1_000)
     parser.add_argument("--single-users", type=int, default=10_000)
     parser.add_argument("--bulk-users", type=int, default=100_000)
+    parser.add_argument(
+        "--bulk-b5000-users", type=int, default=100_000, help="users in the bulk-b5000 run"
+    )
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument(
         "--concurrency",
@@ -509,7 +565,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         '(e.g. "default,128" runs single mode twice)',
     )
     parser.add_argument(
-        "--modes", default="baseline,single,bulk", help="which of baseline,single,bulk to run"
+        "--only",
+        "--modes",
+        dest="only",
+        default=",".join(RUNS),
+        help=f"what to run, comma-separated, from {','.join(RUNS)} (default: all); "
+        "sandbox is the sandbox's capacity check, memory the memory series",
+    )
+    parser.add_argument(
+        "--busy-core",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each mode a second time with one core kept busy by another process "
+        "(default: yes)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each mode run, run it again under cProfile (CPU time, all threads) and "
+        f"write profile-*.txt and .prof to {RESULTS_DIR.relative_to(ROOT)}/ (the profiled "
+        "job is several times slower; the table shows the unprofiled runs)",
     )
     parser.add_argument(
         "--rss-sizes",
@@ -534,17 +609,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run nothing: print and write the summary and chart from a bench/results/ file",
     )
     parser.add_argument(
-        "--no-docs", action="store_true", help=f"do not write {DOCS_DIR.relative_to(ROOT)}/"
+        "--no-docs",
+        action="store_true",
+        help=f"do not write {DOCS_DIR.relative_to(ROOT)}/ (runs of a part of the bench, "
+        "--only, --users, --no-busy-core or --quick, never do)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.baseline_users, args.single_users, args.bulk_users = 40, 2_000, 10_000
+        args.bulk_b5000_users = 10_000
         args.no_docs = True
     if args.rss_sizes is None:
         args.rss_sizes = "5000" if args.quick else "10000,100000,1000000"
     if args.users:
         args.baseline_users = args.single_users = args.bulk_users = args.users
+        args.bulk_b5000_users = args.users
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in RUNS]
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    # docs/bench/ holds the whole bench: a part of it goes to bench/results/ only.
+    if set(args.only) != set(RUNS) or args.users or not args.busy_core:
+        args.no_docs = True
     return args
+
+
+def mode_plans(args: argparse.Namespace) -> list[Plan]:
+    """The mode runs asked for, each on a quiet machine and (unless --no-busy-core) a busy one."""
+    plans: list[Plan] = []
+    for name in args.only:
+        if name == "baseline":
+            single_one = ("--mode", "single", "--concurrency", "1")
+            plans.append(Plan("baseline", args.baseline_users, single_one))
+        elif name == "single":
+            for level in (c.strip() for c in args.concurrency.split(",") if c.strip()):
+                if level == "default":
+                    plans.append(Plan("single", args.single_users, ("--mode", "single")))
+                else:
+                    flags = ("--mode", "single", "--concurrency", str(int(level)))
+                    plans.append(Plan(f"single-c{int(level)}", args.single_users, flags))
+        elif name == "bulk":
+            plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
+        elif name == "bulk-b5000":
+            big = ("--mode", "bulk")
+            plans.append(Plan("bulk-b5000", args.bulk_b5000_users, big, env=BIG_BATCH_ENV))
+    loads = LOADS if args.busy_core else LOADS[:1]
+    return [replace(plan, load=load) for plan in plans for load in loads]
 
 
 @contextmanager
@@ -568,23 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_outputs(saved, docs=not args.no_docs, save=False)
         return 0
     started = time.monotonic()
-    plans: list[Plan] = []
-    for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
-        if mode == "baseline":
-            single_one = ("--mode", "single", "--concurrency", "1")
-            plans.append(Plan("baseline", args.baseline_users, single_one))
-        elif mode == "single":
-            for level in (c.strip() for c in args.concurrency.split(",") if c.strip()):
-                if level == "default":
-                    plans.append(Plan("single", args.single_users, ("--mode", "single")))
-                else:
-                    flags = ("--mode", "single", "--concurrency", str(int(level)))
-                    plans.append(Plan(f"single-c{int(level)}", args.single_users, flags))
-        elif mode == "bulk":
-            plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
-        else:
-            raise SystemExit(f"unknown mode {mode!r}: use baseline, single or bulk")
+    plans = mode_plans(args)
     rss_sizes = [int(s) for s in args.rss_sizes.split(",") if s.strip()]
+    if "memory" not in args.only:
+        rss_sizes = []
     report: dict[str, Any] = {}
     try:
         with stop_on_sigterm(), ExitStack() as stack:
@@ -596,9 +693,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["environment"] = environment_info(server.admin, args.latency_ms)
             if args.explain:
                 report["query2"] = bench.explain()
-            report["runs"] = [bench.run(plan) for plan in plans]
+            report["runs"], report["profiles"] = [], []
+            for plan in plans:
+                report["runs"].append(bench.run(plan))
+                if args.profile:
+                    report["profiles"].append(bench.profile(plan, report["runs"][-1]))
+            if "sandbox" in args.only:
+                report["sandbox_capacity"] = capacity(sandbox, args)
             report["rss_series"] = [
-                bench.run(Plan(f"bulk-{size}", size, ("--mode", "bulk"), args.rss_views, "rss"))
+                bench.run(Plan(f"memory-{size}", size, ("--mode", "bulk"), args.rss_views, "rss"))
                 for size in rss_sizes
             ]
     except KeyboardInterrupt:
@@ -614,9 +717,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all_clean(report) else 1
 
 
+def capacity(sandbox: SandboxProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The sandbox alone at the bulk-b5000 ceiling, quiet and (unless --no-busy-core) busy."""
+    results = []
+    rate = float(RATE_LIMITS["RATE_LIMIT_USERS_BULK_UPDATE"])
+    for load in LOADS if args.busy_core else LOADS[:1]:
+        with ExitStack() as stack:
+            busy = stack.enter_context(BusyCore()) if load == "busy" else None
+            result = sandbox_capacity.run(sandbox, args.bulk_b5000_users, BIG_BATCH, rate)
+        result["load"] = load
+        result["busy_core_share"] = round(busy.share, 2) if busy is not None else None
+        results.append(result)
+    return results
+
+
 def all_clean(report: dict[str, Any]) -> bool:
     runs = report.get("runs", []) + report.get("rss_series", [])
-    return all(r["exit_code"] == 0 and r["lost"] == 0 and r["duplicated"] == 0 for r in runs)
+    runs += report.get("sandbox_capacity", [])
+    return all(r.get("exit_code", 0) == 0 and r["lost"] == 0 and r["duplicated"] == 0 for r in runs)
 
 
 if __name__ == "__main__":

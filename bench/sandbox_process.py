@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,14 +17,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 15.0
 CONTROL_TIMEOUT = 600.0  # reading a million stored users takes a while
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def sandbox_command(*flags: str) -> list[str]:
+    """How the sandbox is started (from the repository's root): the one place that says so."""
+    return [sys.executable, str(ROOT / "iterable_sandbox.py"), *flags]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 class SandboxProcess:
-    """`python iterable_sandbox.py --port 0 ...` on 127.0.0.1; stopped on exit, even on errors."""
+    """The sandbox on 127.0.0.1, a free port, its own API key; stopped on exit, even on errors."""
 
     def __init__(self, latency_ms: float, rate_limits: str = "iterable") -> None:
         self.latency_ms = latency_ms
         self.rate_limits = rate_limits
+        self.api_key = "bench-" + os.urandom(8).hex()
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-sandbox-")
@@ -41,9 +58,7 @@ class SandboxProcess:
         port_file = Path(self._tmp.name) / "port"
         log = open(Path(self._tmp.name) / "sandbox.log", "wb")
         self._process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "iterable_sandbox.py"),
+            sandbox_command(
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -52,9 +67,11 @@ class SandboxProcess:
                 f"{self.latency_ms:g}",
                 "--rate-limits",
                 self.rate_limits,
+                "--api-key",
+                self.api_key,
                 "--port-file",
                 str(port_file),
-            ],
+            ),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -107,3 +124,6 @@ class SandboxProcess:
 
     def reset(self) -> None:
         self.control("POST", "reset")
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
