@@ -23,6 +23,7 @@ def one_line(r: dict[str, Any]) -> str:
         f"duplicated {r['duplicated']}, exit {r['exit_code']}; "
         f"sandbox CPU {r.get('sandbox_cpu_share', 0):.0%} of a core"
         + (f", busy loop got {busy:.0%} of a core" if busy is not None else "")
+        + f"; others {r.get('others_cores', 0):.2f} cores"
     )
 
 
@@ -52,6 +53,7 @@ COLUMNS = (
     ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
     ("RSS MB", "peak_rss_mb", "{:.1f}"),
     ("sandbox CPU", "sandbox_cpu_share", "{:.0%}"),
+    ("others", "others_cores", "{:.2f}"),
     ("requests", "requests", "{:,}"),
     ("429s", "status_429", "{:,}"),
     ("lost", "lost", "{}"),
@@ -199,7 +201,9 @@ def write_outputs(report: dict[str, Any], docs: bool, save: bool = True) -> None
             "eff = ceiling time / sync time, eff wall = ceiling time / the job's whole run "
             "(incl. Query 2).\nThe baseline's ceiling is latency-bound: 1 / (2 x latency); "
             "eff vs limit compares it with the rate-limit ceiling.\nbusy: another process "
-            "kept one core busy during the run. sandbox CPU: its share of one core meanwhile."
+            "kept one core busy during the run. sandbox CPU: its share of one core meanwhile.\n"
+            "others: cores used meanwhile by processes the bench did not start (a shared "
+            "machine is only as quiet as this says)."
         )
     if report.get("sandbox_capacity"):
         print("\nsandbox capacity (one process, bulk traffic sent without the job):")
@@ -258,6 +262,7 @@ SUMMARY_KEYS = (
     "exit_code",
     "sandbox_cpu_share",
     "busy_core_share",
+    "others_cores",
 )
 CAPACITY_KEYS = (
     "load",
@@ -316,7 +321,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
             "show slightly more than 1: n paced requests span n - 1 intervals. CPU and RSS: "
             "main.py's own (wait4 rusage). lost/dup: checked against the sandbox's store. "
             "machine busy: another process kept one core busy for the whole run. sandbox CPU: "
-            "the sandbox process's share of one core while the job ran."
+            "the sandbox process's share of one core while the job ran. others: cores used "
+            "meanwhile by processes the bench did not start (other people's work on a shared "
+            "machine)."
         )
         lines.append("")
     if report.get("sandbox_capacity"):

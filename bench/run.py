@@ -53,9 +53,9 @@ if str(ROOT) not in sys.path:
 
 from bench import dataset as data  # noqa: E402
 from bench import profile_summary, sandbox_capacity  # noqa: E402
-from bench.busy_core import BusyCore  # noqa: E402
+from bench.busy_core import BusyCore, machine_busy_seconds, others_cores  # noqa: E402
 from bench.output import DOCS_DIR, RESULTS_DIR, format_explain, one_line, write_outputs  # noqa: E402
-from bench.sandbox_process import SandboxProcess  # noqa: E402
+from bench.sandbox_process import SandboxProcess, process_cpu_seconds  # noqa: E402
 from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
 from settings import load_settings  # noqa: E402
 
@@ -100,8 +100,10 @@ class Bench:
         sandbox: SandboxProcess,
         latency_ms: float,
         job_prefix: Sequence[str] = (),
+        mariadb_pid: int | None = None,
     ) -> None:
         self.admin = admin
+        self.mariadb_pid = mariadb_pid
         self.job_prefix = list(job_prefix)
         self.sandbox = sandbox
         self.latency = latency_ms / 1000.0
@@ -147,6 +149,8 @@ class Bench:
             with ExitStack() as stack:
                 busy = stack.enter_context(BusyCore()) if plan.load == "busy" else None
                 sandbox_cpu = self.sandbox.cpu_seconds()
+                mariadb_cpu = self.mariadb_cpu_seconds()
+                machine = machine_busy_seconds()
                 job = run_job(
                     [*plan.args, "--env-file", str(workdir / "bench.env")],
                     env,
@@ -156,6 +160,8 @@ class Bench:
                     profile,
                 )
                 sandbox_cpu = self.sandbox.cpu_seconds() - sandbox_cpu
+                mariadb_cpu = self.mariadb_cpu_seconds() - mariadb_cpu
+                machine = machine_busy_seconds() - machine
             if job.code != 0:
                 print(f"  main.py exited with {job.code}:\n{tail(job.stderr_path)}")
             run_info, summary = read_results_head(workdir / "results")
@@ -166,8 +172,26 @@ class Bench:
             "sandbox_cpu_seconds": round(sandbox_cpu, 2),
             # The sandbox's share of one core while the job ran: near 1 it would be the limit.
             "sandbox_cpu_share": round(sandbox_cpu / job.wall_seconds, 3),
+            "mariadb_cpu_seconds": round(mariadb_cpu, 2),
+            # Other people's work on a shared machine: the "quiet" runs are only as quiet
+            # as this says.
+            "others_cores": round(
+                others_cores(
+                    machine,
+                    job.user_seconds
+                    + job.sys_seconds
+                    + sandbox_cpu
+                    + mariadb_cpu
+                    + (busy.cpu_seconds if busy is not None else 0.0),
+                    job.wall_seconds,
+                ),
+                2,
+            ),
         }
         return self.measure(plan, dataset, settings, job, run_info, summary, sandbox_view, extra)
+
+    def mariadb_cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.mariadb_pid) if self.mariadb_pid else 0.0
 
     def profile(self, plan: Plan, unprofiled: dict[str, Any]) -> dict[str, Any]:
         """The run again under the profiler; its .txt gains CPU by area (bench.profile_summary)."""
@@ -551,7 +575,7 @@ def environment_info(admin: ServerHandle, latency_ms: float) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, help="users per mode (overrides the per-mode sizes)")
-    parser.add_argument("--baseline-users", type=int, default=1_000)
+    parser.add_argument("--baseline-users", type=int, default=500)
     parser.add_argument("--single-users", type=int, default=10_000)
     parser.add_argument("--bulk-users", type=int, default=100_000)
     parser.add_argument(
@@ -689,7 +713,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = stack.enter_context(ThrowawayMariaDB(extra_args=MARIADB_ARGS))
             sandbox = stack.enter_context(SandboxProcess(args.latency_ms))
             print(f"MariaDB on 127.0.0.1:{server.port}, sandbox at {sandbox.base_url}", flush=True)
-            bench = Bench(server.admin, sandbox, args.latency_ms, shlex.split(args.job_prefix))
+            bench = Bench(
+                server.admin,
+                sandbox,
+                args.latency_ms,
+                shlex.split(args.job_prefix),
+                mariadb_pid(server.tmpdir),
+            )
             report["environment"] = environment_info(server.admin, args.latency_ms)
             if args.explain:
                 report["query2"] = bench.explain()
@@ -715,6 +745,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     write_outputs(report, docs=not args.no_docs)
     return 0 if all_clean(report) else 1
+
+
+def mariadb_pid(tmpdir: Path | None) -> int | None:
+    """The throwaway server's pid, from the pid file it keeps in its directory."""
+    if tmpdir is None:
+        return None
+    try:
+        return int((tmpdir / "mysqld.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def capacity(sandbox: SandboxProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
