@@ -4,17 +4,24 @@ Starts a throwaway MariaDB loaded with synthetic Query 2 data (bench.dataset) an
 Iterable sandbox as its own process (simulated latency, Iterable's published rate
 limits), then runs `python main.py` as a subprocess per mode:
 
-  baseline  --mode single --concurrency 1   (one user at a time)
-  single    --mode single                   (the job's default concurrency)
-  bulk      --mode bulk                     (users/bulkUpdate + events/trackBulk)
+  baseline    --mode single --concurrency 1   (one user at a time)
+  single      --mode single                   (the job's default concurrency)
+  bulk        --mode bulk                     (users/bulkUpdate + events/trackBulk)
+  bulk-b5000  --mode bulk, 5,000 users and 5,000 events a request (ceiling 25,000 users/s)
 
-and, separately, bulk mode at several sizes for peak memory. Every run gets a fresh
-sync state, results directory and sandbox store, and is checked against the sandbox:
-every user and event there with the right fields, nothing missing, extra or duplicated.
+each twice: on a quiet machine and with a second process keeping one core busy
+(bench.busy_core). Then it checks, without the job, that one sandbox process keeps up
+with bulk traffic at 25,000 users/s (bench.sandbox_capacity), and runs bulk mode at
+several sizes for peak memory. Every run gets a fresh sync state, results directory and
+sandbox store, and is checked against the sandbox: every user and event there with the
+right fields, nothing missing, extra or duplicated. This module runs and measures;
+bench/output.py prints and writes what it measured.
 
-    python -m bench.run                 # full run, writes bench/results/ and docs/bench/
-    python -m bench.run --quick         # small smoke run, bench/results/ only
-    python -m bench.run --explain       # also EXPLAIN and time Query 2 on 100k customers
+    python -m bench.run                      # full run, writes bench/results/ and docs/bench/
+    python -m bench.run --quick              # small smoke run, bench/results/ only
+    python -m bench.run --only single,bulk --no-busy-core --users 20000
+    python -m bench.run --only single,bulk --profile   # + the job's CPU profile per run
+    python -m bench.run --explain            # also EXPLAIN and time Query 2 on 100k customers
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -45,13 +52,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import dataset as data  # noqa: E402
-from bench.sandbox_process import SandboxProcess  # noqa: E402
+from bench import profile_summary, sandbox_capacity  # noqa: E402
+from bench.busy_core import BusyCore, machine_busy_seconds, others_cores  # noqa: E402
+from bench.output import DOCS_DIR, RESULTS_DIR, format_explain, one_line, write_outputs  # noqa: E402
+from bench.sandbox_process import SandboxProcess, process_cpu_seconds  # noqa: E402
 from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
-from sandbox import DEFAULT_API_KEY  # noqa: E402
 from settings import load_settings  # noqa: E402
 
-RESULTS_DIR = ROOT / "bench" / "results"
-DOCS_DIR = ROOT / "docs" / "bench"
 # The limits the sandbox enforces with --rate-limits iterable; the job is given the same.
 RATE_LIMITS = {
     "RATE_LIMIT_USERS_UPDATE": "500",
@@ -63,7 +70,14 @@ API_ENDPOINTS = ("users/update", "events/track", "users/bulkUpdate", "events/tra
 VIEWS_PER_CUSTOMER = 10  # 100k customers -> 1M page views
 EXPLAIN_CUSTOMERS = 100_000
 MARIADB_ARGS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# 5 users/bulkUpdate a second x 5,000 users; events in batches as large, so that
+# events/trackBulk (10/s) is not the tighter limit.
+BIG_BATCH = 5_000
+BIG_BATCH_ENV = (("BULK_BATCH_SIZE", str(BIG_BATCH)), ("EVENTS_BATCH_SIZE", str(BIG_BATCH)))
+RUNS = ("baseline", "single", "bulk", "bulk-b5000", "sandbox", "memory")
+LOADS = ("quiet", "busy")
+# Profiling slows the job down several times; give it room before the timeout kills it.
+PROFILED_TIMEOUT_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,8 @@ class Plan:
     args: tuple[str, ...]
     views: int = VIEWS_PER_CUSTOMER
     series: str = "modes"
+    env: tuple[tuple[str, str], ...] = ()  # settings given through the environment
+    load: str = "quiet"  # or "busy": one core kept busy by another process meanwhile
 
 
 class Bench:
@@ -84,8 +100,10 @@ class Bench:
         sandbox: SandboxProcess,
         latency_ms: float,
         job_prefix: Sequence[str] = (),
+        mariadb_pid: int | None = None,
     ) -> None:
         self.admin = admin
+        self.mariadb_pid = mariadb_pid
         self.job_prefix = list(job_prefix)
         self.sandbox = sandbox
         self.latency = latency_ms / 1000.0
@@ -107,35 +125,96 @@ class Bench:
             self.datasets[key] = loaded
         return self.datasets[key]
 
-    def run(self, plan: Plan) -> dict[str, Any]:
+    def run(self, plan: Plan, profile: Path | None = None) -> dict[str, Any]:
+        """One run of main.py, measured and checked; under the profiler when `profile` is set."""
         dataset = self.dataset(plan.users, plan.views)
         self.sandbox.reset()
         with tempfile.TemporaryDirectory(prefix=f"bench-{plan.name}-") as tmp:
             workdir = Path(tmp)
-            env = self.environment(dataset, workdir)
+            env = self.environment(dataset, workdir) | dict(plan.env)
             settings = load_settings([*plan.args, "--env-file", str(workdir / "bench.env")], env)
             expected = expected_seconds(plan, settings, self.latency)
-            timeout = 120 + 3 * expected
+            # A floor for runs bound by the job's own CPU rather than by the ceiling.
+            timeout = 120 + max(3 * expected, plan.users / 1000)
+            if profile is not None:
+                timeout *= PROFILED_TIMEOUT_FACTOR
+            settings_env = " ".join(f"{k}={v}" for k, v in plan.env)
+            verb = "profile" if profile else "run"
             print(
-                f"run {plan.name}: {plan.users:,} users, main.py {' '.join(plan.args)} "
+                f"{verb} {plan.name} ({plan.load}): {plan.users:,} users, "
+                f"{settings_env + ' ' if settings_env else ''}main.py {' '.join(plan.args)} "
                 f"(ceiling {expected:.0f}s, timeout {timeout:.0f}s) ...",
                 flush=True,
             )
-            sandbox_cpu = process_cpu_seconds(self.sandbox.pid)
-            job = run_job(
-                [*plan.args, "--env-file", str(workdir / "bench.env")],
-                env,
-                workdir,
-                timeout,
-                self.job_prefix,
-            )
-            sandbox_cpu = process_cpu_seconds(self.sandbox.pid) - sandbox_cpu
+            with ExitStack() as stack:
+                busy = stack.enter_context(BusyCore()) if plan.load == "busy" else None
+                sandbox_cpu = self.sandbox.cpu_seconds()
+                mariadb_cpu = self.mariadb_cpu_seconds()
+                machine = machine_busy_seconds()
+                job = run_job(
+                    [*plan.args, "--env-file", str(workdir / "bench.env")],
+                    env,
+                    workdir,
+                    timeout,
+                    self.job_prefix,
+                    profile,
+                )
+                sandbox_cpu = self.sandbox.cpu_seconds() - sandbox_cpu
+                mariadb_cpu = self.mariadb_cpu_seconds() - mariadb_cpu
+                machine = machine_busy_seconds() - machine
             if job.code != 0:
                 print(f"  main.py exited with {job.code}:\n{tail(job.stderr_path)}")
             run_info, summary = read_results_head(workdir / "results")
             sandbox_view = self.inspect_sandbox(dataset)
-        return self.measure(plan, dataset, settings, job, run_info, summary, sandbox_view) | {
-            "sandbox_cpu_seconds": round(sandbox_cpu, 2)
+        extra = {
+            "load": plan.load,
+            "busy_core_share": round(busy.share, 2) if busy is not None else None,
+            "sandbox_cpu_seconds": round(sandbox_cpu, 2),
+            # The sandbox's share of one core while the job ran: near 1 it would be the limit.
+            "sandbox_cpu_share": round(sandbox_cpu / job.wall_seconds, 3),
+            "mariadb_cpu_seconds": round(mariadb_cpu, 2),
+            # Other people's work on a shared machine: the "quiet" runs are only as quiet
+            # as this says.
+            "others_cores": round(
+                others_cores(
+                    machine,
+                    job.user_seconds
+                    + job.sys_seconds
+                    + sandbox_cpu
+                    + mariadb_cpu
+                    + (busy.cpu_seconds if busy is not None else 0.0),
+                    job.wall_seconds,
+                ),
+                2,
+            ),
+        }
+        return self.measure(plan, dataset, settings, job, run_info, summary, sandbox_view, extra)
+
+    def mariadb_cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.mariadb_pid) if self.mariadb_pid else 0.0
+
+    def profile(self, plan: Plan, unprofiled: dict[str, Any]) -> dict[str, Any]:
+        """The run again under the profiler; its .txt gains CPU by area (bench.profile_summary)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        path = RESULTS_DIR / f"profile-{plan.name}-{plan.load}-{plan.users}-{stamp}"
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        profiled = self.run(plan, path)
+        text = path.with_suffix(".txt")
+        if not path.with_suffix(".prof").exists():
+            print("  no profile was written (see the job's exit above)")
+            return {"name": plan.name, "load": plan.load, "profile": None}
+        areas = profile_summary.summarise(
+            path.with_suffix(".prof"), unprofiled["cpu_seconds"], plan.users
+        )
+        text.write_text(areas + "\n" + text.read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"  profile: {text.relative_to(ROOT)}\n" + areas, flush=True)
+        return {
+            "name": plan.name,
+            "load": plan.load,
+            "users": plan.users,
+            "profile": str(text.relative_to(ROOT)),
+            "profiled_cpu_seconds": profiled["cpu_seconds"],
+            "unprofiled_cpu_seconds": unprofiled["cpu_seconds"],
         }
 
     def environment(self, dataset: data.Dataset, workdir: Path) -> dict[str, str]:
@@ -148,7 +227,7 @@ class Bench:
             MYSQL_USER="bench_app",
             MYSQL_PASSWORD=self.app_password,
             MYSQL_DATABASE=dataset.database,
-            ITERABLE_API_KEY=DEFAULT_API_KEY,
+            ITERABLE_API_KEY=self.sandbox.api_key,
             ITERABLE_BASE_URL=self.sandbox.base_url,
             RESULTS_DIR=str(workdir / "results"),
             LOG_FILE=str(workdir / "sync.log"),
@@ -185,6 +264,7 @@ class Bench:
         run_info: dict[str, Any],
         summary: dict[str, Any],
         sandbox_view: dict[str, Any],
+        extra: dict[str, Any],
     ) -> dict[str, Any]:
         users = dataset.customers
         limit_ceiling = rate_limit_ceiling(settings)
@@ -247,7 +327,7 @@ class Bench:
             + checks["extra_users"]
             + checks["extra_events"],
             "checks": checks,
-        }
+        } | extra
         print("  " + one_line(result), flush=True)
         return result
 
@@ -322,14 +402,19 @@ def run_job(
     workdir: Path,
     timeout: float,
     prefix: Sequence[str] = (),
+    profile: Path | None = None,
 ) -> JobResult:
     """main.py as a grandchild under bench/spawn.py, which reports the job's own rusage.
 
     The job's CPU time and peak RSS come from wait4 in that small process: measured from
     here, Linux would report this process's peak RSS as the job's (see bench/spawn.py).
+    With `profile`, main.py runs under bench/profile_job.py, which writes its profile there.
     """
     usage_path = workdir / "rusage.json"
-    command = [*prefix, sys.executable, str(ROOT / "main.py"), *args]
+    command = [*prefix, sys.executable]
+    if profile is not None:
+        command += [str(ROOT / "bench" / "profile_job.py"), str(profile), "--"]
+    command += [str(ROOT / "main.py"), *args]
     stdout = open(workdir / "stdout.txt", "wb")  # noqa: SIM115 - handed to the child
     stderr = open(workdir / "stderr.txt", "wb")  # noqa: SIM115
     started = time.monotonic()
@@ -448,14 +533,6 @@ def expected_seconds(plan: Plan, settings: Any, latency: float) -> float:
     return plan.users / ceiling
 
 
-def process_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -467,151 +544,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return value.decode("utf-8", "replace")
     return value
-
-
-def one_line(r: dict[str, Any]) -> str:
-    return (
-        f"{r['users_per_second']:,.1f} users/s over {r['sync_seconds']}s "
-        f"(ceiling {r['ceiling']:,.0f}/s, efficiency {r['efficiency']:.3f}; "
-        f"wall {r['job_duration_seconds']}s, {r['efficiency_wall']:.3f}), "
-        f"CPU {r['cpu_seconds_per_1000_users']:.3f}s/1k users, RSS {r['peak_rss_mb']} MB, "
-        f"{r['requests']:,} requests, {r['status_429']} x 429, lost {r['lost']}, "
-        f"duplicated {r['duplicated']}, exit {r['exit_code']}"
-    )
-
-
-COLUMNS = (
-    ("run", "name", "{}"),
-    ("users", "users", "{:,}"),
-    ("conc/batch", "shape", "{}"),
-    ("users/s", "users_per_second", "{:,.1f}"),
-    ("ceiling/s", "ceiling_text", "{}"),
-    ("eff", "efficiency", "{:.3f}"),
-    ("eff vs limit", "efficiency_vs_rate_limit", "{:.3f}"),
-    ("sync s", "sync_seconds", "{:.2f}"),
-    ("wall s", "job_duration_seconds", "{:.2f}"),
-    ("eff wall", "efficiency_wall", "{:.3f}"),
-    ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
-    ("RSS MB", "peak_rss_mb", "{:.1f}"),
-    ("requests", "requests", "{:,}"),
-    ("429s", "status_429", "{:,}"),
-    ("lost", "lost", "{}"),
-    ("dup", "duplicated", "{}"),
-    ("exit", "exit_code", "{}"),
-)
-
-
-def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = [title for title, _, _ in COLUMNS]
-    rows = []
-    for r in results:
-        shown = dict(r)
-        shown["shape"] = (
-            f"c={r['concurrency']}" if r["mode"] == "single" else f"b={r['batch_size']}"
-        )
-        shown["ceiling_text"] = (
-            f"{r['latency_ceiling']:,.0f} (latency) / {r['rate_limit_ceiling']:,.0f} (limits)"
-            if r["latency_ceiling"]
-            else f"{r['rate_limit_ceiling']:,.0f} (limits)"
-        )
-        rows.append([fmt.format(shown[key]) for _, key, fmt in COLUMNS])
-    return header, rows
-
-
-def text_table(results: list[dict[str, Any]]) -> str:
-    header, rows = table_rows(results)
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    header, rows = table_rows(results)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def format_explain(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no plan)"
-    keys = list(rows[0])
-    cells = [[str(row.get(k)) for k in keys] for row in rows]
-    widths = [max(len(c) for c in column) for column in zip(keys, *cells, strict=True)]
-    out = ["  " + " | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)).rstrip()]
-    out += [
-        "  " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in cells
-    ]
-    return "\n".join(out)
-
-
-def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = 2 if rss else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), dpi=100, squeeze=False)
-    ax = axes[0][0]
-    names = [f"{bar_label(r)}\n{r['users']:,} users" for r in results]
-    values = [r["users_per_second"] for r in results]
-    colours = [
-        "#9aa5b1" if r["name"] == "baseline" else "#3b82f6" if r["mode"] == "single" else "#10b981"
-        for r in results
-    ]
-    bars = ax.bar(names, values, color=colours)
-    for bar, r in zip(bars, results, strict=True):
-        x0, width = bar.get_x(), bar.get_width()
-        marks = [(r["rate_limit_ceiling"], "rate-limit ceiling", "--")]
-        if r["latency_ceiling"]:
-            marks.append((r["latency_ceiling"], "latency ceiling (1 / 2 x latency)", ":"))
-        for value, label, style in marks:
-            ax.hlines(
-                value, x0 - 0.06, x0 + width + 0.06, colors="#dc2626", linestyles=style, label=label
-            )
-        ax.annotate(
-            f"{r['users_per_second']:,.0f}/s\n{r['efficiency']:.0%} of ceiling",
-            (x0 + width / 2, r["users_per_second"]),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            xytext=(0, 2),
-            textcoords="offset points",
-        )
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")
-    ax.set_yscale("log")
-    ax.set_ylim(1, max(r["rate_limit_ceiling"] for r in results) * 8)
-    ax.set_ylabel("users per second (log)")
-    ax.set_title("Throughput by mode (red: ceiling)", fontsize=10)
-    ax.tick_params(axis="x", labelsize=8)
-    if rss:
-        ax2 = axes[0][1]
-        sizes = [r["users"] for r in rss]
-        ax2.plot(sizes, [r["peak_rss_mb"] for r in rss], marker="o", color="#10b981")
-        ax2.axhline(150, color="#dc2626", linestyle="--", linewidth=1)
-        ax2.set_xscale("log")
-        ax2.set_ylim(0, 170)
-        ax2.set_xlabel("rows (bulk mode)")
-        ax2.set_ylabel("peak RSS of main.py, MB")
-        ax2.set_title("Memory by size (red: 150 MB target)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def bar_label(r: dict[str, Any]) -> str:
-    if r["mode"] == "bulk":
-        return f"bulk\nbatch {r['batch_size']:,}"
-    if r["name"] == "baseline":
-        return "baseline\nc=1"
-    default = " (default)" if r["name"] == "single" else ""
-    return f"single\nc={r['concurrency']}{default}"
 
 
 def mariadb_version(admin: ServerHandle) -> str:
@@ -643,9 +575,12 @@ def environment_info(admin: ServerHandle, latency_ms: float) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, help="users per mode (overrides the per-mode sizes)")
-    parser.add_argument("--baseline-users", type=int, default=1_000)
+    parser.add_argument("--baseline-users", type=int, default=500)
     parser.add_argument("--single-users", type=int, default=10_000)
     parser.add_argument("--bulk-users", type=int, default=100_000)
+    parser.add_argument(
+        "--bulk-b5000-users", type=int, default=100_000, help="users in the bulk-b5000 run"
+    )
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument(
         "--concurrency",
@@ -654,7 +589,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         '(e.g. "default,128" runs single mode twice)',
     )
     parser.add_argument(
-        "--modes", default="baseline,single,bulk", help="which of baseline,single,bulk to run"
+        "--only",
+        "--modes",
+        dest="only",
+        default=",".join(RUNS),
+        help=f"what to run, comma-separated, from {','.join(RUNS)} (default: all); "
+        "sandbox is the sandbox's capacity check, memory the memory series",
+    )
+    parser.add_argument(
+        "--busy-core",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each mode a second time with one core kept busy by another process "
+        "(default: yes)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each mode run, run it again under cProfile (CPU time, all threads) and "
+        f"write profile-*.txt and .prof to {RESULTS_DIR.relative_to(ROOT)}/ (the profiled "
+        "job is several times slower; the table shows the unprofiled runs)",
     )
     parser.add_argument(
         "--rss-sizes",
@@ -679,17 +633,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run nothing: print and write the summary and chart from a bench/results/ file",
     )
     parser.add_argument(
-        "--no-docs", action="store_true", help=f"do not write {DOCS_DIR.relative_to(ROOT)}/"
+        "--no-docs",
+        action="store_true",
+        help=f"do not write {DOCS_DIR.relative_to(ROOT)}/ (runs of a part of the bench, "
+        "--only, --users, --no-busy-core or --quick, never do)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.baseline_users, args.single_users, args.bulk_users = 40, 2_000, 10_000
+        args.bulk_b5000_users = 10_000
         args.no_docs = True
     if args.rss_sizes is None:
         args.rss_sizes = "5000" if args.quick else "10000,100000,1000000"
     if args.users:
         args.baseline_users = args.single_users = args.bulk_users = args.users
+        args.bulk_b5000_users = args.users
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in RUNS]
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    # docs/bench/ holds the whole bench: a part of it goes to bench/results/ only.
+    if set(args.only) != set(RUNS) or args.users or not args.busy_core:
+        args.no_docs = True
     return args
+
+
+def mode_plans(args: argparse.Namespace) -> list[Plan]:
+    """The mode runs asked for, each on a quiet machine and (unless --no-busy-core) a busy one."""
+    plans: list[Plan] = []
+    for name in args.only:
+        if name == "baseline":
+            single_one = ("--mode", "single", "--concurrency", "1")
+            plans.append(Plan("baseline", args.baseline_users, single_one))
+        elif name == "single":
+            for level in (c.strip() for c in args.concurrency.split(",") if c.strip()):
+                if level == "default":
+                    plans.append(Plan("single", args.single_users, ("--mode", "single")))
+                else:
+                    flags = ("--mode", "single", "--concurrency", str(int(level)))
+                    plans.append(Plan(f"single-c{int(level)}", args.single_users, flags))
+        elif name == "bulk":
+            plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
+        elif name == "bulk-b5000":
+            big = ("--mode", "bulk")
+            plans.append(Plan("bulk-b5000", args.bulk_b5000_users, big, env=BIG_BATCH_ENV))
+    loads = LOADS if args.busy_core else LOADS[:1]
+    return [replace(plan, load=load) for plan in plans for load in loads]
 
 
 @contextmanager
@@ -710,26 +699,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         saved = json.loads(Path(args.render).read_text(encoding="utf-8"))
-        write_outputs(saved, args, save=False)
+        write_outputs(saved, docs=not args.no_docs, save=False)
         return 0
     started = time.monotonic()
-    plans: list[Plan] = []
-    for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
-        if mode == "baseline":
-            single_one = ("--mode", "single", "--concurrency", "1")
-            plans.append(Plan("baseline", args.baseline_users, single_one))
-        elif mode == "single":
-            for level in (c.strip() for c in args.concurrency.split(",") if c.strip()):
-                if level == "default":
-                    plans.append(Plan("single", args.single_users, ("--mode", "single")))
-                else:
-                    flags = ("--mode", "single", "--concurrency", str(int(level)))
-                    plans.append(Plan(f"single-c{int(level)}", args.single_users, flags))
-        elif mode == "bulk":
-            plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
-        else:
-            raise SystemExit(f"unknown mode {mode!r}: use baseline, single or bulk")
+    plans = mode_plans(args)
     rss_sizes = [int(s) for s in args.rss_sizes.split(",") if s.strip()]
+    if "memory" not in args.only:
+        rss_sizes = []
     report: dict[str, Any] = {}
     try:
         with stop_on_sigterm(), ExitStack() as stack:
@@ -737,13 +713,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = stack.enter_context(ThrowawayMariaDB(extra_args=MARIADB_ARGS))
             sandbox = stack.enter_context(SandboxProcess(args.latency_ms))
             print(f"MariaDB on 127.0.0.1:{server.port}, sandbox at {sandbox.base_url}", flush=True)
-            bench = Bench(server.admin, sandbox, args.latency_ms, shlex.split(args.job_prefix))
+            bench = Bench(
+                server.admin,
+                sandbox,
+                args.latency_ms,
+                shlex.split(args.job_prefix),
+                mariadb_pid(server.tmpdir),
+            )
             report["environment"] = environment_info(server.admin, args.latency_ms)
             if args.explain:
                 report["query2"] = bench.explain()
-            report["runs"] = [bench.run(plan) for plan in plans]
+            report["runs"], report["profiles"] = [], []
+            for plan in plans:
+                report["runs"].append(bench.run(plan))
+                if args.profile:
+                    report["profiles"].append(bench.profile(plan, report["runs"][-1]))
+            if "sandbox" in args.only:
+                report["sandbox_capacity"] = capacity(sandbox, args)
             report["rss_series"] = [
-                bench.run(Plan(f"bulk-{size}", size, ("--mode", "bulk"), args.rss_views, "rss"))
+                bench.run(Plan(f"memory-{size}", size, ("--mode", "bulk"), args.rss_views, "rss"))
                 for size in rss_sizes
             ]
     except KeyboardInterrupt:
@@ -755,138 +743,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
         1,
     )
-    write_outputs(report, args)
+    write_outputs(report, docs=not args.no_docs)
     return 0 if all_clean(report) else 1
+
+
+def mariadb_pid(tmpdir: Path | None) -> int | None:
+    """The throwaway server's pid, from the pid file it keeps in its directory."""
+    if tmpdir is None:
+        return None
+    try:
+        return int((tmpdir / "mysqld.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def capacity(sandbox: SandboxProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The sandbox alone at the bulk-b5000 ceiling, quiet and (unless --no-busy-core) busy."""
+    results = []
+    rate = float(RATE_LIMITS["RATE_LIMIT_USERS_BULK_UPDATE"])
+    for load in LOADS if args.busy_core else LOADS[:1]:
+        with ExitStack() as stack:
+            busy = stack.enter_context(BusyCore()) if load == "busy" else None
+            result = sandbox_capacity.run(sandbox, args.bulk_b5000_users, BIG_BATCH, rate)
+        result["load"] = load
+        result["busy_core_share"] = round(busy.share, 2) if busy is not None else None
+        results.append(result)
+    return results
 
 
 def all_clean(report: dict[str, Any]) -> bool:
     runs = report.get("runs", []) + report.get("rss_series", [])
-    return all(r["exit_code"] == 0 and r["lost"] == 0 and r["duplicated"] == 0 for r in runs)
-
-
-def write_outputs(report: dict[str, Any], args: argparse.Namespace, save: bool = True) -> None:
-    runs, rss = report.get("runs", []), report.get("rss_series", [])
-    print()
-    if runs:
-        print(text_table(runs))
-        print(
-            "\nusers/s and eff are over the sync (first API request to last answer); "
-            "eff = ceiling time / sync time, eff wall = ceiling time / the job's whole run "
-            "(incl. Query 2).\nThe baseline's ceiling is latency-bound: 1 / (2 x latency); "
-            "eff vs limit compares it with the rate-limit ceiling."
-        )
-    if rss:
-        print("\nmemory series (bulk mode):")
-        for r in rss:
-            print(
-                f"  {r['users']:>9,} rows: peak RSS {r['peak_rss_mb']:6.1f} MB, "
-                f"{r['users_per_second']:,.0f} users/s, eff {r['efficiency']:.3f}, "
-                f"lost {r['lost']}, duplicated {r['duplicated']}"
-            )
-    print(f"\nbench wall time {report['bench_wall_seconds']}s")
-    if save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        full = RESULTS_DIR / f"bench-{stamp}.json"
-        full.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"results: {full.relative_to(ROOT)}")
-    out_dir = RESULTS_DIR if args.no_docs else DOCS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if runs:
-        chart(runs, rss, out_dir / "users_per_second.png")
-    (out_dir / "summary.json").write_text(
-        json.dumps(compact(report), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (out_dir / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
-    print(f"summary and chart: {out_dir.relative_to(ROOT)}/")
-
-
-SUMMARY_KEYS = (
-    "name",
-    "mode",
-    "users",
-    "concurrency",
-    "batch_size",
-    "events_batch_size",
-    "users_per_second",
-    "rate_limit_ceiling",
-    "latency_ceiling",
-    "efficiency",
-    "efficiency_vs_rate_limit",
-    "sync_seconds",
-    "job_duration_seconds",
-    "efficiency_wall",
-    "cpu_seconds_per_1000_users",
-    "peak_rss_mb",
-    "requests",
-    "status_429",
-    "lost",
-    "duplicated",
-    "exit_code",
-)
-
-
-def compact(report: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"environment": report.get("environment")}
-    out["runs"] = [{k: r.get(k) for k in SUMMARY_KEYS} for r in report.get("runs", [])]
-    out["rss_series"] = [
-        {k: r.get(k) for k in ("users", "peak_rss_mb", "users_per_second", "efficiency", "lost")}
-        | {"duplicated": r.get("duplicated")}
-        for r in report.get("rss_series", [])
-    ]
-    if "query2" in report:
-        out["query2"] = report["query2"]
-    out["bench_wall_seconds"] = report.get("bench_wall_seconds")
-    return out
-
-
-def summary_markdown(report: dict[str, Any]) -> str:
-    env = report.get("environment") or {}
-    lines = [
-        "# Benchmark summary",
-        "",
-        f"{env.get('date')}: {env.get('cpus')} CPUs ({env.get('cpu_model')}), Python "
-        f"{env.get('python')}, MariaDB {env.get('mariadb')}, sandbox latency "
-        f"{env.get('latency_ms'):g} ms, Iterable's published rate limits in the sandbox and "
-        "in the job.",
-        "",
-    ]
-    if report.get("runs"):
-        lines += [markdown_table(report["runs"]), ""]
-        lines.append(
-            "users/s and eff: over the sync, first API request to last answer; eff = ceiling "
-            "time / measured time. eff wall: over the job's whole run, Query 2 included. The "
-            "baseline (one user at a time) is bound by latency, 1 / (2 x latency); eff vs limit "
-            "compares every run with the rate-limit ceiling. A run of only a few batches can "
-            "show slightly more than 1: n paced requests span n - 1 intervals. CPU and RSS: "
-            "main.py's own (wait4 rusage). lost/dup: checked against the sandbox's store."
-        )
-        lines.append("")
-    if report.get("rss_series"):
-        lines += [
-            "| rows (bulk) | peak RSS MB | users/s | eff | lost | dup |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['users']:,} | {r['peak_rss_mb']:.1f} | {r['users_per_second']:,.0f} | "
-            f"{r['efficiency']:.3f} | {r['lost']} | {r['duplicated']} |"
-            for r in report["rss_series"]
-        ]
-        lines.append("")
-    if "query2" in report:
-        q = report["query2"]
-        lines += [
-            f"Query 2 on {q['customers_in_db']:,} customers / {q['page_views_in_db']:,} page "
-            f"views ({q['qualifying_rows']:,} rows): COUNT(*) {q['count_seconds_median']} s, "
-            f"streamed {q['stream_seconds_median']} s (median of 3).",
-            "",
-            "```",
-            format_explain(q["explain"]),
-            "```",
-            "",
-        ]
-    lines.append(f"Bench wall time: {report.get('bench_wall_seconds')} s.")
-    return "\n".join(lines) + "\n"
+    runs += report.get("sandbox_capacity", [])
+    return all(r.get("exit_code", 0) == 0 and r["lost"] == 0 and r["duplicated"] == 0 for r in runs)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 15.0
 CONTROL_TIMEOUT = 600.0  # reading a million stored users takes a while
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def sandbox_command(*flags: str) -> list[str]:
+    """How the sandbox is started (from the repository's root): the one place that says so."""
+    return [sys.executable, "-m", "sandbox", *flags]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def sandbox_environment() -> dict[str, str]:
@@ -26,11 +41,12 @@ def sandbox_environment() -> dict[str, str]:
 
 
 class SandboxProcess:
-    """`python -m sandbox --port 0 ...` on 127.0.0.1; stopped on exit, even on errors."""
+    """The sandbox on 127.0.0.1, a free port, its own API key; stopped on exit, even on errors."""
 
     def __init__(self, latency_ms: float, rate_limits: str = "iterable") -> None:
         self.latency_ms = latency_ms
         self.rate_limits = rate_limits
+        self.api_key = "bench-" + os.urandom(8).hex()
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-sandbox-")
@@ -48,10 +64,7 @@ class SandboxProcess:
         port_file = Path(self._tmp.name) / "port"
         log = open(Path(self._tmp.name) / "sandbox.log", "wb")
         self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sandbox",
+            sandbox_command(
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -60,9 +73,11 @@ class SandboxProcess:
                 f"{self.latency_ms:g}",
                 "--rate-limits",
                 self.rate_limits,
+                "--api-key",
+                self.api_key,
                 "--port-file",
                 str(port_file),
-            ],
+            ),
             cwd=ROOT,
             env=sandbox_environment(),
             stdin=subprocess.DEVNULL,
@@ -116,3 +131,6 @@ class SandboxProcess:
 
     def reset(self) -> None:
         self.control("POST", "reset")
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
