@@ -57,14 +57,12 @@ from bench.busy_core import BusyCore, machine_busy_seconds, others_cores  # noqa
 from bench.output import DOCS_DIR, RESULTS_DIR, format_explain, one_line, write_outputs  # noqa: E402
 from bench.sandbox_process import SandboxProcess, process_cpu_seconds  # noqa: E402
 from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
-from settings import load_settings  # noqa: E402
+from rate_limit import PUBLISHED_RATE_LIMITS  # noqa: E402
+from settings import RATE_LIMIT_VARIABLES, load_settings  # noqa: E402
 
 # The limits the sandbox enforces with --rate-limits iterable; the job is given the same.
 RATE_LIMITS = {
-    "RATE_LIMIT_USERS_UPDATE": "500",
-    "RATE_LIMIT_EVENTS_TRACK": "2000",
-    "RATE_LIMIT_USERS_BULK_UPDATE": "5",
-    "RATE_LIMIT_EVENTS_TRACK_BULK": "10",
+    RATE_LIMIT_VARIABLES[endpoint]: f"{rate:g}" for endpoint, rate in PUBLISHED_RATE_LIMITS.items()
 }
 API_ENDPOINTS = ("users/update", "events/track", "users/bulkUpdate", "events/trackBulk")
 VIEWS_PER_CUSTOMER = 10  # 100k customers -> 1M page views
