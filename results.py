@@ -42,6 +42,9 @@ FAILED = "failed"
 SKIPPED = "skipped"
 
 
+# One encoder for every results line (json.dumps with options builds one a call).
+_LINE = json.JSONEncoder(ensure_ascii=False, default=str)
+
 IN_SEGMENT = "in"  # a row of this run's Query 2
 LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now
 
@@ -216,7 +219,7 @@ class ResultsWriter:
         self._spool = os.fdopen(fd, "w", encoding="utf-8")
 
     def add(self, result: RowResult) -> None:
-        line = json.dumps(result.to_dict(), ensure_ascii=False, default=str)
+        line = _LINE.encode(result.to_dict())
         with self._lock:
             if self._spool.closed:
                 # A run stopped at once by a second signal has written its file; rows that

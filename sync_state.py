@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from payloads import canonical_json
+
 SCHEMA_VERSION = 2
 # Commit at least this often, so a kill loses little acknowledged work.
 COMMIT_EVERY_SECONDS = 1.0
@@ -460,7 +462,7 @@ def _member(row: tuple[Any, ...]) -> Member:
 
 
 def _json(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return canonical_json(value)
 
 
 _clock: tuple[int, str] = (0, "")
