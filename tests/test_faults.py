@@ -279,6 +279,23 @@ KILL_ENV: dict[str, dict[str, str]] = {
         "RATE_LIMIT_EVENTS_TRACK_BULK": "10",
     },
 }
+
+
+def kill_9_once(process, condition, what: str, then_wait: float = 0.0) -> None:
+    """kill -9 the running job once `condition` holds (and `then_wait` seconds later)."""
+    try:
+        wait_until(condition, 30, what)
+        time.sleep(then_wait)  # the scenario: a kill at a random point, not a wait for something
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    TALLY["job_runs"] += 1
+    TALLY["kills"] += 1
+
+
 KILL_SEEDS = [("single", 1), ("single", 2), ("single", 3), ("bulk", 4), ("bulk", 5)]
 
 
@@ -291,17 +308,12 @@ def test_kill_9_mid_run_then_rerun_delivers_exactly_once(
     sandbox.set_latency(KILL_LATENCY)
     rng = random.Random(seed)
     process = job.start(*MODES[mode], **KILL_ENV[mode])
-    try:
-        wait_until(lambda: sandbox.stats()["total_requests"] > 0, 30, "the first request")
-        time.sleep(rng.uniform(0.2, 1.8))
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    TALLY["job_runs"] += 1
-    TALLY["kills"] += 1
+    kill_9_once(
+        process,
+        lambda: sandbox.stats()["total_requests"] > 0,
+        "the first request",
+        then_wait=rng.uniform(0.2, 1.8),
+    )
     assert process.returncode == -signal.SIGKILL
     cut = audit(sandbox, expected)
     assert cut.lost, "the kill landed after the run had finished"
@@ -341,18 +353,11 @@ def test_kill_9_while_emails_and_list_members_move_then_rerun(
     expected = expected_store(mariadb, db)
     sandbox.set_latency(KILL_LATENCY)
     process = job.start(*MODES[mode], **env)
-    try:
-        wait_until(
-            lambda: sandbox.request_count("users/updateEmail") >= 20, 30, "the first email moves"
-        )
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    TALLY["job_runs"] += 1
-    TALLY["kills"] += 1
+    kill_9_once(
+        process,
+        lambda: sandbox.request_count("users/updateEmail") >= 20,
+        "the first email moves",
+    )
     assert sandbox.request_count("users/updateEmail") < MOVE_ROWS, "killed too late"
     sandbox.set_latency(0.0)
     for _ in range(3):
