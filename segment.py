@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 LIST_BATCH = 1000
 NOT_FOUND_LISTS = ("notFoundEmails", "notFoundUserIds")
 
+# Reads the customers with these ids back from the database (RowSource.customers).
+ReadCustomers = Callable[[list[int]], dict[int, Customer]]
+
 
 @dataclass(frozen=True)
 class LeaverUpdate:
@@ -178,6 +181,3 @@ class ListMirror:
                 continue
             refused.update(str(v).strip().lower() if "Email" in name else str(v) for v in values)
         return refused
-
-
-ReadCustomers = Callable[[list[int]], dict[int, Customer]]
