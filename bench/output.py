@@ -34,6 +34,7 @@ def capacity_line(r: dict[str, Any]) -> str:
         f"efficiency {r['efficiency']:.3f}), sandbox CPU {r['sandbox_cpu_share']:.0%} of a "
         f"core ({r['sandbox_cpu_seconds_per_1000_users']:.3f}s per 1k users), answers in "
         f"{r['answer_seconds_median']}s median / {r['answer_seconds_max']}s max, "
+        f"machine busy {r.get('machine_busy_cores', 0):.2f} cores (all processes), "
         f"lost {r['lost']}, duplicated {r['duplicated']}"
     )
 
@@ -275,6 +276,7 @@ CAPACITY_KEYS = (
     "sandbox_cpu_seconds_per_1000_users",
     "answer_seconds_median",
     "answer_seconds_max",
+    "machine_busy_cores",
     "statuses",
     "lost",
     "duplicated",
@@ -332,15 +334,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
             "bodies prepared in advance and sent without the job at 5 requests/s each:",
             "",
             "| machine | users | batch | users/s | ceiling/s | eff | sandbox CPU | "
-            "CPU s/1k users | answer s median / max | lost | dup |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "CPU s/1k users | answer s median / max | all busy cores | lost | dup |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['load']} | {r['users']:,} | {r['batch_size']:,} | "
             f"{r['users_per_second']:,.0f} | {r['ceiling']:,.0f} | {r['efficiency']:.3f} | "
             f"{r['sandbox_cpu_share']:.0%} | {r['sandbox_cpu_seconds_per_1000_users']:.3f} | "
-            f"{r['answer_seconds_median']} / {r['answer_seconds_max']} | {r['lost']} | "
-            f"{r['duplicated']} |"
+            f"{r['answer_seconds_median']} / {r['answer_seconds_max']} | "
+            f"{r.get('machine_busy_cores', 0):.2f} | {r['lost']} | {r['duplicated']} |"
             for r in report["sandbox_capacity"]
         ]
         lines.append("")
