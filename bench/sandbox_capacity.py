@@ -14,6 +14,7 @@ import http.client
 import json
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,7 +145,7 @@ def run(sandbox: SandboxProcess, users: int, batch: int, rate: float) -> dict[st
         "machine_busy_cores": round(machine / elapsed, 2),
         "answer_seconds_median": round(answer_seconds[len(answer_seconds) // 2], 3),
         "answer_seconds_max": round(answer_seconds[-1], 3),
-        "statuses": dict(sorted(_count(s.status for s in sent).items())),
+        "statuses": dict(sorted(Counter(str(s.status) for s in sent).items())),
         "lost": checks["lost_users"] + checks["lost_events"],
         "duplicated": checks["duplicate_events"] + checks["extra_users"] + checks["extra_events"],
         "checks": checks,
@@ -159,10 +160,3 @@ def run(sandbox: SandboxProcess, users: int, batch: int, rate: float) -> dict[st
         flush=True,
     )
     return result
-
-
-def _count(values: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[str(value)] = counts.get(str(value), 0) + 1
-    return counts
