@@ -86,7 +86,7 @@ class Work:
     # What the state had before: a rejection to clear on success, a profile to forget
     # before sending a different one. Unknown (full refresh, leavers) means "maybe".
     had_rejection: bool = True
-    known_fingerprint: str | None = "unknown"
+    had_profile: bool = True
     result: RowResult = field(init=False)
 
     def __post_init__(self) -> None:
@@ -292,7 +292,7 @@ class Syncer:
         work.send_user = known.user_fingerprint != user_fp
         work.send_event = not known.event_accepted
         work.had_rejection = rejection is not None
-        work.known_fingerprint = known.user_fingerprint
+        work.had_profile = known.user_fingerprint is not None
         return self._ready(work)
 
     def _ready(self, work: Work) -> Work | None:
@@ -315,7 +315,7 @@ class Syncer:
                 }
             self.record(work.result)
             return None
-        if work.send_user and self.state is not None and work.known_fingerprint is not None:
+        if work.send_user and self.state is not None and work.had_profile:
             self.state.user_sending(work.row.customer_id, work.user_fingerprint)
         return work
 
