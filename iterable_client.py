@@ -6,7 +6,6 @@ import contextlib
 import errno
 import http.client
 import itertools
-import json
 import logging
 import os
 import random
@@ -20,9 +19,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import orjson
 import requests
 import urllib3
 import urllib3.connectionpool
@@ -131,7 +132,12 @@ class CallResult:
     interrupted: bool = False  # cut short (not sent, or not retried) because the run is stopping
 
     def summary(self) -> dict[str, Any]:
-        """The part that goes into the results file."""
+        """The part that goes into the results file: one dict a call, which the rows of a
+        bulk batch share (read-only)."""
+        return self._summary
+
+    @cached_property
+    def _summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "http_status": self.http_status,
             "code": self.code,
@@ -608,7 +614,7 @@ def parse_body(content_type: str, content: bytes) -> dict[str, Any]:
     if "json" not in content_type and not content.startswith(b"{"):
         return {}
     try:
-        body = json.loads(content)
+        body = orjson.loads(content)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         return {}
     return body if isinstance(body, dict) else {}

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 
@@ -41,9 +43,6 @@ SUCCESS = "success"
 FAILED = "failed"
 SKIPPED = "skipped"
 
-
-# One encoder for every results line (json.dumps with options builds one a call).
-_LINE = json.JSONEncoder(ensure_ascii=False, default=str)
 
 IN_SEGMENT = "in"  # a row of this run's Query 2
 LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now
@@ -216,17 +215,18 @@ class ResultsWriter:
         fd, spool = tempfile.mkstemp(prefix=".results-", suffix=".jsonl", dir=results_dir)
         os.fchmod(fd, 0o600)
         self._spool_path = Path(spool)
-        self._spool = os.fdopen(fd, "w", encoding="utf-8")
+        self._spool = os.fdopen(fd, "wb")
 
     def add(self, result: RowResult) -> None:
-        line = _LINE.encode(result.to_dict())
+        # One compact line a row; orjson writes UTF-8 as it is, like ensure_ascii=False.
+        line = orjson.dumps(result.to_dict(), default=str, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             if self._spool.closed:
                 # A run stopped at once by a second signal has written its file; rows that
                 # finish after that are left out of it, as if never attempted.
                 return
             self.summary.add(result)
-            self._spool.write(line + "\n")
+            self._spool.write(line)
 
     def finish(self, run: dict[str, Any], started_at: datetime) -> Path:
         """Write {"run", "summary", "results"} to a new timestamped file; return its path."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +20,7 @@ from payloads import (
     Rejection,
     SourceRow,
     build_payloads,
+    encode_json,
     event_id,
     fingerprint,
     iterable_timestamp,
@@ -286,3 +289,42 @@ def test_bodies_are_encoded_once_and_fingerprints_hash_those_bytes(identify_by):
         assert built.event["userId"] == "1" and built.identifier == "1"
     else:
         assert built.identifier == built.email == built.user_update["email"]
+
+
+def standard_canonical_json(value: Any) -> bytes:
+    """The canonical form earlier versions hashed, with the standard library's encoder."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(JSON_VALUES)
+def test_bodies_are_byte_for_byte_the_canonical_json_state_files_already_hash(value):
+    # Any text (control characters, quotes, U+2028, emoji, C1) and any key order.
+    assert encode_json({"value": value}) == standard_canonical_json({"value": value})
+
+
+def test_a_fingerprint_from_an_earlier_state_file_still_matches_its_row():
+    built = payloads(first_name='Zoë "Z" \\ 🎉', location="tab\there\u2028")
+    old_form = standard_canonical_json(built.user_update)
+    assert built.user_bytes == old_form
+    assert built.user_fingerprint == hashlib.sha256(old_form).hexdigest()
+    whole = standard_canonical_json({"user": built.user_update, "event": built.event})
+    assert built.row_fingerprint == hashlib.sha256(whole).hexdigest()
+
+
+def test_bodies_waiting_in_a_batch_take_their_size_not_the_encoders_buffer():
+    # A batch of 20,000 holds 40,000 bodies: 4 KB each would be 160 MB.
+    tracemalloc.start()
+    try:
+        bodies = [encode_json({"customer": n}) for n in range(1000)]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(bodies) == 1000 and held < 1000 * 200
