@@ -7,13 +7,14 @@ Iterable has accepted that update (or already had it from an earlier run).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from bulk import (
     BatchCall,
@@ -48,7 +49,7 @@ from payloads import (
 )
 from results import FAILED, IN_SEGMENT, LEFT_SEGMENT, SKIPPED, SUCCESS, ResultsWriter, RowResult
 from segment import LeaverUpdate, ListMirror, ReadCustomers, plan_leaver
-from sync_state import Member, SyncState
+from sync_state import Known, Member, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ EMAIL_CHANGE_OLD_MISSING = "email_change_old_missing"
 OLD_EMAIL_MISSING_CODES = frozenset({"UnknownEmailError", "NotFound", "UnknownUserIdError"})
 
 
+# Rows planned together: their state and duplicate checks are one query each.
+PLAN_CHUNK = 400
+# Emails looked up per query (under SQLite's 999 parameters).
+LOOKUP_BATCH = 900
+
+
 @dataclass
 class Work:
     """One row on its way: its payloads, what still has to be sent, and its result so far."""
@@ -77,8 +84,6 @@ class Work:
     payloads: Payloads
     send_user: bool
     send_event: bool
-    user_fingerprint: str
-    row_fingerprint: str
     # The email Iterable holds for the customer, when the row brings a different one.
     previous_email: str | None = None
     # How the state has the customer on the list (None: not on it).
@@ -100,6 +105,23 @@ class Work:
     @property
     def event_id(self) -> str:
         return str(self.payloads.event["id"])
+
+    @property
+    def user_fingerprint(self) -> str:
+        return self.payloads.user_fingerprint
+
+    @property
+    def row_fingerprint(self) -> str:
+        return self.payloads.row_fingerprint
+
+
+class Prepared(NamedTuple):
+    """A row read and turned into payloads, before the state and duplicates are consulted."""
+
+    raw: Mapping[str, Any]
+    row: SourceRow | None
+    built: Payloads | Rejection | None
+    error: Exception | None  # one of ROW_ASSUMPTIONS, to record when the row's turn comes
 
 
 @dataclass
@@ -132,7 +154,9 @@ class DuplicateEmails:
     """Remembers which customer each email was sent for in this run.
 
     A million emails in a Python set would cost more memory than the rest of the run,
-    so they live in a private temporary SQLite database that spills to disk.
+    so they live in a private temporary SQLite database that spills to disk. Rows are
+    checked a chunk at a time: one query looks up the chunk's emails, one statement
+    stores its first-timers.
     """
 
     def __init__(self) -> None:
@@ -142,18 +166,43 @@ class DuplicateEmails:
         self._db.execute(
             "CREATE TABLE seen (email TEXT PRIMARY KEY, customer_id TEXT) WITHOUT ROWID"
         )
+        # The owners of the emails looked up for this chunk (None: nobody yet), and the
+        # first-timers not yet stored.
+        self._owners: dict[str, int | None] = {}
+        self._new: list[tuple[str, str]] = []
+
+    def look_up(self, emails: Iterable[str]) -> None:
+        """Read who already has these emails, ahead of first_time for each."""
+        self._store()
+        wanted = list(dict.fromkeys(emails))
+        self._owners = dict.fromkeys(wanted)
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            chunk = wanted[start : start + LOOKUP_BATCH]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT email, customer_id FROM seen WHERE email IN ({marks})", chunk
+            )
+            self._owners.update((email, int(owner)) for email, owner in rows)
 
     def first_time(self, email: str, customer_id: int) -> bool:
         """True if no earlier customer of this run had this email; remembers this one."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO seen (email, customer_id) VALUES (?, ?)",
-            (email, str(customer_id)),
-        )
-        return cursor.rowcount == 1
+        if email not in self._owners:
+            self.look_up([email])
+        if self._owners[email] is not None:
+            return False
+        self._owners[email] = customer_id
+        self._new.append((email, str(customer_id)))
+        return True
 
     def owner(self, email: str) -> int | None:
-        row = self._db.execute("SELECT customer_id FROM seen WHERE email = ?", (email,)).fetchone()
-        return int(row[0]) if row else None
+        if email not in self._owners:
+            self.look_up([email])
+        return self._owners[email]
+
+    def _store(self) -> None:
+        if self._new:
+            self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", self._new)
+            self._new = []
 
     def close(self) -> None:
         self._db.close()
@@ -198,7 +247,28 @@ class Syncer:
 
     # -- planning -----------------------------------------------------------------
 
-    def plan(self, raw: Mapping[str, Any]) -> Work | None:
+    def _prepare(self, raw: Mapping[str, Any]) -> Prepared:
+        try:
+            row = SourceRow.from_mapping(raw)
+            return Prepared(raw, row, build_payloads(row, self.candidate, self.identify_by), None)
+        except ROW_ASSUMPTIONS as exc:
+            return Prepared(raw, None, None, exc)
+
+    def _look_up(self, chunk: Sequence[Prepared]) -> dict[int, Known]:
+        """The chunk's duplicate emails and sync state, a query each rather than one a row."""
+        sendable = [
+            (item.row.customer_id, item.built)
+            for item in chunk
+            if item.row is not None and isinstance(item.built, Payloads)
+        ]
+        self.duplicates.look_up(built.email for _, built in sendable)
+        if self.state is None or self.full_refresh:
+            return {}
+        return self.state.known_many(
+            [(customer_id, str(built.event["id"])) for customer_id, built in sendable]
+        )
+
+    def plan(self, item: Prepared, known: Mapping[int, Known]) -> Work | None:
         """Decide what a row needs; rows that need nothing are recorded here and give None.
 
         A row that breaks an assumption (a value of the wrong type, out of range) fails
@@ -206,26 +276,29 @@ class Syncer:
         """
         self.outcome.rows_read += 1
         try:
-            return self._plan(raw)
+            if item.error is not None:
+                raise item.error
+            assert item.row is not None and item.built is not None
+            return self._plan(item.row, item.built, known.get(item.row.customer_id))
         except ROW_ASSUMPTIONS as exc:
-            customer_id = _customer_id(raw)
+            customer_id = _customer_id(item.raw)
             log.debug("customer %s: unusable row", customer_id, exc_info=True)
             detail = f"{type(exc).__name__}: " + " ".join(str(exc).split())[:200]
             self.record(RowResult(customer_id, None, FAILED, BAD_ROW, detail=detail))
             return None
 
-    def _plan(self, raw: Mapping[str, Any]) -> Work | None:
-        row = SourceRow.from_mapping(raw)
+    def _plan(
+        self, row: SourceRow, built: Payloads | Rejection, known: Known | None
+    ) -> Work | None:
         if self.state is not None:
             self.state.seen(row.customer_id)
-        built = build_payloads(row, self.candidate, self.identify_by)
         if isinstance(built, Rejection):
             self._reject_locally(row, built)
             return None
         if not self.duplicates.first_time(built.email, row.customer_id):
             self._duplicate(row, built)
             return None
-        return self._plan_sends(row, built)
+        return self._plan_sends(row, built, known)
 
     def _reject_locally(self, row: SourceRow, rejection: Rejection) -> None:
         row_fp = fingerprint({"row": _row_dict(row)})
@@ -263,13 +336,10 @@ class Syncer:
         if self.writes and result.reason is not None:
             self.state.rejected(customer_id, row_fp, result.reason)
 
-    def _plan_sends(self, row: SourceRow, built: Payloads) -> Work | None:
-        user_fp = built.user_fingerprint
-        row_fp = built.row_fingerprint
-        work = Work(row, built, True, True, user_fp, row_fp)
-        if self.state is None or self.full_refresh:
+    def _plan_sends(self, row: SourceRow, built: Payloads, known: Known | None) -> Work | None:
+        work = Work(row, built, True, True)
+        if self.state is None or self.full_refresh or known is None:
             return self._ready(work)
-        known = self.state.known(row.customer_id, work.event_id)
         if known.forgotten_email is not None:
             if known.forgotten_email == built.email:
                 self._skip_forgotten(work, record_state=False)
@@ -282,14 +352,18 @@ class Syncer:
         if known.list_identifier is not None:
             work.listed_as = known.list_identifier
         rejection = known.rejection
-        if rejection and rejection.fingerprint == row_fp and rejection.reason != DUPLICATE_EMAIL:
+        if (
+            rejection
+            and rejection.reason != DUPLICATE_EMAIL
+            and rejection.fingerprint == built.row_fingerprint
+        ):
             work.result.status, work.result.reason = FAILED, rejection.reason
             work.result.outstanding = True
             work.result.failing_since = rejection.first_rejected_at
             work.result.detail = "refused before and unchanged since; not sent again"
             self.record(work.result)
             return None
-        work.send_user = known.user_fingerprint != user_fp
+        work.send_user = known.user_fingerprint != built.user_fingerprint
         work.send_event = not known.event_accepted
         work.had_rejection = rejection is not None
         work.had_profile = known.user_fingerprint is not None
@@ -528,14 +602,18 @@ class Syncer:
             self._fail(work, "internal_error", permanent=False)
 
     def _planned(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Work]:
-        for raw in rows:
-            if self.stop.is_set():
-                # A run that aborted (rejected key, Iterable down) was not stopped by a signal.
-                self.outcome.stopped = self.outcome.aborted is None
-                break
-            work = self.plan(raw)
-            if work is not None:
-                yield work
+        source = iter(rows)
+        while chunk := [self._prepare(raw) for raw in itertools.islice(source, PLAN_CHUNK)]:
+            known = self._look_up(chunk)
+            for item in chunk:
+                if self.stop.is_set():
+                    # A run that aborted (rejected key, Iterable down) was not stopped by a
+                    # signal.
+                    self.outcome.stopped = self.outcome.aborted is None
+                    return
+                work = self.plan(item, known)
+                if work is not None:
+                    yield work
 
     # -- bulk mode ----------------------------------------------------------------
 
@@ -778,8 +856,6 @@ def _leaver_work(member: Member, update: LeaverUpdate) -> Work:
         payloads,
         send_user=True,
         send_event=False,
-        user_fingerprint=fingerprint(update.user_update),
-        row_fingerprint=fingerprint({"leaver": update.user_update}),
         previous_email=update.previous_email,
         listed_as=member.list_identifier,
     )
