@@ -7,7 +7,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 import orjson
@@ -35,7 +34,9 @@ BY_USER_ID = "userId"
 PROFILE_FIELDS = ("first_name", "last_name", "plan_type")
 
 
-@dataclass(frozen=True)
+# Rows and payloads are read-only once built, but not frozen dataclasses: freezing costs a
+# microsecond a field set, several per row.
+@dataclass(slots=True)
 class SourceRow:
     """One Query 2 row: a customer and their latest qualifying page view."""
 
@@ -54,32 +55,37 @@ class SourceRow:
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> SourceRow:
-        not_utf8: list[str] = []
-
-        def text(name: str) -> str | None:
-            value = row.get(name)
-            if value is None or type(value) is str:  # the usual case, first
-                return value
-            if isinstance(value, bytes | bytearray) and not _is_utf8(value):
-                not_utf8.append(name)
-            return _text(value)
-
+        texts = [row.get(name) for name in TEXT_COLUMNS]
+        not_utf8: tuple[str, ...] = ()
+        if not {type(value) for value in texts} <= _PLAIN_TEXT:  # bytes from a binary column
+            not_utf8 = tuple(
+                name
+                for name, value in zip(TEXT_COLUMNS, texts, strict=True)
+                if isinstance(value, bytes | bytearray) and not _is_utf8(value)
+            )
+            texts = [_text(value) for value in texts]
+        email, first_name, last_name, plan_type, page, device, location = texts
         return cls(
-            customer_id=int(row["customer_id"]),
-            email=text("email"),
-            first_name=text("first_name"),
-            last_name=text("last_name"),
-            plan_type=text("plan_type"),
-            page_view_id=int(row["page_view_id"]),
-            page=text("page"),
-            device=text("device"),
-            location=text("location"),
-            viewed_at=row.get("viewed_at"),
-            not_utf8=tuple(not_utf8),
+            int(row["customer_id"]),
+            email,
+            first_name,
+            last_name,
+            plan_type,
+            int(row["page_view_id"]),
+            page,
+            device,
+            location,
+            row.get("viewed_at"),
+            not_utf8,
         )
 
 
-@dataclass(frozen=True)
+# The text columns of a Query 2 row, in SourceRow's order.
+TEXT_COLUMNS = ("email", "first_name", "last_name", "plan_type", "page", "device", "location")
+_PLAIN_TEXT = frozenset({str, type(None)})
+
+
+@dataclass(slots=True)
 class Payloads:
     """What one row sends: the profile update, the event, and notes on values we changed."""
 
@@ -94,14 +100,12 @@ class Payloads:
     # Each body encoded once: what goes on the wire, and what the fingerprints hash.
     user_bytes: bytes = field(init=False, repr=False)
     event_bytes: bytes = field(init=False, repr=False)
+    user_fingerprint: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "user_bytes", encode_json(self.user_update))
-        object.__setattr__(self, "event_bytes", encode_json(self.event))
-
-    @cached_property
-    def user_fingerprint(self) -> str:
-        return digest(self.user_bytes)
+        self.user_bytes = encode_json(self.user_update)
+        self.event_bytes = encode_json(self.event)
+        self.user_fingerprint = digest(self.user_bytes)
 
     @property
     def row_fingerprint(self) -> str:
@@ -180,10 +184,21 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _naive_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
 def iterable_timestamp(value: datetime) -> str:
     """Iterable's date format, YYYY-MM-DD HH:MM:SS +00:00, with no fractional seconds."""
-    naive = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
-    return naive.isoformat(" ", "seconds") + " +00:00"
+    return _naive_utc(value).isoformat(" ", "seconds") + " +00:00"
+
+
+def epoch_seconds(value: datetime) -> int:
+    """Whole seconds since 1970 (createdAt), as int(as_utc(value).timestamp()) gives."""
+    return int((_naive_utc(value) - _EPOCH).total_seconds())
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC).replace(tzinfo=None)
 
 
 def _clip(name: str, value: str | None, warnings: list[str]) -> str | None:
@@ -219,27 +234,26 @@ def build_payloads(
     profile = _fields(
         {"first_name": first_name, "last_name": last_name, "plan_type": row.plan_type}
     )
-    user_fields = _fields({"recent_page_view": page, "candidate": candidate})
-    user_fields.update(profile)
-    identity = user_identity(row.customer_id, email, identify_by)
+    user_fields = _fields({"recent_page_view": page, "candidate": candidate, **profile})
     event_fields = _fields(
         {"page": page, "device": device, "location": location, "candidate": candidate}
     )
     event_fields["timestamp"] = iterable_timestamp(row.viewed_at)
+    identity = user_identity(row.customer_id, email, identify_by)
     event = {
         **identity,
         "eventName": EVENT_NAME,
         "id": event_id(row.page_view_id),
-        "createdAt": int(as_utc(row.viewed_at).timestamp()),
+        "createdAt": epoch_seconds(row.viewed_at),
         "dataFields": event_fields,
     }
     return Payloads(
-        email=email,
-        identifier=next(iter(identity.values())),
-        user_update={**identity, "dataFields": _with_email(user_fields, email, identify_by)},
-        event=event,
-        profile=profile,
-        warnings=tuple(warnings),
+        email,
+        identity.get("userId", email),
+        {**identity, "dataFields": _with_email(user_fields, email, identify_by)},
+        event,
+        profile,
+        tuple(warnings),
     )
 
 

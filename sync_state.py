@@ -131,7 +131,7 @@ class Rejection:
     first_rejected_at: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # read-only; not frozen, which costs a microsecond a row
 class Known:
     """What the state says about one customer before their row is sent."""
 

@@ -328,3 +328,17 @@ def test_bodies_waiting_in_a_batch_take_their_size_not_the_encoders_buffer():
     finally:
         tracemalloc.stop()
     assert len(bodies) == 1000 and held < 1000 * 200
+
+
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 30)),
+    st.sampled_from(
+        [None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+    ),
+)
+def test_event_times_are_the_rows_time_in_utc_whatever_its_zone(when, zone):
+    value = when if zone is None else when.replace(tzinfo=zone)
+    utc = value.replace(tzinfo=UTC) if zone is None else value.astimezone(UTC)
+    event = payloads(viewed_at=value).event
+    assert event["createdAt"] == int(utc.timestamp())
+    assert event["dataFields"]["timestamp"] == utc.strftime("%Y-%m-%d %H:%M:%S +00:00")
