@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -39,6 +40,10 @@ from sync_state import StateError, SyncState
 from version import VERSION
 
 log = logging.getLogger("iterable_sync")
+
+# Container objects allocated between two collections of the youngest generation (700 by
+# default): a collection then comes every few thousand rows, not every few rows.
+GC_YOUNG_OBJECTS = 100_000
 
 
 class LockHeld(Exception):
@@ -282,6 +287,14 @@ def sync_rows(settings: Settings, source: RowSource, syncer: Syncer, progress: P
     return outcome
 
 
+def collect_garbage_rarely() -> None:
+    """Rows in flight are a few hundred thousand small objects that form no cycles; with the
+    default thresholds the collector walked them all again and again, a fifth of bulk
+    mode's CPU. What exists before the rows (modules, settings) is never walked again."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_OBJECTS, 50, 100)
+
+
 def warn_if_no_such_plan(plan_type: str, source: RowSource) -> None:
     """No rows may mean a quiet week, or a typo in PLAN_TYPE: say which."""
     problem = preflight.unknown_plan(plan_type, source)
@@ -378,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return preflight.run_checks(settings)
     monitoring.ping(settings.healthcheck_url, "start")
     started = time.monotonic()
+    collect_garbage_rarely()
     code, report = sync_and_report(settings, run_id)
     monitoring.ping(settings.healthcheck_url, str(code))
     if settings.metrics_file is not None:
