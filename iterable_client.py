@@ -29,6 +29,7 @@ import urllib3
 import urllib3.connectionpool
 import urllib3.exceptions
 
+from http_connections import Connections, NoAnswer, Reply
 from payloads import encode_json
 from rate_limit import RateLimiters
 from version import VERSION
@@ -341,9 +342,8 @@ class IterableClient:
             "Content-Type": "application/json",
             "User-Agent": f"iterable-sync/{VERSION}",
         }
-        self._pool = connection_pool(self.base_url, pool_size)
+        self._connections = open_connections(self.base_url, self.headers, pool_size, self.timeout)
         self._path = urlsplit(self.base_url).path.rstrip("/") + "/api/"
-        self._timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self._rng = random.Random()
         # A check that must pass before the run's first call (see set_gate).
         self._gate: Callable[[], None] | None = None
@@ -376,7 +376,7 @@ class IterableClient:
             self._gate_open.set()
 
     def close(self) -> None:
-        self._pool.close()
+        self._connections.close()
 
     def __enter__(self) -> IterableClient:
         return self
@@ -531,33 +531,11 @@ class IterableClient:
         started = time.monotonic()
         path = self._path + endpoint + (f"?{urlencode(params)}" if params else "")
         try:
-            # Retries and redirects are ours to decide (paced, logged, never followed).
-            reply = self._pool.urlopen(
-                method,
-                path,
-                body=data,
-                headers=self.headers,
-                retries=False,
-                redirect=False,
-                timeout=self._timeout,
-                preload_content=True,
-                assert_same_host=False,
-            )
-        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError too
-            return _Response(
-                error=describe_connection_error(exc), seconds=time.monotonic() - started
-            )
-        except urllib3.exceptions.ConnectTimeoutError:
-            timeout = f"timed out after {self.timeout[0]:g}s connecting"
-            return _Response(error=timeout, seconds=time.monotonic() - started)
-        except urllib3.exceptions.TimeoutError:
-            timeout = f"timed out after {self.timeout[1]:g}s"
-            return _Response(error=timeout, seconds=time.monotonic() - started)
-        except urllib3.exceptions.HTTPError as exc:
-            failure = describe_connection_error(exc)
-            return _Response(error=failure, seconds=time.monotonic() - started)
-        status, content = reply.status, reply.data
-        body = parse_body(reply.headers.get("Content-Type", ""), content)
+            reply = self._connections.request(method, path, data)
+        except NoAnswer as exc:
+            return _Response(error=self._no_answer(exc), seconds=time.monotonic() - started)
+        status, content = reply.status, reply.content
+        body = parse_body(reply.headers.get("content-type", ""), content)
         code = body.get("code") if isinstance(body.get("code"), str) else None
         msg = body.get("msg") if isinstance(body.get("msg"), str) else None
         if not body and status != 200:
@@ -573,10 +551,18 @@ class IterableClient:
             code=code,
             msg=msg,
             body=body if body or status == 200 else None,
-            retry_after=reply.headers.get("Retry-After"),
+            retry_after=reply.headers.get("retry-after"),
             error=error,
             seconds=time.monotonic() - started,
         )
+
+    def _no_answer(self, exc: NoAnswer) -> str:
+        """Why a request got no answer, in a short phrase: "timed out after 10s", ..."""
+        if isinstance(exc.cause, TimeoutError):
+            if exc.connecting:
+                return f"timed out after {self.timeout[0]:g}s connecting"
+            return f"timed out after {self.timeout[1]:g}s"
+        return describe_connection_error(exc.cause)
 
     def _scrub(self, text: str | None) -> str | None:
         if text and self._api_key and self._api_key in text:
@@ -584,29 +570,83 @@ class IterableClient:
         return text
 
 
-def connection_pool(base_url: str, pool_size: int) -> urllib3.connectionpool.HTTPConnectionPool:
+def open_connections(
+    base_url: str, headers: dict[str, str], pool_size: int, timeout: tuple[float, float]
+) -> Connections | ProxiedConnections:
     """Kept-alive connections to Iterable, set up as requests would from the environment.
 
-    requests' Session spent more CPU per call than the exchange itself (cookies, hooks,
-    redirects, a Response object, environment lookups; see make bench), for nothing this
-    client uses, so calls go to urllib3 directly. The environment is still honoured, read
-    once: HTTPS_PROXY/NO_PROXY, and REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE for a private CA;
-    certificates are always verified.
+    requests' Session, and then urllib3's pool, spent more CPU per call than everything
+    else a customer costs (see make bench), for nothing this client uses; direct calls go
+    through http_connections. The environment is still honoured, read once:
+    HTTPS_PROXY/NO_PROXY (a proxy keeps urllib3, which speaks CONNECT), and
+    REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE for a private CA; certificates are always verified.
     """
     settings = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
     verify = settings["verify"]
     ca = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
-    options: dict[str, Any] = {"maxsize": pool_size, "block": False}
-    if base_url.startswith("https:"):
-        ca_option = "ca_cert_dir" if os.path.isdir(ca) else "ca_certs"
-        options.update(cert_reqs="CERT_REQUIRED", **{ca_option: ca})
+    ca_option = "ca_cert_dir" if os.path.isdir(ca) else "ca_certs"
     proxy = requests.utils.select_proxy(base_url, settings["proxies"])
-    manager: urllib3.PoolManager = (
-        urllib3.ProxyManager(proxy, num_pools=1, **options)
-        if proxy
-        else urllib3.PoolManager(num_pools=1, **options)
-    )
-    return manager.connection_from_url(base_url)
+    https = base_url.startswith("https:")
+    if proxy:
+        options: dict[str, Any] = {"maxsize": pool_size, "block": False}
+        if https:
+            options.update(cert_reqs="CERT_REQUIRED", **{ca_option: ca})
+        manager = urllib3.ProxyManager(proxy, num_pools=1, **options)
+        # Plain HTTP goes to the proxy with the absolute URL; HTTPS through a CONNECT tunnel.
+        origin = "" if https else "{0.scheme}://{0.netloc}".format(urlsplit(base_url))
+        pool = manager.connection_from_url(base_url)
+        return ProxiedConnections(pool, origin, headers, timeout)
+    tls = None
+    if https:
+        if ca_option == "ca_cert_dir":
+            tls = ssl.create_default_context(capath=ca)
+        else:
+            tls = ssl.create_default_context(cafile=ca)
+    return Connections(base_url, headers, timeout[0], timeout[1], tls)
+
+
+class ProxiedConnections:
+    """Connections.request's contract over urllib3's pool, for requests through a proxy."""
+
+    def __init__(
+        self,
+        pool: urllib3.connectionpool.HTTPConnectionPool,
+        origin: str,
+        headers: dict[str, str],
+        timeout: tuple[float, float],
+    ) -> None:
+        self._pool = pool
+        self._origin = origin
+        self._headers = headers
+        self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+
+    def request(self, method: str, path: str, body: bytes | None) -> Reply:
+        try:
+            # Retries and redirects are ours to decide (paced, logged, never followed).
+            reply = self._pool.urlopen(
+                method,
+                self._origin + path,
+                body=body,
+                headers=self._headers,
+                retries=False,
+                redirect=False,
+                timeout=self._timeout,
+                preload_content=True,
+                assert_same_host=False,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError too
+            raise NoAnswer(exc, connecting=True) from exc
+        except urllib3.exceptions.ConnectTimeoutError as exc:
+            raise NoAnswer(TimeoutError(str(exc)), connecting=True) from exc
+        except urllib3.exceptions.TimeoutError as exc:
+            raise NoAnswer(TimeoutError(str(exc)), connecting=False) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise NoAnswer(exc, connecting=False) from exc
+        headers = {name.lower(): value for name, value in reply.headers.items()}
+        return Reply(reply.status, headers, reply.data)
+
+    def close(self) -> None:
+        self._pool.close()
 
 
 def parse_body(content_type: str, content: bytes) -> dict[str, Any]:

@@ -1,0 +1,207 @@
+"""HTTP/1.1 to one host over kept-alive connections: a request's bytes out, its answer in.
+
+Single mode makes two small requests per customer, and urllib3 spent over 200 µs of CPU
+on each (a pool, header objects, a response object, the email package parsing headers),
+more than all the rest of the customer's work (see make bench). Here a thread keeps its
+own connection, a request is one prebuilt block of bytes and one send, and an answer is
+its status, its headers as a dict and its body (by Content-Length, chunked, or up to the
+close). Requests through a proxy stay with urllib3 (iterable_client.connection_pool).
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+# Limits on an answer's head, so a broken server cannot make us read forever.
+MAX_HEADER_LINE = 65_536
+MAX_HEADERS = 200
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer: its status, its headers (names lower-cased) and its body."""
+
+    status: int
+    headers: dict[str, str]
+    content: bytes
+
+
+class NoAnswer(Exception):
+    """The request got no (complete) answer; `connecting` says whether no connection was
+    made, and `cause` is the error that says why."""
+
+    def __init__(self, cause: BaseException, connecting: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.connecting = connecting
+
+
+class MalformedAnswer(http.client.HTTPException):
+    """What came back is not HTTP/1.x."""
+
+
+class _Connection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader: BinaryIO = sock.makefile("rb")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class Connections:
+    """Kept-alive connections to one base URL, one per thread that calls request()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        connect_timeout: float,
+        read_timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if https else 80)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.tls = (tls or ssl.create_default_context()) if https else None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port is not None:
+            host += f":{self.port}"
+        # Every request's constant header lines, encoded once.
+        lines = {"Host": host, **headers}
+        self._fixed = "".join(f"{name}: {value}\r\n" for name, value in lines.items()).encode()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[_Connection] = set()
+
+    def request(self, method: str, path: str, body: bytes | None) -> Reply:
+        """Send and read the answer; raises NoAnswer when there is none."""
+        head = f"{method} {path} HTTP/1.1\r\n".encode() + self._fixed
+        if body is not None:
+            head += b"Content-Length: %d\r\n" % len(body)
+        message = head + b"\r\n" + (body or b"")
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is not None and _dropped(connection.sock):
+            self._discard(connection)  # closed by the server while idle: take a new one
+            connection = None
+        if connection is None:
+            connection = self._connect()
+        try:
+            return self._exchange(connection, method, message)
+        except (OSError, http.client.HTTPException) as exc:
+            self._discard(connection)
+            raise NoAnswer(exc, connecting=False) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            connection.close()
+
+    def _connect(self) -> _Connection:
+        try:
+            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        except OSError as exc:  # refused, unreachable, timed out, TLS (ssl.SSLError)
+            raise NoAnswer(exc, connecting=True) from exc
+        sock.settimeout(self.read_timeout)
+        connection = _Connection(sock)
+        with self._lock:
+            self._open.add(connection)
+        self._local.connection = connection
+        return connection
+
+    def _discard(self, connection: _Connection) -> None:
+        with self._lock:
+            self._open.discard(connection)
+        if getattr(self._local, "connection", None) is connection:
+            self._local.connection = None
+        connection.close()
+
+    def _exchange(self, connection: _Connection, method: str, message: bytes) -> Reply:
+        connection.sock.sendall(message)
+        reader = connection.reader
+        status_line = reader.readline(MAX_HEADER_LINE)
+        if not status_line:
+            raise http.client.RemoteDisconnected("connection closed without an answer")
+        version, status = _status(status_line)
+        headers = _headers(reader)
+        content = _body(reader, method, status, headers)
+        closing = headers.get("connection", "").lower()
+        if closing == "close" or (version == "HTTP/1.0" and closing != "keep-alive"):
+            self._discard(connection)
+        return Reply(status, headers, content)
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """An idle kept-alive connection with something to read has been closed by the server
+    (or holds stray bytes): either way it cannot carry the next request."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _status(line: bytes) -> tuple[str, int]:
+    parts = line.decode("latin-1").split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise MalformedAnswer(f"not an HTTP answer: {line[:40]!r}")
+    return parts[0], int(parts[1])
+
+
+def _headers(reader: BinaryIO) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS):
+        line = reader.readline(MAX_HEADER_LINE)
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    raise MalformedAnswer(f"more than {MAX_HEADERS} header lines")
+
+
+def _body(reader: BinaryIO, method: str, status: int, headers: dict[str, str]) -> bytes:
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return b""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return _chunks(reader)
+    length = headers.get("content-length")
+    if length is None:
+        return reader.read()  # the answer ends when the server closes the connection
+    if not length.isdigit():
+        raise MalformedAnswer(f"bad Content-Length {length[:20]!r}")
+    content = reader.read(int(length))
+    if len(content) < int(length):
+        raise http.client.IncompleteRead(content, int(length) - len(content))
+    return content
+
+
+def _chunks(reader: BinaryIO) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_line = reader.readline(MAX_HEADER_LINE).split(b";", 1)[0].strip()
+        try:
+            size = int(size_line, 16)
+        except ValueError:
+            raise MalformedAnswer(f"bad chunk size {size_line[:20]!r}") from None
+        if size == 0:
+            while reader.readline(MAX_HEADER_LINE) not in (b"\r\n", b"\n", b""):
+                pass  # trailer lines
+            return b"".join(parts)
+        chunk = reader.read(size)
+        if len(chunk) < size:
+            raise http.client.IncompleteRead(b"".join(parts) + chunk)
+        parts.append(chunk)
+        reader.readline(MAX_HEADER_LINE)  # the CRLF after the chunk
