@@ -314,7 +314,7 @@ class _Response:
 
 
 class IterableClient:
-    """Talks to Iterable's endpoints over one pool of kept-alive connections."""
+    """Talks to Iterable's endpoints over kept-alive connections (one per calling thread)."""
 
     def __init__(
         self,
