@@ -428,3 +428,39 @@ def test_the_other_rows_of_a_run_are_sent_around_a_bad_one(sandbox, tmp_path):
     assert outcome(by_id[2]) == ("failed", "bad_row")
     assert outcome(by_id[1]) == outcome(by_id[3]) == ("success", None)
     assert set(sandbox.users()) == {"good@example.com", "later@example.com"}
+
+
+def test_duplicates_are_found_across_the_chunks_rows_are_planned_in(sandbox, tmp_path):
+    # 1,000 rows, planned 400 at a time; every email comes back once in a later chunk and
+    # once twice in the same chunk.
+    def row(customer_id: int, email: str) -> dict[str, Any]:
+        return {
+            "customer_id": customer_id,
+            "email": email,
+            "first_name": None,
+            "last_name": None,
+            "plan_type": "pro",
+            "page_view_id": customer_id * 10,
+            "page": "/p",
+            "device": None,
+            "location": None,
+            "viewed_at": datetime(2026, 1, 5, 12, 0),
+        }
+
+    firsts = [row(n, f"user{n}@example.com") for n in range(1, 501)]
+    again = [row(1000 + n, f"user{n}@example.com") for n in range(1, 500)]
+    twice_in_a_chunk = [row(2000, "late@example.com"), row(2001, "late@example.com")]
+    writer = ResultsWriter(tmp_path)
+    with IterableClient(DEFAULT_API_KEY, sandbox.base_url) as client:
+        Syncer(client=client, writer=writer).run_bulk(
+            firsts + again + twice_in_a_chunk, batch_size=1000, events_batch_size=1000
+        )
+    results = json.loads(writer.finish({}, datetime.now(UTC)).read_text())
+    by_id = {r["customer_id"]: r for r in results["results"]}
+    assert len(by_id) == 1001
+    assert all(outcome(by_id[n]) == ("success", None) for n in [*range(1, 501), 2000])
+    assert all(outcome(by_id[1000 + n]) == ("failed", "duplicate_email") for n in range(1, 500))
+    assert by_id[1499]["detail"] == "customer 499 has the same email and was sent instead"
+    assert outcome(by_id[2001]) == ("failed", "duplicate_email")
+    assert by_id[2001]["detail"] == "customer 2000 has the same email and was sent instead"
+    assert len(sandbox.users()) == 501 and len(sandbox.events()) == 501
