@@ -112,10 +112,14 @@ class Connections:
     def _connect(self) -> _Connection:
         try:
             sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+        except OSError as exc:  # refused, unreachable, timed out, name not resolved
+            raise NoAnswer(exc, connecting=True) from exc
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-        except OSError as exc:  # refused, unreachable, timed out, TLS (ssl.SSLError)
+        except OSError as exc:  # the TLS handshake failed (ssl.SSLError) or timed out
+            sock.close()
             raise NoAnswer(exc, connecting=True) from exc
         sock.settimeout(self.read_timeout)
         connection = _Connection(sock)

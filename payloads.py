@@ -179,12 +179,8 @@ def event_id(page_view_id: int) -> str:
     return f"{EVENT_ID_PREFIX}{int(page_view_id)}"
 
 
-def as_utc(value: datetime) -> datetime:
-    """The database holds UTC in DATETIME columns, which arrive naive."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _naive_utc(value: datetime) -> datetime:
+    """The database holds UTC in DATETIME columns, which arrive naive; others are converted."""
     return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
@@ -194,7 +190,7 @@ def iterable_timestamp(value: datetime) -> str:
 
 
 def epoch_seconds(value: datetime) -> int:
-    """Whole seconds since 1970 (createdAt), as int(as_utc(value).timestamp()) gives."""
+    """Whole seconds since 1970 (createdAt), truncated as int(datetime.timestamp()) is."""
     return int((_naive_utc(value) - _EPOCH).total_seconds())
 
 
@@ -257,7 +253,7 @@ def build_payloads(
     )
 
 
-_CLIPPED = ("first_name", "last_name", "page", "device", "location")
+CLIPPED_COLUMNS = ("first_name", "last_name", "page", "device", "location")
 
 
 def _clipped(row: SourceRow, warnings: list[str]) -> tuple[str | None, ...]:
@@ -265,7 +261,9 @@ def _clipped(row: SourceRow, warnings: list[str]) -> tuple[str | None, ...]:
     values = (row.first_name, row.last_name, row.page, row.device, row.location)
     if max([len(value) for value in values if value is not None], default=0) <= MAX_FIELD_CHARS:
         return values  # the usual case, checked in one pass
-    return tuple(_clip(name, value, warnings) for name, value in zip(_CLIPPED, values, strict=True))
+    return tuple(
+        _clip(name, value, warnings) for name, value in zip(CLIPPED_COLUMNS, values, strict=True)
+    )
 
 
 def user_identity(customer_id: int, email: str, identify_by: str) -> dict[str, str]:

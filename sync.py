@@ -603,17 +603,23 @@ class Syncer:
 
     def _planned(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Work]:
         source = iter(rows)
-        while chunk := [self._prepare(raw) for raw in itertools.islice(source, PLAN_CHUNK)]:
+        while not self._stopping() and (
+            chunk := [self._prepare(raw) for raw in itertools.islice(source, PLAN_CHUNK)]
+        ):
             known = self._look_up(chunk)
             for item in chunk:
-                if self.stop.is_set():
-                    # A run that aborted (rejected key, Iterable down) was not stopped by a
-                    # signal.
-                    self.outcome.stopped = self.outcome.aborted is None
+                if self._stopping():
                     return
                 work = self.plan(item, known)
                 if work is not None:
                     yield work
+
+    def _stopping(self) -> bool:
+        if not self.stop.is_set():
+            return False
+        # A run that aborted (rejected key, Iterable down) was not stopped by a signal.
+        self.outcome.stopped = self.outcome.aborted is None
+        return True
 
     # -- bulk mode ----------------------------------------------------------------
 
