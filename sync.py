@@ -49,7 +49,7 @@ from payloads import (
 )
 from results import FAILED, IN_SEGMENT, LEFT_SEGMENT, SKIPPED, SUCCESS, ResultsWriter, RowResult
 from segment import LeaverUpdate, ListMirror, ReadCustomers, plan_leaver
-from sync_state import Known, Member, SyncState
+from sync_state import NOTHING_KNOWN, AcceptedUser, Known, Member, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,12 @@ class Syncer:
             if item.row is not None and isinstance(item.built, Payloads)
         ]
         self.duplicates.look_up(built.email for _, built in sendable)
-        if self.state is None or self.full_refresh:
+        if self.state is None:
+            return {}
+        # Every row read is (still) in the segment, sent or not; marked a chunk ahead, as
+        # only a run that read every row asks who left.
+        self.state.seen_many(item.row.customer_id for item in chunk if item.row is not None)
+        if self.full_refresh:
             return {}
         return self.state.known_many(
             [(customer_id, str(built.event["id"])) for customer_id, built in sendable]
@@ -290,8 +295,6 @@ class Syncer:
     def _plan(
         self, row: SourceRow, built: Payloads | Rejection, known: Known | None
     ) -> Work | None:
-        if self.state is not None:
-            self.state.seen(row.customer_id)
         if isinstance(built, Rejection):
             self._reject_locally(row, built)
             return None
@@ -338,8 +341,9 @@ class Syncer:
 
     def _plan_sends(self, row: SourceRow, built: Payloads, known: Known | None) -> Work | None:
         work = Work(row, built, True, True)
-        if self.state is None or self.full_refresh or known is None:
+        if self.state is None or self.full_refresh:
             return self._ready(work)
+        known = known or NOTHING_KNOWN
         if known.forgotten_email is not None:
             if known.forgotten_email == built.email:
                 self._skip_forgotten(work, record_state=False)
@@ -416,32 +420,51 @@ class Syncer:
 
     def user_done(self, work: Work, call: CallResult | None, failure: str | None = None) -> bool:
         """Record the profile update's outcome; True when the event may follow."""
+        if self._user_answered(work, call, failure):
+            self._store_users([work])
+            return True
+        return False
+
+    def _user_answered(self, work: Work, call: CallResult | None, failure: str | None) -> bool:
+        """The profile update's outcome, all but the sync state; True if it was accepted."""
         if call is not None:
             work.result.user_update = call.summary()
         if failure is None and call is not None and call.ok:
-            if self.state is not None:
-                self.state.user_accepted(
-                    work.row.customer_id,
-                    work.user_fingerprint,
-                    work.payloads.email,
-                    work.payloads.profile,
-                    in_segment=work.result.segment == IN_SEGMENT,
-                    clear_rejection=work.had_rejection,
-                )
             self._keep_listed(work)
             return True
         self._failed_call(work, call, failure)
         return False
 
+    def _store_users(self, accepted: Sequence[Work]) -> None:
+        if self.state is not None and accepted:
+            self.state.users_accepted(
+                [
+                    AcceptedUser(
+                        work.row.customer_id,
+                        work.user_fingerprint,
+                        work.payloads.email,
+                        work.payloads.profile,
+                        work.result.segment == IN_SEGMENT,
+                        work.had_rejection,
+                    )
+                    for work in accepted
+                ]
+            )
+
     def event_done(self, work: Work, call: CallResult | None, failure: str | None = None) -> None:
-        if call is not None:
-            work.result.event_track = call.summary()
-        if failure is None and call is not None and call.ok:
+        if self._event_answered(work, call, failure):
             if self.state is not None:
                 self.state.event_accepted(work.event_id, work.row.customer_id)
             self.record(work.result)
-            return
+
+    def _event_answered(self, work: Work, call: CallResult | None, failure: str | None) -> bool:
+        """The event's outcome; a failure is recorded here, an accepted event by the caller."""
+        if call is not None:
+            work.result.event_track = call.summary()
+        if failure is None and call is not None and call.ok:
+            return True
         self._failed_call(work, call, failure)
+        return False
 
     def _failed_call(self, work: Work, call: CallResult | None, failure: str | None) -> None:
         reason = failure or (call_failure_reason(call) if call else "no_response")
@@ -484,19 +507,27 @@ class Syncer:
 
     def apply_user_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
         """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
-        accepted: list[Work] = []
-        for outcome in outcomes:
-            work = cast(Work, outcome.row)
-            if self.user_done(work, outcome.call, outcome.failure):
-                if work.send_event:
-                    accepted.append(work)
-                else:
-                    self.skip_event(work)
-        return accepted
+        accepted = [
+            cast(Work, outcome.row)
+            for outcome in outcomes
+            if self._user_answered(cast(Work, outcome.row), outcome.call, outcome.failure)
+        ]
+        self._store_users(accepted)
+        for work in accepted:
+            if not work.send_event:
+                self.skip_event(work)
+        return [work for work in accepted if work.send_event]
 
     def apply_event_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
-        for outcome in outcomes:
-            self.event_done(cast(Work, outcome.row), outcome.call, outcome.failure)
+        accepted = [
+            cast(Work, outcome.row)
+            for outcome in outcomes
+            if self._event_answered(cast(Work, outcome.row), outcome.call, outcome.failure)
+        ]
+        if self.state is not None:
+            self.state.events_accepted([(work.event_id, work.row.customer_id) for work in accepted])
+        for work in accepted:
+            self.record(work.result)
         return []
 
     def skip_user(self, work: Work) -> None:

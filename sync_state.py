@@ -18,18 +18,16 @@ signed 64-bit integers.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
-import operator
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from payloads import canonical_json
 
@@ -77,16 +75,19 @@ CREATE TABLE IF NOT EXISTS list_members (
 );
 """
 
+# Only customers the state holds something about come back: on a first run, none do.
 _KNOWN_SQL = (
     "WITH k (id, event_id) AS (VALUES {values}) "
-    "SELECT k.id, u.fingerprint, u.email, "
-    "EXISTS (SELECT 1 FROM events WHERE event_id = k.event_id), "
+    "SELECT k.id, u.fingerprint, u.email, e.event_id IS NOT NULL, "
     "r.fingerprint, r.reason, r.first_rejected_at, f.email, m.identifier "
     "FROM k "
     "LEFT JOIN users AS u ON u.customer_id = k.id "
+    "LEFT JOIN events AS e ON e.event_id = k.event_id "
     "LEFT JOIN rejections AS r ON r.customer_id = k.id "
     "LEFT JOIN forgotten AS f ON f.customer_id = k.id "
-    "LEFT JOIN list_members AS m ON m.customer_id = k.id AND m.list_id = ?1"
+    "LEFT JOIN list_members AS m ON m.customer_id = k.id AND m.list_id = ?1 "
+    "WHERE u.customer_id IS NOT NULL OR e.event_id IS NOT NULL OR r.customer_id IS NOT NULL "
+    "OR f.customer_id IS NOT NULL OR m.customer_id IS NOT NULL"
 )
 
 
@@ -143,6 +144,10 @@ class Known:
     list_identifier: str | None  # how the customer was subscribed to the list, if they are
 
 
+# A customer the state has no record of: never sent, refused, forgotten or listed.
+NOTHING_KNOWN = Known(None, None, False, None, None, None)
+
+
 @dataclass(frozen=True)
 class Member:
     """A customer the state has in the segment (or on the list), as Iterable holds them."""
@@ -151,6 +156,26 @@ class Member:
     email: str | None
     profile: dict[str, Any] | None
     list_identifier: str | None
+
+
+class AcceptedUser(NamedTuple):
+    """A profile Iterable accepted, as user_accepted records it."""
+
+    customer_id: int
+    fingerprint: str
+    email: str
+    profile: Mapping[str, Any]
+    in_segment: bool = True
+    clear_rejection: bool = True
+
+
+_UPSERT_USER = (
+    "INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(customer_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "email = excluded.email, profile = excluded.profile, "
+    "in_segment = excluded.in_segment, accepted_at = excluded.accepted_at"
+)
 
 
 class SyncState:
@@ -163,9 +188,9 @@ class SyncState:
         self._pending = 0
         self._last_commit = time.monotonic()
         self._seen: list[tuple[str]] = []
-        # Writes wait here until the next commit; runs of the same statement then go to
-        # SQLite as one executemany, in order (a statement per row cost more than the row).
-        self._queue: list[tuple[str, tuple[object, ...]]] = []
+        # Writes wait here until the next commit, as runs of the same statement that go to
+        # SQLite as one executemany each, in order (a statement per row cost more than the row).
+        self._queue: list[tuple[str, list[tuple[object, ...]]]] = []
         self._db = self._open(path)
 
     @staticmethod
@@ -192,11 +217,12 @@ class SyncState:
     # -- reading ------------------------------------------------------------------------
 
     def known(self, customer_id: int, event_id: str) -> Known:
-        return self.known_many([(customer_id, event_id)])[customer_id]
+        return self.known_many([(customer_id, event_id)]).get(customer_id, NOTHING_KNOWN)
 
     def known_many(self, keys: Sequence[tuple[int, str]]) -> dict[int, Known]:
         """What the state says about each (customer id, event id), by customer id, read in
-        one query a KNOWN_BATCH: a query per row cost more than building the row's payloads."""
+        one query a KNOWN_BATCH: a query per row cost more than building the row's payloads.
+        Customers the state knows nothing about are left out: they are NOTHING_KNOWN."""
         found: dict[int, Known] = {}
         for start in range(0, len(keys), KNOWN_BATCH):
             chunk = keys[start : start + KNOWN_BATCH]
@@ -204,8 +230,8 @@ class SyncState:
             for customer_id, event_id in chunk:
                 params += (str(customer_id), event_id)
             with self._lock:
-                rows = self._db.execute(_known_sql(len(chunk)), params)
-                found.update((int(row[0]), _known(row)) for row in rows)
+                rows = self._db.execute(_known_sql(len(chunk)), params).fetchall()
+            found.update((int(row[0]), _known(row)) for row in rows)
         return found
 
     def rejection(self, customer_id: int) -> Rejection | None:
@@ -254,8 +280,11 @@ class SyncState:
 
     def seen(self, customer_id: int) -> None:
         """A Query 2 row of this run: the customer is (still) in the segment."""
+        self.seen_many([customer_id])
+
+    def seen_many(self, customer_ids: Iterable[int]) -> None:
         with self._lock:
-            self._seen.append((str(customer_id),))
+            self._seen.extend((str(customer_id),) for customer_id in customer_ids)
             if len(self._seen) >= SEEN_BATCH:
                 self._flush_seen()
 
@@ -277,33 +306,51 @@ class SyncState:
     ) -> None:
         """Iterable accepted this profile; a rejection on record (when the caller knows of
         one) no longer holds."""
-        key = str(customer_id)
-        self._write(
-            "INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(customer_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
-            "email = excluded.email, profile = excluded.profile, "
-            "in_segment = excluded.in_segment, accepted_at = excluded.accepted_at",
-            (key, fingerprint, email, _json(profile), int(in_segment), _now()),
-            *(["DELETE FROM rejections WHERE customer_id = ?"] if clear_rejection else []),
+        self.users_accepted(
+            [AcceptedUser(customer_id, fingerprint, email, profile, in_segment, clear_rejection)]
         )
+
+    def users_accepted(self, users: Sequence[AcceptedUser]) -> None:
+        """user_accepted for a bulk batch's profiles, as two statements rather than a pair a
+        row."""
+        now = _now()
+        self._write_many(
+            _UPSERT_USER,
+            [
+                (
+                    str(user.customer_id),
+                    user.fingerprint,
+                    user.email,
+                    _json(user.profile),
+                    int(user.in_segment),
+                    now,
+                )
+                for user in users
+            ],
+        )
+        cleared = [(str(user.customer_id),) for user in users if user.clear_rejection]
+        if cleared:
+            self._write_many("DELETE FROM rejections WHERE customer_id = ?", cleared, count=False)
 
     def email_moved(self, customer_id: int, email: str) -> None:
         """Iterable moved the profile to a new email: durable at once, as a resend would
         otherwise look for the profile under the old one."""
         with self._lock:
-            self._queue.append(
-                (
-                    "UPDATE users SET email = ?, fingerprint = NULL WHERE customer_id = ?",
-                    (email, str(customer_id)),
-                )
+            self._enqueue(
+                "UPDATE users SET email = ?, fingerprint = NULL WHERE customer_id = ?",
+                [(email, str(customer_id))],
             )
             self._commit()
 
     def event_accepted(self, event_id: str, customer_id: int) -> None:
-        self._write(
+        self.events_accepted([(event_id, customer_id)])
+
+    def events_accepted(self, events: Sequence[tuple[str, int]]) -> None:
+        """(event id, customer id) of events Iterable accepted."""
+        now = _now()
+        self._write_many(
             "INSERT OR REPLACE INTO events (event_id, customer_id, accepted_at) VALUES (?, ?, ?)",
-            (event_id, str(customer_id), _now()),
+            [(event_id, str(customer_id), now) for event_id, customer_id in events],
         )
 
     def user_sending(self, customer_id: int, fingerprint: str) -> None:
@@ -397,19 +444,38 @@ class SyncState:
     def _write(self, sql: str, params: tuple[object, ...], *same_customer: str) -> None:
         """One change, plus statements about the same customer (params[0]) with it."""
         with self._lock:
-            self._queue.append((sql, params))
+            self._enqueue(sql, [params])
             for statement in same_customer:
-                self._queue.append((statement, (params[0],)))
-            self._pending += 1
-            if (
-                self._pending >= COMMIT_EVERY_CHANGES
-                or time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS
-            ):
-                self._commit()
+                self._enqueue(statement, [(params[0],)])
+            self._changed(1)
+
+    def _write_many(self, sql: str, rows: Sequence[tuple[object, ...]], count: bool = True) -> None:
+        """The same statement for many rows; counted as that many changes unless `count` is
+        off (a statement that goes with changes already counted)."""
+        if not rows:
+            return
+        with self._lock:
+            self._enqueue(sql, rows)
+            self._changed(len(rows) if count else 0)
+
+    def _enqueue(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+        """Queue a statement's rows, joining the run of the same statement queued last."""
+        if self._queue and self._queue[-1][0] == sql:
+            self._queue[-1][1].extend(rows)
+        else:
+            self._queue.append((sql, list(rows)))
+
+    def _changed(self, changes: int) -> None:
+        self._pending += changes
+        if (
+            self._pending >= COMMIT_EVERY_CHANGES
+            or time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS
+        ):
+            self._commit()
 
     def _flush_queue(self) -> None:
-        for sql, run in itertools.groupby(self._queue, key=operator.itemgetter(0)):
-            self._db.executemany(sql, [params for _, params in run])
+        for sql, rows in self._queue:
+            self._db.executemany(sql, rows)
         self._queue = []
 
     def _commit(self) -> None:
