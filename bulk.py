@@ -6,7 +6,7 @@ import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
@@ -134,14 +134,14 @@ def event_item(row: BulkRow) -> bytes:
 
 def deliver_users(
     client: IterableClient, batch: Sequence[BulkRow], limit: BatchLimit
-) -> Iterator[RowOutcome]:
+) -> list[RowOutcome]:
     """users/bulkUpdate for a batch (halved or resent as needed): an outcome per row."""
     return deliver(client, USERS_BULK_UPDATE, "users", batch, user_item, limit)
 
 
 def deliver_events(
     client: IterableClient, batch: Sequence[BulkRow], limit: BatchLimit
-) -> Iterator[RowOutcome]:
+) -> list[RowOutcome]:
     return deliver(client, EVENTS_TRACK_BULK, "events", batch, event_item, limit)
 
 
@@ -152,35 +152,24 @@ def deliver(
     batch: Sequence[BulkRow],
     item: Callable[[BulkRow], bytes],
     limit: BatchLimit,
-) -> Iterator[RowOutcome]:
-    """Send a batch and yield (row, call, failure reason or None) for every row in it.
+) -> list[RowOutcome]:
+    """Send a batch; an outcome (row, call, failure reason or None) for every row in it.
 
     A batch refused as a whole because of one item is resent without that item (when
     Iterable names it) or in halves, so only the bad rows fail. A batch refused as too
     large is resent in halves, and later batches are cut to that size.
     """
-    body = b'{"' + key.encode() + b'":[' + b",".join(item(w) for w in batch) + b"]}"
+    body = b'{"' + key.encode() + b'":[' + b",".join([item(w) for w in batch]) + b"]}"
     call = client.call(endpoint, None, body=body)
     if call.ok:
-        failures = failed_identifiers(call.body or {})
-        disallowed = set((call.body or {}).get("disallowedEventNames") or [])
-        shared = _batch_call(call, len(batch))
-        for work in batch:
-            failure = failures.get(work.payloads.identifier)
-            if (
-                failure is None
-                and disallowed
-                and work.payloads.event.get("eventName") in disallowed
-            ):
-                failure = DISALLOWED_EVENT_NAME
-            yield RowOutcome(work, shared, failure)
-        return
+        return accepted_outcomes(batch, call)
     if is_too_large(call) and len(batch) > 1:
         limit.halve(len(batch))
         middle = len(batch) // 2
-        yield from deliver(client, endpoint, key, batch[:middle], item, limit)
-        yield from deliver(client, endpoint, key, batch[middle:], item, limit)
-        return
+        return [
+            *deliver(client, endpoint, key, batch[:middle], item, limit),
+            *deliver(client, endpoint, key, batch[middle:], item, limit),
+        ]
     if call.http_status == 400 and call.code in SPLITTABLE_CODES and len(batch) > 1:
         bad = named_item(call.body or {})
         if bad is not None and bad < len(batch):
@@ -191,19 +180,37 @@ def deliver(
                 len(batch),
                 call.code,
             )
-            yield RowOutcome(batch[bad], _batch_call(call, len(batch)), None)
             rest = [*batch[:bad], *batch[bad + 1 :]]
-            yield from deliver(client, endpoint, key, rest, item, limit)
-            return
+            return [
+                RowOutcome(batch[bad], _batch_call(call, len(batch)), None),
+                *deliver(client, endpoint, key, rest, item, limit),
+            ]
         middle = len(batch) // 2
         log.info(
             "%s: batch of %d refused (%s); resending in halves", endpoint, len(batch), call.code
         )
-        yield from deliver(client, endpoint, key, batch[:middle], item, limit)
-        yield from deliver(client, endpoint, key, batch[middle:], item, limit)
-        return
+        return [
+            *deliver(client, endpoint, key, batch[:middle], item, limit),
+            *deliver(client, endpoint, key, batch[middle:], item, limit),
+        ]
+    shared = _batch_call(call, len(batch))
+    return [RowOutcome(work, shared, None) for work in batch]
+
+
+def accepted_outcomes(batch: Sequence[BulkRow], call: CallResult) -> list[RowOutcome]:
+    """A batch Iterable took: each row succeeded unless the answer lists it as failed."""
+    failures = failed_identifiers(call.body or {})
+    disallowed = set((call.body or {}).get("disallowedEventNames") or [])
+    shared = _batch_call(call, len(batch))
+    if not (failures or disallowed):
+        return [RowOutcome(work, shared, None) for work in batch]
+    outcomes = []
     for work in batch:
-        yield RowOutcome(work, _batch_call(call, len(batch)), None)
+        failure = failures.get(work.payloads.identifier)
+        if failure is None and work.payloads.event.get("eventName") in disallowed:
+            failure = DISALLOWED_EVENT_NAME
+        outcomes.append(RowOutcome(work, shared, failure))
+    return outcomes
 
 
 def is_too_large(call: CallResult) -> bool:

@@ -74,6 +74,9 @@ OLD_EMAIL_MISSING_CODES = frozenset({"UnknownEmailError", "NotFound", "UnknownUs
 PLAN_CHUNK = 400
 # Emails looked up per query (under SQLite's 999 parameters).
 LOOKUP_BATCH = 900
+# Bulk mode looks for answers that have come every this many rows (a few milliseconds),
+# rather than after every row.
+SETTLE_EVERY = 100
 
 
 @dataclass
@@ -690,7 +693,10 @@ class Syncer:
                 settle_one=settle_user_batch,
             )
             users = Batcher(user_limit, user_batches.send, user_item)
-            for work in self._planned(rows):
+            for index, work in enumerate(self._planned(rows)):
+                if index % SETTLE_EVERY == 0:
+                    user_batches.settle(wait=False)
+                    event_batches.settle(wait=False)
                 if work.previous_email is not None:
                     # Iterable processes single and bulk calls apart: a customer whose
                     # email changes goes through the single calls for this run.
@@ -704,8 +710,6 @@ class Syncer:
                         events.add(work)
                     else:
                         self.skip_event(work)
-                user_batches.settle(wait=False)
-                event_batches.settle(wait=False)
             users.flush()
             user_batches.drain()
             events.flush()
@@ -812,7 +816,7 @@ class Syncer:
 
     def _deliver(
         self,
-        send: Callable[[IterableClient, Sequence[BulkRow]], Iterator[RowOutcome]],
+        send: Callable[[IterableClient, Sequence[BulkRow]], list[RowOutcome]],
         client: IterableClient,
         batch: Sequence[BulkRow],
     ) -> Delivered:
@@ -826,8 +830,7 @@ class Syncer:
             done.interrupted = True
             return done
         try:
-            for outcome in send(client, batch):
-                done.outcomes.append(outcome)
+            done.outcomes = send(client, batch)
         except StopRun as exc:
             done.interrupted = True
             self.abort(exc)
