@@ -101,8 +101,8 @@ class Batcher:
 
     def add(self, row: BulkRow) -> None:
         size = len(self.item(row)) + 1
-        if self.items and (len(self.items) >= self.limit.size or self.size + size > MAX_BULK_BYTES):
-            self.flush()
+        if self.size + size > MAX_BULK_BYTES or len(self.items) >= self.limit.size:
+            self.flush()  # nothing to do when empty: one item always fits
         self.items.append(row)
         self.size += size
 

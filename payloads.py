@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,9 +56,12 @@ class SourceRow:
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> SourceRow:
-        texts = [row.get(name) for name in TEXT_COLUMNS]
+        try:
+            texts: Sequence[Any] = _TEXT_VALUES(row)  # one call for the seven columns
+        except KeyError:  # a query edited to leave a column out: it is NULL
+            texts = [row.get(name) for name in TEXT_COLUMNS]
         not_utf8: tuple[str, ...] = ()
-        if not {type(value) for value in texts} <= _PLAIN_TEXT:  # bytes from a binary column
+        if not set(map(type, texts)) <= _PLAIN_TEXT:  # bytes from a binary column
             not_utf8 = tuple(
                 name
                 for name, value in zip(TEXT_COLUMNS, texts, strict=True)
@@ -83,6 +87,7 @@ class SourceRow:
 # The text columns of a Query 2 row, in SourceRow's order.
 TEXT_COLUMNS = ("email", "first_name", "last_name", "plan_type", "page", "device", "location")
 _PLAIN_TEXT = frozenset({str, type(None)})
+_TEXT_VALUES = operator.itemgetter(*TEXT_COLUMNS)
 
 
 @dataclass(slots=True)

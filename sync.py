@@ -165,7 +165,8 @@ class DuplicateEmails:
     def __init__(self) -> None:
         # "" opens a temporary on-disk database that SQLite deletes on close.
         self._db = sqlite3.connect("", check_same_thread=False)
-        self._db.execute("PRAGMA cache_size = -2048")
+        # 8 MB: a hundred thousand emails stay in memory, a million spill to disk.
+        self._db.execute("PRAGMA cache_size = -8192")
         self._db.execute(
             "CREATE TABLE seen (email TEXT PRIMARY KEY, customer_id TEXT) WITHOUT ROWID"
         )
@@ -511,9 +512,9 @@ class Syncer:
     def apply_user_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
         """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
         accepted = [
-            cast(Work, outcome.row)
-            for outcome in outcomes
-            if self._user_answered(cast(Work, outcome.row), outcome.call, outcome.failure)
+            work
+            for work, call, failure in _answered(outcomes)
+            if self._user_answered(work, call, failure)
         ]
         self._store_users(accepted)
         for work in accepted:
@@ -523,9 +524,9 @@ class Syncer:
 
     def apply_event_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
         accepted = [
-            cast(Work, outcome.row)
-            for outcome in outcomes
-            if self._event_answered(cast(Work, outcome.row), outcome.call, outcome.failure)
+            work
+            for work, call, failure in _answered(outcomes)
+            if self._event_answered(work, call, failure)
         ]
         if self.state is not None:
             self.state.events_accepted([(work.event_id, work.row.customer_id) for work in accepted])
@@ -865,6 +866,11 @@ class Syncer:
         for row in call.batch:
             self._fail(cast(Work, row), reason, permanent=False)
         return []
+
+
+def _answered(outcomes: Iterable[RowOutcome]) -> Iterable[tuple[Work, CallResult, str | None]]:
+    """Bulk outcomes with their rows as the Work this module sent (one cast, not one a row)."""
+    return cast("Iterable[tuple[Work, CallResult, str | None]]", outcomes)
 
 
 def _leaver_work(member: Member, update: LeaverUpdate) -> Work:

@@ -411,3 +411,24 @@ def test_bodies_hold_every_present_field_and_nothing_else(
     assert built.event == event
     assert built.profile == profile
     assert built.user_fingerprint == fingerprint(user_update)
+
+
+def test_a_column_left_out_of_an_edited_query_counts_as_null():
+    full = {
+        "customer_id": 5,
+        "email": "e@example.com",
+        "first_name": "E",
+        "last_name": None,
+        "plan_type": "pro",
+        "page_view_id": 9,
+        "page": "/p",
+        "device": "mobile",
+        "location": "Oslo",
+        "viewed_at": VIEWED,
+    }
+    without_device = {name: value for name, value in full.items() if name != "device"}
+    built = build_payloads(SourceRow.from_mapping(without_device))
+    assert isinstance(built, Payloads)
+    assert "device" not in built.event["dataFields"]
+    assert built.event["dataFields"]["location"] == "Oslo"
+    assert SourceRow.from_mapping(full).device == "mobile"
