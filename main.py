@@ -236,7 +236,7 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
         with DatabaseConnection(settings.database) as db:
             source = RowSource(db, settings.plan_type, settings.lookback_days)
             progress = start_progress(settings, source)
-            syncer.on_row = progress.advance
+            syncer.on_rows = progress.advance
             outcome = sync_rows(settings, source, syncer, progress)
     except DatabaseError as exc:
         error = str(exc)

@@ -9,7 +9,7 @@ import re
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,15 +218,24 @@ class ResultsWriter:
         self._spool = os.fdopen(fd, "wb")
 
     def add(self, result: RowResult) -> None:
+        self.add_many([result])
+
+    def add_many(self, results: Sequence[RowResult]) -> None:
         # One compact line a row; orjson writes UTF-8 as it is, like ensure_ascii=False.
-        line = orjson.dumps(result.to_dict(), default=str, option=orjson.OPT_APPEND_NEWLINE)
+        lines = b"".join(
+            [
+                orjson.dumps(result.to_dict(), default=str, option=orjson.OPT_APPEND_NEWLINE)
+                for result in results
+            ]
+        )
         with self._lock:
             if self._spool.closed:
                 # A run stopped at once by a second signal has written its file; rows that
                 # finish after that are left out of it, as if never attempted.
                 return
-            self.summary.add(result)
-            self._spool.write(line)
+            for result in results:
+                self.summary.add(result)
+            self._spool.write(lines)
 
     def finish(self, run: dict[str, Any], started_at: datetime) -> Path:
         """Write {"run", "summary", "results"} to a new timestamped file; return its path."""

@@ -224,7 +224,7 @@ class Syncer:
         candidate: str | None = None,
         full_refresh: bool = False,
         stop: threading.Event | None = None,
-        on_row: Callable[[], None] = lambda: None,
+        on_rows: Callable[[int], object] = lambda _count: None,
         identify_by: str = BY_EMAIL,
         lists: ListMirror | None = None,
         delete_deleted: bool = False,
@@ -235,7 +235,7 @@ class Syncer:
         self.candidate = candidate
         self.full_refresh = full_refresh
         self.stop = stop or threading.Event()
-        self.on_row = on_row
+        self.on_rows = on_rows  # told how many rows were recorded, after each record
         self.identify_by = identify_by
         self.lists = lists
         self.delete_deleted = delete_deleted
@@ -402,23 +402,27 @@ class Syncer:
         return work
 
     def record(self, result: RowResult) -> None:
+        self.record_many([result])
+
+    def record_many(self, results: Sequence[RowResult]) -> None:
         """Every row's result goes to the results file; a new failure also to the log.
 
         Rows that succeed or are skipped are not logged one by one: the results file has
         them, and a line per row cost as much CPU as reading the row.
         """
-        self.writer.add(result)
-        self.on_row()
-        # Rows a stopping run interrupts are counted in the summary, not one warning each;
-        # rows still failing as before are counted as outstanding.
-        if result.status == FAILED and not result.outstanding and result.reason != INTERRUPTED:
-            log.warning(
-                "customer %s (%s): failed %s%s",
-                result.customer_id,
-                mask_email(result.email),
-                result.reason,
-                f" ({result.detail})" if result.detail else "",
-            )
+        self.writer.add_many(results)
+        self.on_rows(len(results))
+        for result in results:
+            # Rows a stopping run interrupts are counted in the summary, not one warning
+            # each; rows still failing as before are counted as outstanding.
+            if result.status == FAILED and not result.outstanding and result.reason != INTERRUPTED:
+                log.warning(
+                    "customer %s (%s): failed %s%s",
+                    result.customer_id,
+                    mask_email(result.email),
+                    result.reason,
+                    f" ({result.detail})" if result.detail else "",
+                )
 
     # -- outcomes of calls, shared by both modes ---------------------------------
 
@@ -530,8 +534,7 @@ class Syncer:
         ]
         if self.state is not None:
             self.state.events_accepted([(work.event_id, work.row.customer_id) for work in accepted])
-        for work in accepted:
-            self.record(work.result)
+        self.record_many([work.result for work in accepted])
         return []
 
     def skip_user(self, work: Work) -> None:

@@ -278,14 +278,14 @@ def test_only_a_signal_that_cut_rows_short_counts_as_a_stop(sandbox, tmp_path, s
     stop = threading.Event()
     recorded = [0]
 
-    def on_row() -> None:
-        recorded[0] += 1
-        if recorded[0] == stop_after:
+    def on_rows(count: int) -> None:
+        recorded[0] += count
+        if recorded[0] - count < stop_after <= recorded[0]:
             stop.set()
 
     writer = ResultsWriter(tmp_path)
     with IterableClient(DEFAULT_API_KEY, sandbox.base_url, stop=stop) as client:
-        syncer = Syncer(client=client, writer=writer, stop=stop, on_row=on_row)
+        syncer = Syncer(client=client, writer=writer, stop=stop, on_rows=on_rows)
         outcome = syncer.run_single(rows, 4)
         syncer.duplicates.close()
     writer.discard()

@@ -351,6 +351,7 @@ def documented_bodies(source: SourceRow, candidate: str | None, identify_by: str
     def present(fields: dict[str, Any]) -> dict[str, Any]:
         return {name: value for name, value in fields.items() if value is not None}
 
+    assert source.email is not None and source.viewed_at is not None
     email = source.email.strip().lower()
     identity = {"userId": str(source.customer_id)} if identify_by == "userId" else {"email": email}
     profile = {

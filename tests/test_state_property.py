@@ -111,12 +111,12 @@ class World:
         writer = ResultsWriter(self.workdir)
         seen = [0]
 
-        def on_row() -> None:
-            seen[0] += 1
-            if seen[0] == commit_after:
+        def on_rows(count: int) -> None:
+            seen[0] += count
+            if commit_after is not None and seen[0] - count < commit_after <= seen[0]:
                 state.flush()
 
-        syncer = Syncer(client=client, writer=writer, state=state, on_row=on_row)
+        syncer = Syncer(client=client, writer=writer, state=state, on_rows=on_rows)
         rows = self.rows() if rows is None else rows
         try:
             if mode == "bulk":
