@@ -48,7 +48,7 @@ IN_SEGMENT = "in"  # a row of this run's Query 2
 LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now
 
 
-@dataclass
+@dataclass(slots=True)
 class RowResult:
     """What happened to one customer in this run."""
 

@@ -79,7 +79,7 @@ LOOKUP_BATCH = 900
 SETTLE_EVERY = 100
 
 
-@dataclass
+@dataclass(slots=True)
 class Work:
     """One row on its way: its payloads, what still has to be sent, and its result so far."""
 
