@@ -49,7 +49,7 @@ from payloads import (
 )
 from results import FAILED, IN_SEGMENT, LEFT_SEGMENT, SKIPPED, SUCCESS, ResultsWriter, RowResult
 from segment import LeaverUpdate, ListMirror, ReadCustomers, plan_leaver
-from sync_state import NOTHING_KNOWN, AcceptedUser, Known, Member, SyncState
+from sync_state import NOTHING_KNOWN, AcceptedUser, Known, Member, RowInsert, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,9 @@ def is_permanent(call: CallResult) -> bool:
     return status is not None and 400 <= status < 500 and status != 429
 
 
+_INSERT_OWNERS = RowInsert("INSERT OR IGNORE INTO seen (email, customer_id) VALUES", 2)
+
+
 class DuplicateEmails:
     """Remembers which customer each email was sent for in this run.
 
@@ -205,7 +208,7 @@ class DuplicateEmails:
 
     def _store(self) -> None:
         if self._new:
-            self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", self._new)
+            _INSERT_OWNERS.run(self._db, self._new)
             self._new = []
 
     def close(self) -> None:
