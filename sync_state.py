@@ -160,7 +160,7 @@ class Member:
 
 
 class AcceptedUser(NamedTuple):
-    """A profile Iterable accepted, as user_accepted records it."""
+    """A profile Iterable accepted, as users_accepted records it."""
 
     customer_id: int
     fingerprint: str
@@ -249,9 +249,6 @@ class SyncState:
 
     # -- reading ------------------------------------------------------------------------
 
-    def known(self, customer_id: int, event_id: str) -> Known:
-        return self.known_many([(customer_id, event_id)]).get(customer_id, NOTHING_KNOWN)
-
     def known_many(self, keys: Sequence[tuple[int, str]]) -> dict[int, Known]:
         """What the state says about each (customer id, event id), by customer id, read in
         one query a KNOWN_BATCH: a query per row cost more than building the row's payloads.
@@ -311,11 +308,8 @@ class SyncState:
 
     # -- this run's rows ----------------------------------------------------------------
 
-    def seen(self, customer_id: int) -> None:
-        """A Query 2 row of this run: the customer is (still) in the segment."""
-        self.seen_many([customer_id])
-
     def seen_many(self, customer_ids: Iterable[int]) -> None:
+        """Query 2 rows of this run: the customers are (still) in the segment."""
         with self._lock:
             self._seen.extend((str(customer_id),) for customer_id in customer_ids)
             if len(self._seen) >= SEEN_BATCH:
@@ -328,24 +322,9 @@ class SyncState:
 
     # -- what Iterable accepted ---------------------------------------------------------
 
-    def user_accepted(
-        self,
-        customer_id: int,
-        fingerprint: str,
-        email: str,
-        profile: Mapping[str, Any],
-        in_segment: bool = True,
-        clear_rejection: bool = True,
-    ) -> None:
-        """Iterable accepted this profile; a rejection on record (when the caller knows of
-        one) no longer holds."""
-        self.users_accepted(
-            [AcceptedUser(customer_id, fingerprint, email, profile, in_segment, clear_rejection)]
-        )
-
     def users_accepted(self, users: Sequence[AcceptedUser]) -> None:
-        """user_accepted for a bulk batch's profiles, as two statements rather than a pair a
-        row."""
+        """Iterable accepted these profiles; a rejection on record (when the caller knows
+        of one) no longer holds. Written as two statements, not a pair a row."""
         now = _now()
         self._write_many(
             _UPSERT_USERS,
