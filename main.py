@@ -271,7 +271,7 @@ def start_progress(settings: Settings, source: RowSource) -> Progress:
 
 def sync_rows(settings: Settings, source: RowSource, syncer: Syncer, progress: Progress) -> Outcome:
     """Query 2's rows through the syncer, then the customers who left the segment."""
-    rows = ReadAhead(source.rows())
+    rows = ReadAhead(source.chunks())
     try:
         if settings.mode == "bulk" and syncer.client is not None:
             outcome = syncer.run_bulk(rows, settings.bulk_batch_size, settings.events_batch_size)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -56,18 +56,14 @@ class SourceRow:
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> SourceRow:
+        """A row given as a mapping of column names (values as the connector converts them)."""
         try:
             texts: Sequence[Any] = _TEXT_VALUES(row)  # one call for the seven columns
         except KeyError:  # a query edited to leave a column out: it is NULL
             texts = [row.get(name) for name in TEXT_COLUMNS]
         not_utf8: tuple[str, ...] = ()
         if not set(map(type, texts)) <= _PLAIN_TEXT:  # bytes from a binary column
-            not_utf8 = tuple(
-                name
-                for name, value in zip(TEXT_COLUMNS, texts, strict=True)
-                if isinstance(value, bytes | bytearray) and not _is_utf8(value)
-            )
-            texts = [_text(value) for value in texts]
+            texts, not_utf8 = decode_texts(texts)
         email, first_name, last_name, plan_type, page, device, location = texts
         return cls(
             int(row["customer_id"]),
@@ -82,6 +78,46 @@ class SourceRow:
             row.get("viewed_at"),
             not_utf8,
         )
+
+
+class UnreadableRow(NamedTuple):
+    """A row that breaks one of ROW_ASSUMPTIONS; it fails alone, as bad_row, in its turn."""
+
+    customer_id: int  # 0 when even that is unreadable
+    error: Exception
+
+
+# What a row with values the code does not expect (of the wrong type, out of range,
+# missing) raises on its way to payloads; anything else is a bug or an outage and stops
+# the run.
+ROW_ASSUMPTIONS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, UnicodeError)
+
+
+def read_row(row: Mapping[str, Any]) -> SourceRow | UnreadableRow:
+    """SourceRow.from_mapping, with a row it cannot read given back as an UnreadableRow."""
+    try:
+        return SourceRow.from_mapping(row)
+    except ROW_ASSUMPTIONS as exc:
+        return UnreadableRow(customer_id_of(row.get("customer_id")), exc)
+
+
+def customer_id_of(value: Any) -> int:
+    """The customer id of a row that could not be read, for its result; 0 if unreadable."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def decode_texts(values: Sequence[Any]) -> tuple[list[str | None], tuple[str, ...]]:
+    """TEXT_COLUMNS' values as text, and the names of those whose bytes were not UTF-8
+    (decoded with replacement characters). Other values (numbers, dates) become their str."""
+    not_utf8 = tuple(
+        name
+        for name, value in zip(TEXT_COLUMNS, values, strict=True)
+        if isinstance(value, bytes | bytearray) and not _is_utf8(value)
+    )
+    return [_text(value) for value in values], not_utf8
 
 
 # The text columns of a Query 2 row, in SourceRow's order.

@@ -40,10 +40,12 @@ from logger_config import mask_email
 from payloads import (
     BY_EMAIL,
     BY_USER_ID,
+    ROW_ASSUMPTIONS,
     Customer,
     Payloads,
     Rejection,
     SourceRow,
+    UnreadableRow,
     build_payloads,
     fingerprint,
 )
@@ -57,9 +59,6 @@ UNCHANGED = "unchanged"
 DRY_RUN = "dry_run"
 DUPLICATE_EMAIL = "duplicate_email"
 BAD_ROW = "bad_row"
-# What a row with values the code does not expect raises; anything else is a bug or an
-# outage and stops the run.
-ROW_ASSUMPTIONS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, UnicodeError)
 INTERRUPTED = "interrupted"
 FORGOTTEN = "forgotten"
 LEFT_DELETED = "left_deleted"
@@ -121,7 +120,7 @@ class Work:
 class Prepared(NamedTuple):
     """A row read and turned into payloads, before the state and duplicates are consulted."""
 
-    raw: Mapping[str, Any]
+    customer_id: int
     row: SourceRow | None
     built: Payloads | Rejection | None
     error: Exception | None  # one of ROW_ASSUMPTIONS, to record when the row's turn comes
@@ -254,12 +253,14 @@ class Syncer:
 
     # -- planning -----------------------------------------------------------------
 
-    def _prepare(self, raw: Mapping[str, Any]) -> Prepared:
+    def _prepare(self, row: SourceRow | UnreadableRow) -> Prepared:
+        if isinstance(row, UnreadableRow):
+            return Prepared(row.customer_id, None, None, row.error)
         try:
-            row = SourceRow.from_mapping(raw)
-            return Prepared(raw, row, build_payloads(row, self.candidate, self.identify_by), None)
+            built = build_payloads(row, self.candidate, self.identify_by)
+            return Prepared(row.customer_id, row, built, None)
         except ROW_ASSUMPTIONS as exc:
-            return Prepared(raw, None, None, exc)
+            return Prepared(row.customer_id, None, None, exc)
 
     def _look_up(self, chunk: Sequence[Prepared]) -> dict[int, Known]:
         """The chunk's duplicate emails and sync state, a query each rather than one a row."""
@@ -293,7 +294,7 @@ class Syncer:
             assert item.row is not None and item.built is not None
             return self._plan(item.row, item.built, known.get(item.row.customer_id))
         except ROW_ASSUMPTIONS as exc:
-            customer_id = _customer_id(item.raw)
+            customer_id = item.customer_id
             log.debug("customer %s: unusable row", customer_id, exc_info=True)
             detail = f"{type(exc).__name__}: " + " ".join(str(exc).split())[:200]
             self.record(RowResult(customer_id, None, FAILED, BAD_ROW, detail=detail))
@@ -599,7 +600,7 @@ class Syncer:
 
     # -- single mode ----------------------------------------------------------------
 
-    def run_single(self, rows: Iterable[Mapping[str, Any]], concurrency: int) -> Outcome:
+    def run_single(self, rows: Iterable[SourceRow | UnreadableRow], concurrency: int) -> Outcome:
         """Each user's update then event; up to `concurrency` users in flight at once."""
         slots = threading.BoundedSemaphore(concurrency * 2)
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync") as pool:
@@ -642,7 +643,7 @@ class Syncer:
             log.exception("unexpected error for customer %s", work.row.customer_id)
             self._fail(work, "internal_error", permanent=False)
 
-    def _planned(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Work]:
+    def _planned(self, rows: Iterable[SourceRow | UnreadableRow]) -> Iterator[Work]:
         source = iter(rows)
         while not self._stopping() and (
             chunk := [self._prepare(raw) for raw in itertools.islice(source, PLAN_CHUNK)]
@@ -665,7 +666,7 @@ class Syncer:
     # -- bulk mode ----------------------------------------------------------------
 
     def run_bulk(
-        self, rows: Iterable[Mapping[str, Any]], batch_size: int, events_batch_size: int
+        self, rows: Iterable[SourceRow | UnreadableRow], batch_size: int, events_batch_size: int
     ) -> Outcome:
         """users/bulkUpdate in batches, then events/trackBulk for the users Iterable accepted.
 
@@ -920,13 +921,6 @@ def _identity(member: Member, identify_by: str) -> dict[str, str] | None:
     if identify_by == BY_USER_ID:
         return {"userId": str(member.customer_id)}
     return {"email": member.email} if member.email else None
-
-
-def _customer_id(raw: Mapping[str, Any]) -> int:
-    try:
-        return int(raw.get("customer_id") or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _row_dict(row: SourceRow) -> dict[str, Any]:

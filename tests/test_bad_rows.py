@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from iterable_client import IterableClient
+from payloads import read_row
 from results import ResultsWriter
 from sandbox import DEFAULT_API_KEY
 from sync import Syncer
@@ -422,7 +423,9 @@ def test_the_other_rows_of_a_run_are_sent_around_a_bad_one(sandbox, tmp_path):
     later = {**good, "customer_id": 3, "email": "later@example.com", "page_view_id": 30}
     writer = ResultsWriter(tmp_path)
     with IterableClient(DEFAULT_API_KEY, sandbox.base_url) as client:
-        Syncer(client=client, writer=writer).run_single([good, bad, later], concurrency=2)
+        Syncer(client=client, writer=writer).run_single(
+            map(read_row, [good, bad, later]), concurrency=2
+        )
     results = json.loads(writer.finish({}, datetime.now(UTC)).read_text())
     by_id = {row["customer_id"]: row for row in results["results"]}
     assert outcome(by_id[2]) == ("failed", "bad_row")
@@ -453,7 +456,9 @@ def test_duplicates_are_found_across_the_chunks_rows_are_planned_in(sandbox, tmp
     writer = ResultsWriter(tmp_path)
     with IterableClient(DEFAULT_API_KEY, sandbox.base_url) as client:
         Syncer(client=client, writer=writer).run_bulk(
-            firsts + again + twice_in_a_chunk, batch_size=1000, events_batch_size=1000
+            map(read_row, firsts + again + twice_in_a_chunk),
+            batch_size=1000,
+            events_batch_size=1000,
         )
     results = json.loads(writer.finish({}, datetime.now(UTC)).read_text())
     by_id = {r["customer_id"]: r for r in results["results"]}

@@ -18,6 +18,7 @@ import requests
 from devtools.bulk_seed import add_pro_customers
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from iterable_client import IterableClient
+from payloads import read_row
 from results import ResultsWriter
 from sandbox import DEFAULT_API_KEY
 from sandbox import DEFAULT_API_KEY as API_KEY
@@ -286,7 +287,7 @@ def test_only_a_signal_that_cut_rows_short_counts_as_a_stop(sandbox, tmp_path, s
     writer = ResultsWriter(tmp_path)
     with IterableClient(DEFAULT_API_KEY, sandbox.base_url, stop=stop) as client:
         syncer = Syncer(client=client, writer=writer, stop=stop, on_rows=on_rows)
-        outcome = syncer.run_single(rows, 4)
+        outcome = syncer.run_single(map(read_row, rows), 4)
         syncer.duplicates.close()
     writer.discard()
     assert outcome.stopped is stopped

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import sync_state
 from iterable_client import IterableClient, RetryPolicy
+from payloads import read_row
 from results import ResultsWriter
 from sandbox import DEFAULT_API_KEY
 from sync import Syncer
@@ -120,9 +121,9 @@ class World:
         rows = self.rows() if rows is None else rows
         try:
             if mode == "bulk":
-                syncer.run_bulk(rows, 3, 3)
+                syncer.run_bulk(map(read_row, rows), 3, 3)
             else:
-                syncer.run_single(rows, 3)
+                syncer.run_single(map(read_row, rows), 3)
         finally:
             syncer.duplicates.close()
             client.close()
