@@ -116,12 +116,15 @@ class Batcher:
             self.send(batch)
 
 
-class RowOutcome(NamedTuple):
-    """What a bulk call came to for one row."""
+class Answer(NamedTuple):
+    """What a bulk call came to for some rows of a batch (all of them, unless it was split).
 
-    row: BulkRow
-    call: CallResult
-    failure: str | None  # the reason this row failed inside an accepted batch, if it did
+    One per call rather than one per row: rows are many, and most calls take them all.
+    """
+
+    rows: Sequence[BulkRow]
+    call: CallResult  # shared by the rows, with the size of the batch sent
+    failures: Mapping[int, str]  # rows (by position) that failed inside an accepted call
 
 
 def user_item(row: BulkRow) -> bytes:
@@ -134,14 +137,14 @@ def event_item(row: BulkRow) -> bytes:
 
 def deliver_users(
     client: IterableClient, batch: Sequence[BulkRow], limit: BatchLimit
-) -> list[RowOutcome]:
-    """users/bulkUpdate for a batch (halved or resent as needed): an outcome per row."""
+) -> list[Answer]:
+    """users/bulkUpdate for a batch (halved or resent as needed): answers for all its rows."""
     return deliver(client, USERS_BULK_UPDATE, "users", batch, user_item, limit)
 
 
 def deliver_events(
     client: IterableClient, batch: Sequence[BulkRow], limit: BatchLimit
-) -> list[RowOutcome]:
+) -> list[Answer]:
     return deliver(client, EVENTS_TRACK_BULK, "events", batch, event_item, limit)
 
 
@@ -152,8 +155,8 @@ def deliver(
     batch: Sequence[BulkRow],
     item: Callable[[BulkRow], bytes],
     limit: BatchLimit,
-) -> list[RowOutcome]:
-    """Send a batch; an outcome (row, call, failure reason or None) for every row in it.
+) -> list[Answer]:
+    """Send a batch; answers that between them cover every row in it, in order.
 
     A batch refused as a whole because of one item is resent without that item (when
     Iterable names it) or in halves, so only the bad rows fail. A batch refused as too
@@ -162,7 +165,7 @@ def deliver(
     body = b'{"' + key.encode() + b'":[' + b",".join([item(w) for w in batch]) + b"]}"
     call = client.call(endpoint, None, body=body)
     if call.ok:
-        return accepted_outcomes(batch, call)
+        return [accepted_answer(batch, call)]
     if is_too_large(call) and len(batch) > 1:
         limit.halve(len(batch))
         middle = len(batch) // 2
@@ -182,7 +185,7 @@ def deliver(
             )
             rest = [*batch[:bad], *batch[bad + 1 :]]
             return [
-                RowOutcome(batch[bad], _batch_call(call, len(batch)), None),
+                Answer(batch[bad : bad + 1], _batch_call(call, len(batch)), NO_FAILURES),
                 *deliver(client, endpoint, key, rest, item, limit),
             ]
         middle = len(batch) // 2
@@ -193,24 +196,27 @@ def deliver(
             *deliver(client, endpoint, key, batch[:middle], item, limit),
             *deliver(client, endpoint, key, batch[middle:], item, limit),
         ]
-    shared = _batch_call(call, len(batch))
-    return [RowOutcome(work, shared, None) for work in batch]
+    return [Answer(batch, _batch_call(call, len(batch)), NO_FAILURES)]
 
 
-def accepted_outcomes(batch: Sequence[BulkRow], call: CallResult) -> list[RowOutcome]:
+NO_FAILURES: Mapping[int, str] = {}
+
+
+def accepted_answer(batch: Sequence[BulkRow], call: CallResult) -> Answer:
     """A batch Iterable took: each row succeeded unless the answer lists it as failed."""
     failures = failed_identifiers(call.body or {})
     disallowed = set((call.body or {}).get("disallowedEventNames") or [])
     shared = _batch_call(call, len(batch))
     if not (failures or disallowed):
-        return [RowOutcome(work, shared, None) for work in batch]
-    outcomes = []
-    for work in batch:
+        return Answer(batch, shared, NO_FAILURES)
+    failed: dict[int, str] = {}
+    for position, work in enumerate(batch):
         failure = failures.get(work.payloads.identifier)
         if failure is None and work.payloads.event.get("eventName") in disallowed:
             failure = DISALLOWED_EVENT_NAME
-        outcomes.append(RowOutcome(work, shared, failure))
-    return outcomes
+        if failure is not None:
+            failed[position] = failure
+    return Answer(batch, shared, failed)
 
 
 def is_too_large(call: CallResult) -> bool:
@@ -256,7 +262,7 @@ def named_item(body: Mapping[str, Any]) -> int | None:
 class Delivered:
     """What a pool thread brings back from one bulk batch."""
 
-    outcomes: list[RowOutcome] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
     interrupted: bool = False  # the run was stopping, or Iterable refused the key or is down
     unexpected: bool = False  # an unexpected error, logged where it happened
 

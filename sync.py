@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from bulk import (
+    Answer,
     BatchCall,
     Batcher,
     BatchLimit,
     BatchQueue,
     BulkRow,
     Delivered,
-    RowOutcome,
     deliver_events,
     deliver_users,
     event_item,
@@ -517,29 +517,51 @@ class Syncer:
         elif work.listed_as is not None:
             self.lists.unsubscribe(work.row.customer_id, work.payloads.identifier)
 
-    def apply_user_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
-        """Record users/bulkUpdate outcomes; returns the rows whose events may now be sent."""
-        accepted = [
-            work
-            for work, call, failure in _answered(outcomes)
-            if self._user_answered(work, call, failure)
-        ]
+    def apply_user_answers(self, answers: Iterable[Answer]) -> list[Work]:
+        """Record users/bulkUpdate answers; returns the rows whose events may now be sent."""
+        accepted = [work for answer in answers for work in self._users_answered(answer)]
         self._store_users(accepted)
         for work in accepted:
             if not work.send_event:
                 self.skip_event(work)
         return [work for work in accepted if work.send_event]
 
-    def apply_event_outcomes(self, outcomes: Iterable[RowOutcome]) -> list[Work]:
-        accepted = [
-            work
-            for work, call, failure in _answered(outcomes)
-            if self._event_answered(work, call, failure)
-        ]
+    def apply_event_answers(self, answers: Iterable[Answer]) -> list[Work]:
+        accepted = [work for answer in answers for work in self._events_answered(answer)]
         if self.state is not None:
             self.state.events_accepted([(work.event_id, work.row.customer_id) for work in accepted])
         self.record_many([work.result for work in accepted])
         return []
+
+    def _users_answered(self, answer: Answer) -> list[Work]:
+        """The rows of a bulk answer whose profiles Iterable accepted, recorded as such."""
+        rows, call, failures = _answered(answer)
+        if call.ok and not failures:  # the usual case, without a call a row: all accepted
+            summary = call.summary()
+            for work in rows:
+                work.result.user_update = summary
+            if self.lists is not None:
+                for work in rows:
+                    self._keep_listed(work)
+            return list(rows)
+        return [
+            work
+            for position, work in enumerate(rows)
+            if self._user_answered(work, call, failures.get(position))
+        ]
+
+    def _events_answered(self, answer: Answer) -> list[Work]:
+        rows, call, failures = _answered(answer)
+        if call.ok and not failures:
+            summary = call.summary()
+            for work in rows:
+                work.result.event_track = summary
+            return list(rows)
+        return [
+            work
+            for position, work in enumerate(rows)
+            if self._event_answered(work, call, failures.get(position))
+        ]
 
     def skip_user(self, work: Work) -> None:
         work.result.user_update = {"skipped": UNCHANGED}
@@ -688,12 +710,12 @@ class Syncer:
             send_users = functools.partial(deliver_users, limit=user_limit)
             event_batches = BatchQueue(
                 submit=lambda batch: event_pool.submit(self._deliver, send_events, client, batch),
-                settle_one=lambda call: self._settle(call, self.apply_event_outcomes),
+                settle_one=lambda call: self._settle(call, self.apply_event_answers),
             )
             events = Batcher(event_limit, event_batches.send, event_item)
 
             def settle_user_batch(call: BatchCall) -> None:
-                events.add_many(self._settle(call, self.apply_user_outcomes))
+                events.add_many(self._settle(call, self.apply_user_answers))
                 events.flush()
 
             user_batches = BatchQueue(
@@ -824,11 +846,11 @@ class Syncer:
 
     def _deliver(
         self,
-        send: Callable[[IterableClient, Sequence[BulkRow]], list[RowOutcome]],
+        send: Callable[[IterableClient, Sequence[BulkRow]], list[Answer]],
         client: IterableClient,
         batch: Sequence[BulkRow],
     ) -> Delivered:
-        """On a pool thread: send one batch and collect its outcomes; no row is touched here.
+        """On a pool thread: send one batch and collect its answers; no row is touched here.
 
         A rejected key or an unreachable Iterable aborts the run at once; anything else
         fails only this batch.
@@ -838,7 +860,7 @@ class Syncer:
             done.interrupted = True
             return done
         try:
-            done.outcomes = send(client, batch)
+            done.answers = send(client, batch)
         except StopRun as exc:
             done.interrupted = True
             self.abort(exc)
@@ -850,9 +872,9 @@ class Syncer:
     def _settle(
         self,
         call: BatchCall,
-        apply: Callable[[list[RowOutcome]], list[Work]],
+        apply: Callable[[list[Answer]], list[Work]],
     ) -> list[Work]:
-        """On this thread: record a batch's outcomes; returns what apply returns, or []."""
+        """On this thread: record a batch's answers; returns what apply returns, or []."""
         done = call.future.result()
         reason: str | None = None
         accepted: list[Work] = []
@@ -862,7 +884,7 @@ class Syncer:
             reason = INTERRUPTED
         else:
             try:
-                accepted = apply(done.outcomes)
+                accepted = apply(done.answers)
             except Exception:
                 log.exception("unexpected error in a batch of %d users", len(call.batch))
                 done.unexpected = True
@@ -875,9 +897,9 @@ class Syncer:
         return []
 
 
-def _answered(outcomes: Iterable[RowOutcome]) -> Iterable[tuple[Work, CallResult, str | None]]:
-    """Bulk outcomes with their rows as the Work this module sent (one cast, not one a row)."""
-    return cast("Iterable[tuple[Work, CallResult, str | None]]", outcomes)
+def _answered(answer: Answer) -> tuple[Sequence[Work], CallResult, Mapping[int, str]]:
+    """A bulk answer with its rows as the Work this module sent (one cast, not one a row)."""
+    return cast("tuple[Sequence[Work], CallResult, Mapping[int, str]]", answer)
 
 
 def _leaver_work(member: Member, update: LeaverUpdate) -> Work:
