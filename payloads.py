@@ -220,19 +220,20 @@ def event_id(page_view_id: int) -> str:
     return f"{EVENT_ID_PREFIX}{int(page_view_id)}"
 
 
-def _naive_utc(value: datetime) -> datetime:
-    """The database holds UTC in DATETIME columns, which arrive naive; others are converted."""
-    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
-
-
 def iterable_timestamp(value: datetime) -> str:
     """Iterable's date format, YYYY-MM-DD HH:MM:SS +00:00, with no fractional seconds."""
-    return _naive_utc(value).isoformat(" ", "seconds") + " +00:00"
+    return event_times(value)[0]
 
 
 def epoch_seconds(value: datetime) -> int:
     """Whole seconds since 1970 (createdAt), truncated as int(datetime.timestamp()) is."""
-    return int((_naive_utc(value) - _EPOCH).total_seconds())
+    return event_times(value)[1]
+
+
+def event_times(value: datetime) -> tuple[str, int]:
+    """The view time as an event carries it: the timestamp field and createdAt, at once."""
+    naive = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(" ", "seconds") + " +00:00", int((naive - _EPOCH).total_seconds())
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC).replace(tzinfo=None)
@@ -259,7 +260,7 @@ def build_payloads(
     dict cost a measurable share of bulk mode's CPU.
     """
     email = normalize_email(row.email)
-    if "email" in row.not_utf8:
+    if row.not_utf8 and "email" in row.not_utf8:
         # A replacement character would make it some other address.
         return Rejection(INVALID_EMAIL, "the email address is not valid UTF-8", email)
     if not is_valid_email(email):
@@ -272,7 +273,15 @@ def build_payloads(
         f"{name} was not valid UTF-8; the bad bytes were replaced with U+FFFD"
         for name in row.not_utf8
     ]
-    first_name, last_name, page, device, location = _clipped(row, warnings)
+    first_name, last_name, page, device, location = texts = (
+        row.first_name,
+        row.last_name,
+        row.page,
+        row.device,
+        row.location,
+    )
+    if len("".join(filter(None, texts))) > MAX_FIELD_CHARS:  # rare: cut the long ones
+        first_name, last_name, page, device, location = _clipped(texts, warnings)
     # NULL columns are left out, not sent as null: null would blank the profile field.
     profile: dict[str, Any] = {}
     if first_name is not None:
@@ -291,33 +300,29 @@ def build_payloads(
         event_fields["location"] = location
     if candidate is not None:
         user_fields["candidate"] = event_fields["candidate"] = candidate
-    event_fields["timestamp"] = iterable_timestamp(viewed_at)
-    identity = user_identity(row.customer_id, email, identify_by)
-    event = {
-        **identity,
-        "eventName": EVENT_NAME,
-        "id": event_id(row.page_view_id),
-        "createdAt": epoch_seconds(viewed_at),
-        "dataFields": event_fields,
-    }
-    return Payloads(
-        email,
-        identity.get("userId", email),
-        {**identity, "dataFields": _with_email(user_fields, email, identify_by)},
-        event,
-        profile,
-        tuple(warnings),
-    )
+    event_fields["timestamp"], created_at = event_times(viewed_at)
+    if identify_by == BY_USER_ID:
+        identifier = str(row.customer_id)
+        # By userId, the email travels in dataFields: that is how Iterable applies a change.
+        user_fields["email"] = email
+        user_update: dict[str, Any] = {"userId": identifier, "dataFields": user_fields}
+        event: dict[str, Any] = {"userId": identifier}
+    else:
+        identifier = email
+        user_update = {"email": email, "dataFields": user_fields}
+        event = {"email": email}
+    event["eventName"] = EVENT_NAME
+    event["id"] = f"{EVENT_ID_PREFIX}{int(row.page_view_id)}"
+    event["createdAt"] = created_at
+    event["dataFields"] = event_fields
+    return Payloads(email, identifier, user_update, event, profile, tuple(warnings))
 
 
 CLIPPED_COLUMNS = ("first_name", "last_name", "page", "device", "location")
 
 
-def _clipped(row: SourceRow, warnings: list[str]) -> tuple[str | None, ...]:
-    """The free-text columns, cut to Iterable's field limit (with a warning) where longer."""
-    values = (row.first_name, row.last_name, row.page, row.device, row.location)
-    if len("".join(filter(None, values))) <= MAX_FIELD_CHARS:
-        return values  # the usual case: all of them together are within the limit
+def _clipped(values: Sequence[str | None], warnings: list[str]) -> tuple[str | None, ...]:
+    """The CLIPPED_COLUMNS, cut to Iterable's field limit (with a warning) where longer."""
     return tuple(
         _clip(name, value, warnings) for name, value in zip(CLIPPED_COLUMNS, values, strict=True)
     )

@@ -288,28 +288,24 @@ class Syncer:
         alone as bad_row; the run goes on.
         """
         self.outcome.rows_read += 1
+        row, built = item.row, item.built
         try:
             if item.error is not None:
                 raise item.error
-            assert item.row is not None and item.built is not None
-            return self._plan(item.row, item.built, known.get(item.row.customer_id))
+            assert row is not None and built is not None
+            if isinstance(built, Rejection):
+                self._reject_locally(row, built)
+                return None
+            if not self.duplicates.first_time(built.email, row.customer_id):
+                self._duplicate(row, built)
+                return None
+            return self._plan_sends(row, built, known.get(row.customer_id))
         except ROW_ASSUMPTIONS as exc:
             customer_id = item.customer_id
             log.debug("customer %s: unusable row", customer_id, exc_info=True)
             detail = f"{type(exc).__name__}: " + " ".join(str(exc).split())[:200]
             self.record(RowResult(customer_id, None, FAILED, BAD_ROW, detail=detail))
             return None
-
-    def _plan(
-        self, row: SourceRow, built: Payloads | Rejection, known: Known | None
-    ) -> Work | None:
-        if isinstance(built, Rejection):
-            self._reject_locally(row, built)
-            return None
-        if not self.duplicates.first_time(built.email, row.customer_id):
-            self._duplicate(row, built)
-            return None
-        return self._plan_sends(row, built, known)
 
     def _reject_locally(self, row: SourceRow, rejection: Rejection) -> None:
         row_fp = fingerprint({"row": _row_dict(row)})
@@ -666,13 +662,13 @@ class Syncer:
             self._fail(work, "internal_error", permanent=False)
 
     def _planned(self, rows: Iterable[SourceRow | UnreadableRow]) -> Iterator[Work]:
-        source = iter(rows)
+        source, stop = iter(rows), self.stop
         while not self._stopping() and (
-            chunk := [self._prepare(raw) for raw in itertools.islice(source, PLAN_CHUNK)]
+            chunk := [self._prepare(row) for row in itertools.islice(source, PLAN_CHUNK)]
         ):
             known = self._look_up(chunk)
             for item in chunk:
-                if self._stopping():
+                if stop.is_set() and self._stopping():
                     return
                 work = self.plan(item, known)
                 if work is not None:
