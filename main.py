@@ -7,6 +7,7 @@ place that turns an error into an exit code.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import gc
 import logging
@@ -295,6 +296,31 @@ def collect_garbage_rarely() -> None:
     gc.set_threshold(GC_YOUNG_OBJECTS, 50, 100)
 
 
+# glibc's mallopt parameters, from malloc.h.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+KEEP_FREE_BYTES = 64 * 1024 * 1024
+OWN_MMAP_BYTES = 32 * 1024 * 1024  # glibc's largest allowed threshold
+
+
+def reuse_freed_memory() -> None:
+    """Keep memory a batch frees for the next batch, rather than give it back to the kernel.
+
+    By default glibc gives the top of its heap back once 128 kB of it are free, and maps
+    each block over a dynamic threshold (such as a bulk body) on its own. A run frees each
+    batch's rows and bodies as it builds the next, so the same memory went back and was
+    faulted in again: 160,000 page faults and a fifth of bulk mode's CPU, in system time,
+    for 100,000 users. Up to KEEP_FREE_BYTES stay free for reuse now. C libraries without
+    mallopt (macOS, musl) are left as they are.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return
+    mallopt(M_TRIM_THRESHOLD, KEEP_FREE_BYTES)
+    mallopt(M_MMAP_THRESHOLD, OWN_MMAP_BYTES)
+
+
 def warn_if_no_such_plan(plan_type: str, source: RowSource) -> None:
     """No rows may mean a quiet week, or a typo in PLAN_TYPE: say which."""
     problem = preflight.unknown_plan(plan_type, source)
@@ -392,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitoring.ping(settings.healthcheck_url, "start")
     started = time.monotonic()
     collect_garbage_rarely()
+    reuse_freed_memory()
     code, report = sync_and_report(settings, run_id)
     monitoring.ping(settings.healthcheck_url, str(code))
     if settings.metrics_file is not None:
