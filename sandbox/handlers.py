@@ -6,7 +6,6 @@ and change the Store and answer a Response, or raise ApiError for an Iterable er
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import uuid
@@ -32,7 +31,15 @@ from sandbox.config import (
     USERS_UPDATE_EMAIL,
     SandboxConfig,
 )
-from sandbox.store import EMAIL_RE, Identity, Profile, StaticList, Store, email_hash, merge_fields
+from sandbox.store import (
+    EMAIL_RE,
+    Identity,
+    Profile,
+    StaticList,
+    Store,
+    email_hash,
+    merge_fields,
+)
 from sandbox.validation import (
     BULK_EVENTS_SCHEMA,
     BULK_USER_SCHEMA,
@@ -507,7 +514,8 @@ class Handlers:
                 fields[name] = int(item[name])
         fields["dataFields"] = write.data
         profile = self.store.find_or_create(write.identity)
-        self.store.put_event(profile, event_id, copy.deepcopy(fields))
+        # fields is new and its dataFields are this request's own: nothing else holds them.
+        self.store.put_event(profile, event_id, fields)
         return event_id
 
     def _events_track(self, request: Request, match: RouteMatch) -> Response:

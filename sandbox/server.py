@@ -10,7 +10,6 @@ requests a second.
 from __future__ import annotations
 
 import asyncio
-import copy
 import ipaddress
 import json
 import logging
@@ -39,7 +38,7 @@ from sandbox.config import (
     parse_rate_limits,
 )
 from sandbox.handlers import Handlers, RouteMatch, match_route, request_emails
-from sandbox.store import Store
+from sandbox.store import Store, json_copy
 from sandbox.validation import ApiError
 from sandbox.wire import (
     MAX_BODY_BYTES,
@@ -130,7 +129,7 @@ class Sandbox:
         """email -> dataFields of every profile that has an email."""
         with self._lock:
             return {
-                p.email: copy.deepcopy(p.data)
+                p.email: json_copy(p.data)
                 for p in self._store.profiles.values()
                 if p.email is not None
             }
@@ -139,7 +138,7 @@ class Sandbox:
         """userId -> dataFields of every profile that has a userId."""
         with self._lock:
             return {
-                p.user_id: copy.deepcopy(p.data)
+                p.user_id: json_copy(p.data)
                 for p in self._store.profiles.values()
                 if p.user_id is not None
             }
@@ -160,7 +159,7 @@ class Sandbox:
             return [
                 {
                     **profile.identifiers(),
-                    "dataFields": copy.deepcopy(profile.data),
+                    "dataFields": json_copy(profile.data),
                     "events": list(profile.events),
                     "lists": self._store.lists_of(profile),
                     "unsubscribed_globally": profile.unsubscribed_globally,
@@ -212,7 +211,7 @@ class Sandbox:
     def deleted(self) -> list[JsonObject]:
         """{"email", "userId"} of every profile deleted through the API, in order."""
         with self._lock:
-            return copy.deepcopy(self._store.deleted)
+            return json_copy(self._store.deleted)
 
     def forgotten(self) -> JsonObject:
         """{"emails": [...], "userIds": [...]}: who is GDPR-forgotten (emails lowercased)."""
@@ -232,7 +231,7 @@ class Sandbox:
         with self._lock:
             return {
                 "user": dict(self._store.user_types),
-                "events": copy.deepcopy(self._store.event_types),
+                "events": json_copy(self._store.event_types),
             }
 
     def stats(self) -> JsonObject:
@@ -247,7 +246,7 @@ class Sandbox:
                 "rate_limited": self._rate_limited,
                 "faults_applied": self._faults_applied,
                 "connections": self._connections,
-                "bulk_batch_sizes": copy.deepcopy(self._store.batch_sizes),
+                "bulk_batch_sizes": json_copy(self._store.batch_sizes),
             }
 
     def request_count(self, endpoint: str | None = None, status: int | str | None = None) -> int:

@@ -140,13 +140,10 @@ def kind_error(kind: FieldKind, value: Any) -> str | None:
         if isinstance(value, float) and not value.is_integer():
             return "Integer value expected"
         return None
-    fits = {
-        "string": isinstance(value, str),
-        "boolean": isinstance(value, bool),
-        "object": isinstance(value, dict),
-        "array": isinstance(value, list),
-    }[kind]
-    return None if fits else EXPECTED_VALUE[kind]
+    return None if isinstance(value, _KIND_TYPES[kind]) else EXPECTED_VALUE[kind]
+
+
+_KIND_TYPES: dict[str, type] = {"string": str, "boolean": bool, "object": dict, "array": list}
 
 
 def check_shape(
@@ -223,19 +220,18 @@ def parse_batch(
     items: list[JsonObject] = []
     if isinstance(raw_items, list):
         for index, item in enumerate(raw_items):
-            path = f"obj.{list_name}[{index}]"
             if isinstance(item, dict):
-                check_shape(item, item_schema, path, errors)
+                check_shape(item, item_schema, f"obj.{list_name}[{index}]", errors)
                 items.append(item)
             else:
-                errors[path] = EXPECTED_VALUE["object"]
+                errors[f"obj.{list_name}[{index}]"] = EXPECTED_VALUE["object"]
     if errors:
         raise bad_json(errors)
     require(obj, *required, list_name)
     problems: dict[str, str] = {}
     for index, item in enumerate(items):
-        path = f"obj.{list_name}[{index}]"
-        problems.update(param_errors(item, path, is_event, project_type))
+        if found := param_errors(item, f"obj.{list_name}[{index}]", is_event, project_type):
+            problems.update(found)
     if problems:
         raise bad_params(problems)
     return obj, items
