@@ -1,11 +1,12 @@
 """Can one sandbox process take bulk traffic at a given ceiling? Measured without the job.
 
-The job cannot (yet) produce 25,000 users/s on this machine, so its bulk run cannot tell
-whether the sandbox would keep up at that rate. This probe sends what the job would send
-at the ceiling, prepared in advance so that the sender costs next to nothing:
-users/bulkUpdate and events/trackBulk bodies of `batch` items, each endpoint paced at
-`rate` requests a second, several requests in flight. It then checks the sandbox's store
-like a job run (bench.dataset.verify) and reports the sandbox's CPU over the probe.
+A bulk run of the job cannot tell whether the job or the sandbox set its pace: both share
+the machine, and the job's events wait for the sandbox's answers. This probe sends what
+the job would send at the ceiling, prepared in advance so that the sender costs next to
+nothing: users/bulkUpdate and events/trackBulk bodies of `batch` items, each endpoint
+paced at `rate` requests a second, several requests in flight. It then checks the
+sandbox's store like a job run (bench.dataset.verify) and reports the sandbox's CPU over
+the probe.
 """
 
 from __future__ import annotations

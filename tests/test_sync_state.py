@@ -33,12 +33,32 @@ def test_a_batch_bigger_than_one_statement_is_stored_whole_and_upserts_in_order(
 
 
 def test_customers_seen_in_a_run_are_not_taken_for_leavers(tmp_path):
+    first_run = SyncState(tmp_path / "state.sqlite3")
+    first_run.users_accepted([AcceptedUser(n, "fp", f"u{n}@example.com", {}) for n in range(3000)])
+    first_run.close()
     state = SyncState(tmp_path / "state.sqlite3")
-    state.users_accepted([AcceptedUser(n, "fp", f"u{n}@example.com", {}) for n in range(3000)])
     state.seen_many(range(0, 3000, 2))  # more than a batch of seen rows, and one statement
     left = [member.customer_id for chunk in state.left_segment() for member in chunk]
     assert sorted(left) == list(range(1, 3000, 2))
     state.close()
+
+
+def test_a_first_run_looks_nothing_up_and_finds_no_leavers(tmp_path):
+    # Nothing was held when the run began: the customers it sends are all of this run.
+    state = SyncState(tmp_path / "state.sqlite3")
+    state.users_accepted([AcceptedUser(n, "fp", f"u{n}@example.com", {}) for n in range(10)])
+    state.events_accepted([(f"page-view-{n}", n) for n in range(10)])
+    state.seen_many(range(5))
+    assert state.known_many([(n, f"page-view-{n}") for n in range(10)]) == {}
+    assert list(state.left_segment()) == [] and state.list_members_not_seen() == []
+    state.close()
+    later = SyncState(tmp_path / "state.sqlite3")
+    known = later.known_many([(3, "page-view-3")])
+    assert known[3].user_fingerprint == "fp" and known[3].event_accepted
+    later.seen_many(range(5))
+    left = [member.customer_id for chunk in later.left_segment() for member in chunk]
+    assert left == [5, 6, 7, 8, 9]
+    later.close()
 
 
 def test_row_insert_cuts_rows_to_statements_sqlite_accepts():
