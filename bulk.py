@@ -108,14 +108,8 @@ class Batcher:
         self.size += size
 
     def add_many(self, rows: Iterable[BulkRow]) -> None:
-        """add for each row, written out: a call a row cost more than the adding."""
-        item, limit = self.item, self.limit
         for row in rows:
-            size = len(item(row)) + 1
-            if self.size + size > MAX_BULK_BYTES or len(self.items) >= limit.size:
-                self.flush()
-            self.items.append(row)
-            self.size += size
+            self.add(row)
 
     def flush(self) -> None:
         if self.items:

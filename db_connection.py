@@ -216,9 +216,7 @@ class DatabaseConnection:
         try:
             cursor = self._connection.cursor(buffered=False, raw=raw)
             cursor.execute(sql)
-            description = (
-                list(cursor.description) if raw else [(name, None) for name in cursor.column_names]
-            )
+            description = list(cursor.description)  # each column's name, then its type
             while chunk := cursor.fetchmany(fetch_size):
                 yield description, chunk
             cursor.close()
