@@ -108,15 +108,8 @@ class Summary:
     failing_since: str | None = None  # the oldest outstanding failure's first time
     reasons: Counter[str] = field(default_factory=Counter)
 
-    def add(self, result: RowResult) -> None:
-        self.add_many([result])
-
     def add_many(self, results: Sequence[RowResult]) -> None:
         for result in results:
-            if result.status == SUCCESS and result.reason is None and result.segment == IN_SEGMENT:
-                self.total += 1  # the usual row, counted without two calls
-                self.succeeded += 1
-                continue
             self.count(result.status, result.reason, result.outstanding, result.segment)
             self._since(result.failing_since if result.outstanding else None)
 
