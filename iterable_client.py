@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import http.client
 import itertools
@@ -15,11 +14,10 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import cached_property
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -132,13 +130,17 @@ class CallResult:
     batch_size: int | None = None
     interrupted: bool = False  # cut short (not sent, or not retried) because the run is stopping
 
+    def __post_init__(self) -> None:
+        # Built once here, not with functools.cached_property: on Python 3.11 that holds one
+        # lock for every instance, which all of single mode's threads then queue on.
+        object.__setattr__(self, "_summary", self._build_summary())
+
     def summary(self) -> dict[str, Any]:
         """The part that goes into the results file: one dict a call, which the rows of a
         bulk batch share (read-only)."""
-        return self._summary
+        return self._summary  # type: ignore[attr-defined]
 
-    @cached_property
-    def _summary(self) -> dict[str, Any]:
+    def _build_summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "http_status": self.http_status,
             "code": self.code,
@@ -256,24 +258,21 @@ class RequestStats:
         self._in_flight: Counter[str] = Counter()
         self._busy_since: dict[str, float] = {}
 
-    @contextlib.contextmanager
-    def in_flight(self, endpoint: str) -> Iterator[None]:
-        """Around one request: keeps the union of the endpoint's request intervals."""
+    def started(self, endpoint: str) -> None:
+        """A request to `endpoint` is going out (busy_seconds keeps the union of the
+        endpoint's request intervals)."""
         with self._lock:
             if self._in_flight[endpoint] == 0:
                 self._busy_since[endpoint] = self._clock()
             self._in_flight[endpoint] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight[endpoint] -= 1
-                if self._in_flight[endpoint] == 0:
-                    busy = self._clock() - self._busy_since.pop(endpoint)
-                    self.busy_seconds[endpoint] = self.busy_seconds.get(endpoint, 0.0) + busy
 
-    def record(self, endpoint: str, status: int | None, seconds: float, retry: bool) -> None:
+    def finished(self, endpoint: str, status: int | None, seconds: float, retry: bool) -> None:
+        """The request that started() announced came back (or got no answer)."""
         with self._lock:
+            self._in_flight[endpoint] -= 1
+            if self._in_flight[endpoint] == 0:
+                busy = self._clock() - self._busy_since.pop(endpoint)
+                self.busy_seconds[endpoint] = self.busy_seconds.get(endpoint, 0.0) + busy
             self.requests[(endpoint, str(status) if status else "no_response")] += 1
             self.seconds[endpoint] = self.seconds.get(endpoint, 0.0) + seconds
             if retry:
@@ -450,10 +449,14 @@ class IterableClient:
                 log.debug("%s: stop requested while waiting for the rate limit; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
                 return self._result(endpoint, False, unsent, attempt - 1, started, stopped=True)
-            with self.stats.in_flight(endpoint):
+            self.stats.started(endpoint)
+            try:
                 response = self._send(method, path or endpoint, data, params)
+            except BaseException:
+                self.stats.finished(endpoint, None, 0.0, retry=False)
+                raise
             if response.status in AUTH_STATUSES:
-                self.stats.record(endpoint, response.status, response.seconds, retry=False)
+                self.stats.finished(endpoint, response.status, response.seconds, retry=False)
                 raise IterableAuthError(response.status or 0, response.code, response.msg)
             in_streak = self.outage.record(response.status, response.error, number)
             streak = in_streak if attempt == 1 or in_streak == streak else None
@@ -463,7 +466,7 @@ class IterableClient:
             if stopped:
                 retry = False
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
-            self.stats.record(endpoint, response.status, response.seconds, retry)
+            self.stats.finished(endpoint, response.status, response.seconds, retry)
             if not retry and not stopped and attempt > 1 and streak is not None:
                 self.outage.gave_up(streak)
             self._raise_if_unavailable()

@@ -224,21 +224,23 @@ def test_stats_count_requests_by_endpoint_and_status(client, sandbox):
 def test_busy_seconds_count_overlapping_requests_once():
     now = [0.0]
     stats = RequestStats(clock=lambda: now[0])
-    first = stats.in_flight("users/update")
-    second = stats.in_flight("users/update")
-    first.__enter__()  # 0 s
+    stats.started("users/update")  # 0 s
     now[0] = 1.0
-    second.__enter__()  # 1 s, overlapping the first
+    stats.started("users/update")  # 1 s, overlapping the first
     now[0] = 3.0
-    first.__exit__(None, None, None)
+    stats.finished("users/update", 200, 3.0, retry=False)
     now[0] = 4.0
-    second.__exit__(None, None, None)  # busy from 0 to 4
+    stats.finished("users/update", 503, 3.0, retry=True)  # busy from 0 to 4
     now[0] = 10.0
-    with stats.in_flight("users/update"):
-        now[0] = 11.0  # and from 10 to 11
-    with stats.in_flight("events/track"):
-        now[0] = 13.0
-        assert stats.snapshot()["busy_seconds"] == {"users/update": 5.0, "events/track": 2.0}
+    stats.started("users/update")
+    now[0] = 11.0  # and from 10 to 11
+    stats.finished("users/update", None, 1.0, retry=True)
+    stats.started("events/track")
+    now[0] = 13.0
+    snapshot = stats.snapshot()
+    assert snapshot["busy_seconds"] == {"users/update": 5.0, "events/track": 2.0}
+    assert snapshot["requests"]["users/update"] == {"200": 1, "503": 1, "no_response": 1}
+    assert snapshot["retries"] == {"users/update": 2}
 
 
 # -- an outage: no answer, or only 5xx, for a sustained stretch ----------------------------
