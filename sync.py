@@ -11,6 +11,7 @@ import itertools
 import logging
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ LOOKUP_BATCH = 900
 # Bulk mode looks for answers that have come every this many rows (a few milliseconds),
 # rather than after every row.
 SETTLE_EVERY = 100
+# A wait on single mode's work feed looks again this often, whether woken or not.
+FEED_RECHECK = 1.0
 
 
 @dataclass(slots=True)
@@ -212,6 +215,64 @@ class DuplicateEmails:
 
     def close(self) -> None:
         self._db.close()
+
+
+class WorkFeed:
+    """Single mode's planned work: put in by the planning thread a batch at a time, taken by
+    the worker threads one at a time.
+
+    Taking is a deque pop, with no lock and no wake-up while work is queued: the planner is
+    woken once the queue is down to `low`, and an idle worker only when the queue ran dry.
+    (A thread pool's submit, future and semaphore cost each user a wake-up or two.)
+    """
+
+    def __init__(self, low: int) -> None:
+        self._items: deque[Work] = deque()
+        self._low = low
+        self._changed = threading.Condition()
+        self._closed = False
+        self._planner_waiting = False
+        self._idle = 0  # workers waiting for work
+
+    def wait_for_room(self) -> None:
+        """Return once the queue is down to `low`."""
+        with self._changed:
+            while len(self._items) > self._low:
+                self._planner_waiting = True
+                self._changed.wait(FEED_RECHECK)
+            self._planner_waiting = False
+
+    def put_many(self, items: list[Work]) -> None:
+        with self._changed:
+            self._items.extend(items)
+            if self._idle:
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        """Nothing more comes: workers finish what is queued, then take() gives None."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def take(self) -> Work | None:
+        """The next work, waiting for it while the queue is empty; None once closed and empty."""
+        items = self._items
+        try:
+            work = items.popleft()
+        except IndexError:
+            with self._changed:
+                while not items:
+                    if self._closed:
+                        return None
+                    self._idle += 1
+                    self._changed.wait(FEED_RECHECK)
+                    self._idle -= 1
+                work = items.popleft()
+        # Read without the lock: a planner that sets it after this pop sees the shorter queue.
+        if self._planner_waiting and len(items) <= self._low:
+            with self._changed:
+                self._changed.notify_all()
+        return work
 
 
 class Syncer:
@@ -619,14 +680,35 @@ class Syncer:
     # -- single mode ----------------------------------------------------------------
 
     def run_single(self, rows: Iterable[SourceRow | UnreadableRow], concurrency: int) -> Outcome:
-        """Each user's update then event; up to `concurrency` users in flight at once."""
-        slots = threading.BoundedSemaphore(concurrency * 2)
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync") as pool:
-            for work in self._planned(rows):
-                slots.acquire()
-                future = pool.submit(self._sync_one, work)
-                future.add_done_callback(lambda _f: slots.release())
+        """Each user's update then event; `concurrency` threads, each taking the next planned
+        user as soon as it is done with one."""
+        # Users are planned half of `concurrency` at a time, when the queue is down to as
+        # many: a stopping run then has no more than `concurrency` queued to record as
+        # interrupted, and the workers still have work while the next ones are planned.
+        step = max(1, concurrency // 2)
+        feed = WorkFeed(low=step)
+        workers = [
+            threading.Thread(target=self._single_worker, args=(feed,), name=f"sync_{number}")
+            for number in range(concurrency)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            planned = self._planned(rows)
+            while True:
+                feed.wait_for_room()
+                if not (batch := list(itertools.islice(planned, step))):
+                    break
+                feed.put_many(batch)
+        finally:
+            feed.close()
+            for worker in workers:
+                worker.join()
         return self._finished()
+
+    def _single_worker(self, feed: WorkFeed) -> None:
+        while (work := feed.take()) is not None:
+            self._sync_one(work)
 
     def _sync_one(self, work: Work) -> None:
         assert self.client is not None
