@@ -1,11 +1,13 @@
 """The client's own HTTP/1.1 connections against a loopback server that answers as scripted:
-chunked and close-delimited answers, connections the server drops while idle, answers that
-are not HTTP, and requests routed through a proxy."""
+chunked, close-delimited and large answers, over plain TCP and over TLS, connections the
+server drops while idle, answers that are not HTTP or never come, and requests routed
+through a proxy."""
 
 from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from iterable_client import IterableClient, RetryPolicy
+from tests.support.tls import TlsFiles, make_tls_files
 
 USER = {"email": "alice@example.com", "dataFields": {"plan_type": "pro"}}
 SUCCESS = b'{"msg": "", "code": "Success", "params": null}'
@@ -30,13 +33,15 @@ def answer(body: bytes = SUCCESS, *headers: str) -> bytes:
 
 class ScriptedServer(socketserver.ThreadingTCPServer):
     """Reads each request whole, records its request line, and sends the next scripted
-    answer; after an answer marked "close" it closes the connection."""
+    answer; after an answer marked "close" it closes the connection, and for one marked
+    "stall" it sends nothing for a second. With `tls`, it speaks TLS."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, script: list[tuple[bytes, str]]) -> None:
+    def __init__(self, script: list[tuple[bytes, str]], tls: ssl.SSLContext | None) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
+        self.tls = tls
         self.script = list(script)
         self.request_lines: list[str] = []
         self.connections = 0
@@ -44,7 +49,15 @@ class ScriptedServer(socketserver.ThreadingTCPServer):
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.server_address[1]}"
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True)
+        return sock, address
 
     def next_answer(self, request_line: str) -> tuple[bytes, str]:
         with self.lock:
@@ -69,6 +82,9 @@ class Handler(socketserver.StreamRequestHandler):
                     length = int(value)
             self.rfile.read(length)
             reply, then = self.server.next_answer(request_line)
+            if then == "stall":
+                time.sleep(1.0)
+                return
             self.wfile.write(reply)
             self.wfile.flush()
             if then == "close":
@@ -76,12 +92,17 @@ class Handler(socketserver.StreamRequestHandler):
                 return
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[..., ScriptedServer]]:
     servers: list[ScriptedServer] = []
 
-    def start(*script: tuple[bytes, str]) -> ScriptedServer:
-        server = ScriptedServer(list(script))
+    def start(*script: tuple[bytes, str], tls: ssl.SSLContext | None = None) -> ScriptedServer:
+        server = ScriptedServer(list(script), tls)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server
@@ -144,3 +165,42 @@ def test_requests_go_through_the_proxy_the_environment_names(serve, monkeypatch)
         result = client.update_user(USER)
     assert result.ok
     assert proxy.request_lines == ["POST http://iterable.invalid/api/users/update HTTP/1.1"]
+
+
+BIG = b'{"msg": "' + b"x" * 300_000 + b'", "code": "Success", "params": null}'
+
+
+@pytest.fixture
+def serve_tls(serve, tls_files, monkeypatch) -> Callable[..., ScriptedServer]:
+    """A scripted server over TLS, with a certificate the client is made to trust."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_files.ca))
+    return lambda *script: serve(*script, tls=context)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+def test_answers_in_many_pieces_are_read_whole_on_one_connection(serve, serve_tls, secure):
+    chunked = b"10\r\n" + SUCCESS[:16] + b"\r\n" + b"%x\r\n" % len(SUCCESS[16:]) + SUCCESS[16:]
+    script = (
+        (answer(BIG), "keep"),  # several reads, and over TLS several records
+        (answer(chunked + b"\r\n0\r\n\r\n", "Transfer-Encoding: chunked"), "keep"),
+    )
+    server = (serve_tls if secure else serve)(*script)
+    with IterableClient("key", server.url, retry=ONCE) as client:
+        results = [client.update_user(USER) for _ in range(3)]
+    assert [(result.ok, result.code) for result in results] == [(True, "Success")] * 3
+    assert results[0].msg == "x" * 300_000
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+def test_an_answer_that_never_comes_times_out(serve, serve_tls, secure):
+    server = (serve_tls if secure else serve)((answer(), "stall"))
+    with IterableClient("key", server.url, timeout=0.3, retry=ONCE) as client:
+        started = time.monotonic()
+        result = client.update_user(USER)
+        took = time.monotonic() - started
+    assert (result.ok, result.error) == (False, "timed out after 0.3s")
+    assert took < 0.9  # not the server's whole second
+

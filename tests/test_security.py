@@ -12,14 +12,13 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import shutil
 import ssl
 import stat
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import mysql.connector
@@ -36,6 +35,7 @@ from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
 from sandbox import DEFAULT_API_KEY as API_KEY
 from settings import ConfigError, load_settings
 from tests.support.prerequisites import prerequisite_missing
+from tests.support.tls import TlsFiles, make_tls_files
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
@@ -75,52 +75,9 @@ def settings_problem(argv: list[str], env: dict[str, str]) -> str:
 # -- certificates made with the openssl command-line tool ---------------------------------
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path  # signed the server certificate
-    other_ca: Path  # a CA that signed nothing we use
-    server_cert: Path  # CN and SAN: localhost only, so 127.0.0.1 is a name it lacks
-    server_key: Path
-
-
-def openssl(directory: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(directory: Path, name: str) -> Path:
-    openssl(
-        directory,
-        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-sha256"),
-        *("-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN=iterable-sync {name}"),
-    )
-    return directory / f"{name}.pem"
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    if shutil.which("openssl") is None:
-        prerequisite_missing("the openssl command-line tool is not installed")
-    directory = tmp_path_factory.mktemp("tls")
-    ca = make_ca(directory, "ca")
-    other_ca = make_ca(directory, "other-ca")
-    (directory / "server.ext").write_text(
-        "subjectAltName = DNS:localhost\n"
-        "basicConstraints = CA:FALSE\n"
-        "keyUsage = digitalSignature, keyEncipherment\n"
-        "extendedKeyUsage = serverAuth\n"
-    )
-    openssl(
-        directory,
-        *("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key"),
-        *("-out", "server.csr", "-subj", "/CN=localhost"),
-    )
-    openssl(
-        directory,
-        *("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key"),
-        *("-CAcreateserial", "-days", "2", "-sha256", "-extfile", "server.ext"),
-        *("-out", "server.pem"),
-    )
-    return TlsFiles(ca, other_ca, directory / "server.pem", directory / "server.key")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
