@@ -203,4 +203,3 @@ def test_an_answer_that_never_comes_times_out(serve, serve_tls, secure):
         took = time.monotonic() - started
     assert (result.ok, result.error) == (False, "timed out after 0.3s")
     assert took < 0.9  # not the server's whole second
-
