@@ -52,6 +52,8 @@ COLUMNS = (
     ("wall s", "job_duration_seconds", "{:.2f}"),
     ("eff wall", "efficiency_wall", "{:.3f}"),
     ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
+    ("CPU s/1k, each run", "cpu_each", "{}"),
+    ("users/s, each run", "users_per_second_each_text", "{}"),
     ("RSS MB", "peak_rss_mb", "{:.1f}"),
     ("sandbox CPU", "sandbox_cpu_share", "{:.0%}"),
     ("others", "others_cores", "{:.2f}"),
@@ -77,6 +79,11 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             else f"{r['rate_limit_ceiling']:,.0f} (limits)"
         )
         shown.setdefault("load", "quiet")  # reports from before the busy runs
+        if "cpu_seconds_per_1000_users_each" in r:  # reports from before the repeats
+            shown["cpu_each"] = " / ".join(f"{v:.3f}" for v in r["cpu_seconds_per_1000_users_each"])
+            shown["users_per_second_each_text"] = " / ".join(
+                f"{v:,.0f}" for v in r["users_per_second_each"]
+            )
         rows.append(
             ["-" if shown.get(key) is None else fmt.format(shown[key]) for _, key, fmt in COLUMNS]
         )
@@ -204,7 +211,8 @@ def write_outputs(report: dict[str, Any], docs: bool, save: bool = True) -> None
             "eff vs limit compares it with the rate-limit ceiling.\nbusy: another process "
             "kept one core busy during the run. sandbox CPU: its share of one core meanwhile.\n"
             "others: cores used meanwhile by processes the bench did not start (a shared "
-            "machine is only as quiet as this says)."
+            "machine is only as quiet as this says).\nA row is the run with the median CPU "
+            "per user of those on the same machine; the each-run columns give all of them."
         )
     if report.get("sandbox_capacity"):
         print("\nsandbox capacity (one process, bulk traffic sent without the job):")
@@ -255,6 +263,9 @@ SUMMARY_KEYS = (
     "job_duration_seconds",
     "efficiency_wall",
     "cpu_seconds_per_1000_users",
+    "repeats",
+    "cpu_seconds_per_1000_users_each",
+    "users_per_second_each",
     "peak_rss_mb",
     "requests",
     "status_429",
@@ -319,7 +330,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
             "users/s and eff: over the sync, first API request to last answer; eff = ceiling "
             "time / measured time. eff wall: over the job's whole run, Query 2 included. The "
             "baseline (one user at a time) is bound by latency, 1 / (2 x latency); eff vs limit "
-            "compares every run with the rate-limit ceiling. A run of only a few batches can "
+            "compares every run with the rate-limit ceiling. Each mode runs several times on "
+            "each machine, in turn: a row is the run with the median CPU per user, and the "
+            "each-run columns give all of them (this machine's CPU figures vary by 10-20 % "
+            "between runs of the same code). A run of only a few batches can "
             "show slightly more than 1: n paced requests span n - 1 intervals. CPU and RSS: "
             "main.py's own (wait4 rusage). lost/dup: checked against the sandbox's store. "
             "machine busy: another process kept one core busy for the whole run. sandbox CPU: "
