@@ -53,7 +53,7 @@ COLUMNS = (
     ("eff wall", "efficiency_wall", "{:.3f}"),
     ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
     ("CPU s/1k, each run", "cpu_each", "{}"),
-    ("users/s, each run", "users_per_second_each_text", "{}"),
+    ("users/s, each run", "users_each", "{}"),
     ("RSS MB", "peak_rss_mb", "{:.1f}"),
     ("sandbox CPU", "sandbox_cpu_share", "{:.0%}"),
     ("others", "others_cores", "{:.2f}"),
@@ -79,11 +79,9 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             else f"{r['rate_limit_ceiling']:,.0f} (limits)"
         )
         shown.setdefault("load", "quiet")  # reports from before the busy runs
-        if "cpu_seconds_per_1000_users_each" in r:  # reports from before the repeats
+        if "cpu_seconds_per_1000_users_each" in r:  # absent from reports before the repeats
             shown["cpu_each"] = " / ".join(f"{v:.3f}" for v in r["cpu_seconds_per_1000_users_each"])
-            shown["users_per_second_each_text"] = " / ".join(
-                f"{v:,.0f}" for v in r["users_per_second_each"]
-            )
+            shown["users_each"] = " / ".join(f"{v:,.0f}" for v in r["users_per_second_each"])
         rows.append(
             ["-" if shown.get(key) is None else fmt.format(shown[key]) for _, key, fmt in COLUMNS]
         )
