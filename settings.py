@@ -528,6 +528,7 @@ class _Validator:
         return self.path(name) if self.raw(name) else None
 
     def integer(self, name: str, low: int, high: int) -> int:
+        """The variable as a whole number in range, or a problem recorded."""
         raw = self.raw(name)
         try:
             number = int(raw)
@@ -538,7 +539,8 @@ class _Validator:
             self.problems.append(
                 f"{name} must be a whole number from {low} to {high} (got {shown})"
             )
-            return int(BY_NAME[name].default)
+            # Settings are not built once a problem is found; any number stands in.
+            return low
         return number
 
     def optional_integer(self, name: str, low: int, high: int) -> int | None:

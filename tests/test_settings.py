@@ -257,3 +257,27 @@ def test_command_line_paths_are_relative_to_the_working_directory(elsewhere):
 def test_something_else_at_the_socket_path_is_refused(in_tmp):
     assert "MYSQL_UNIX_SOCKET" not in problem(MYSQL_UNIX_SOCKET="gone.sock", MYSQL_PORT="x")
     assert f"MYSQL_UNIX_SOCKET {in_tmp} is not a socket" in problem(MYSQL_UNIX_SOCKET=str(in_tmp))
+
+
+INTEGER_SETTINGS = [
+    "MYSQL_PORT",
+    "ITERABLE_LIST_ID",
+    "LOOKBACK_DAYS",
+    "MAX_ATTEMPTS",
+    "RESULTS_KEEP_DAYS",
+    "CONCURRENCY",
+    "BULK_BATCH_SIZE",
+    "EVENTS_BATCH_SIZE",
+]
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "-3", "0x10", "1e3", "99999999999999999999"])
+@pytest.mark.parametrize("name", INTEGER_SETTINGS)
+def test_every_integer_setting_refuses_what_is_not_a_whole_number_in_range(name, value):
+    message = problem(**{name: value})
+    assert name in message and "whole number" in message
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_list_id_must_be_positive(value):
+    assert "ITERABLE_LIST_ID must be a whole number from 1" in problem(ITERABLE_LIST_ID=value)
