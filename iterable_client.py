@@ -54,6 +54,9 @@ SHARED_LIMITS = {LISTS_SUBSCRIBE: "lists", LISTS_UNSUBSCRIBE: "lists"}
 
 # 429 and gateway-style failures are worth another try; other 4xx never are.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# How Iterable says it has no such user: HTTP 404, or a 400 with one of these codes (and,
+# in a bulk or list answer, the notFoundEmails/notFoundUserIds lists, read as these codes).
+NO_SUCH_USER_CODES = frozenset({"NotFound", "UnknownEmailError", "UnknownUserIdError"})
 AUTH_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 5.0
 # Iterable counts as down, and the run stops, after this many requests in a row (from any
@@ -68,8 +71,9 @@ _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 class RetryPolicy:
     """How often and how long to retry: exponential backoff with jitter, Retry-After honoured.
 
-    Retrying a POST is safe here because both writes are idempotent: users/update merges
-    the same fields, and events/track with the same id updates the same event.
+    Retrying a POST is safe for the idempotent calls only: users/update merges the same
+    fields, events/track with the same id updates the same event, and the bulk and list
+    calls are made of those. users/updateEmail is not (see UNSAFE_RETRY).
     """
 
     max_attempts: int = 5
@@ -78,10 +82,14 @@ class RetryPolicy:
     retry_after_max: float = 60.0
     jitter: float = 0.25
 
+    only_unprocessed: bool = False  # retry only answers that say nothing was done (429)
+
     def should_retry(self, status: int | None, attempt: int) -> bool:
         """status None means no response at all (timeout or connection error)."""
         if attempt >= self.max_attempts:
             return False
+        if self.only_unprocessed:
+            return status == 429
         return status is None or status in RETRY_STATUSES
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
@@ -96,6 +104,11 @@ class RetryPolicy:
         if wait is not None:
             return min(wait, self.retry_after_max)
         return self.backoff(attempt, rng)
+
+
+# For a call that is not idempotent: after no answer or a 5xx it may have been applied,
+# so the caller looks at what Iterable holds instead of sending it again.
+UNSAFE_RETRY = RetryPolicy(only_unprocessed=True)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -135,6 +148,16 @@ class CallResult:
         # lock for every instance, which all of single mode's threads then queue on.
         object.__setattr__(self, "_summary", self._build_summary())
 
+    @property
+    def no_such_user(self) -> bool:
+        """Iterable has no user by the identifier the call named."""
+        return self.http_status == 404 or is_no_such_user(self.code)
+
+    @property
+    def answered(self) -> bool:
+        """Iterable gave a definite answer: the call was (or was not) applied as it says."""
+        return self.http_status is not None and self.http_status < 500
+
     def summary(self) -> dict[str, Any]:
         """The part that goes into the results file: one dict a call, which the rows of a
         bulk batch share (read-only)."""
@@ -153,6 +176,11 @@ class CallResult:
         if self.batch_size is not None:
             data["batch_size"] = self.batch_size
         return data
+
+
+def is_no_such_user(reason: str | None) -> bool:
+    """Whether an error code (or a bulk failure's reason) means Iterable has no such user."""
+    return reason in NO_SUCH_USER_CODES
 
 
 class StopRun(Exception):
@@ -391,8 +419,17 @@ class IterableClient:
         return self.call(EVENTS_TRACK, payload, body=body)
 
     def update_email(self, current_email: str, new_email: str) -> CallResult:
-        """Move a profile, with its data, events and lists, to a new email."""
-        return self.call(UPDATE_EMAIL, {"currentEmail": current_email, "newEmail": new_email})
+        """Move a profile, with its data, events and lists, to a new email.
+
+        Not idempotent: after a lost answer a resend finds the old email gone, so it is
+        retried only when Iterable said it did nothing (429); the caller looks up the rest.
+        """
+        body = {"currentEmail": current_email, "newEmail": new_email}
+        return self.call(UPDATE_EMAIL, body, retry_policy=UNSAFE_RETRY)
+
+    def get_user(self, email: str) -> CallResult:
+        """users/getByEmail: the answer's "user" is empty when Iterable has nobody by it."""
+        return self.call(GET_USER, None, params={"email": email}, method="GET")
 
     def delete_user(self, identity: Mapping[str, str]) -> CallResult:
         """DELETE users/{email}, or users/byUserId/{userId}."""
@@ -417,7 +454,7 @@ class IterableClient:
 
     def check_key(self, probe_email: str = "iterable-sync-check@example.com") -> CallResult:
         """Reads one (normally absent) user: proves the key works without changing anything."""
-        return self.call(GET_USER, None, params={"email": probe_email}, method="GET")
+        return self.get_user(probe_email)
 
     def call(
         self,
@@ -427,13 +464,15 @@ class IterableClient:
         method: str = "POST",
         body: bytes | None = None,
         path: str | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> CallResult:
-        """Send with retries; return a CallResult.
+        """Send with retries (this client's policy, unless given one); return a CallResult.
 
         Raises IterableAuthError on 401/403, and IterableUnavailable once the outage
         detector has seen Iterable down (then nothing more is sent).
         """
         self._pass_gate()
+        policy = retry_policy or self.retry
         data = body if body is not None else encode_json(payload) if payload is not None else None
         started = time.monotonic()
         number = next(self._calls)
@@ -461,7 +500,7 @@ class IterableClient:
             in_streak = self.outage.record(response.status, response.error, number)
             streak = in_streak if attempt == 1 or in_streak == streak else None
             ok = self._is_success(endpoint, response)
-            retry = not ok and self.retry.should_retry(response.status, attempt)
+            retry = not ok and policy.should_retry(response.status, attempt)
             stopped = retry and self.stop.is_set()
             if stopped:
                 retry = False
@@ -472,7 +511,7 @@ class IterableClient:
             self._raise_if_unavailable()
             if not retry:
                 return self._result(endpoint, ok, response, attempt, started, stopped)
-            delay = self.retry.delay(attempt, response.retry_after, self._rng)
+            delay = policy.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
                 self.limiters.penalize(SHARED_LIMITS.get(endpoint, endpoint), delay)
             # DEBUG: a 429 storm would otherwise flood the console; the counts reach the results.
@@ -481,7 +520,7 @@ class IterableClient:
                 endpoint,
                 response.error or f"HTTP {response.status}",
                 attempt,
-                self.retry.max_attempts,
+                policy.max_attempts,
                 delay,
             )
             if self.stop.wait(delay):
