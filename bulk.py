@@ -41,6 +41,8 @@ FAILED_LISTS = {
     "invalidDataUserIds": "RequestFieldsTypesMismatched",
 }
 DISALLOWED_EVENT_NAME = "disallowed_event_name"
+# A row of a batch in which Iterable counted more failures than it named.
+UNMATCHED_FAILURE = "unmatched_failure"
 BATCH_TOO_LARGE = "BatchTooLarge"
 # Bulk batches sent but not yet applied, per endpoint.
 BATCHES_IN_FLIGHT = 4
@@ -201,19 +203,44 @@ NO_FAILURES: Mapping[int, str] = {}
 
 
 def accepted_answer(batch: Sequence[BulkRow], call: CallResult) -> Answer:
-    """A batch Iterable took: each row succeeded unless the answer lists it as failed."""
-    failures = failed_identifiers(call.body or {})
-    disallowed = set((call.body or {}).get("disallowedEventNames") or [])
+    """A batch Iterable took: each row succeeded unless the answer lists it as failed.
+
+    Iterable names a failure by email or by userId, whichever it was about (a userId
+    request whose email is taken or forgotten comes back in conflictEmails or
+    forgottenEmails), so both of a row's names are looked for. When it counts more failures
+    than it names rows for, the rows it did not name are not taken as accepted either:
+    they fail as UNMATCHED_FAILURE and are sent again by the next run.
+    """
+    body = call.body or {}
+    by_email, by_user_id = failed_identifiers(body)
+    disallowed = set(body.get("disallowedEventNames") or [])
     shared = _batch_call(call, len(batch))
-    if not (failures or disallowed):
+    fail_count = body.get("failCount")
+    counted = fail_count if isinstance(fail_count, int) and not isinstance(fail_count, bool) else 0
+    if not (by_email or by_user_id or disallowed or counted):
         return Answer(batch, shared, NO_FAILURES)
     failed: dict[int, str] = {}
     for position, work in enumerate(batch):
-        failure = failures.get(work.payloads.identifier)
-        if failure is None and work.payloads.event.get("eventName") in disallowed:
+        payloads = work.payloads
+        failure = by_email.get(payloads.email)
+        if failure is None and payloads.user_id is not None:
+            failure = by_user_id.get(payloads.user_id)
+        if failure is None and payloads.event.get("eventName") in disallowed:
             failure = DISALLOWED_EVENT_NAME
         if failure is not None:
             failed[position] = failure
+    if counted > len(failed):
+        log.warning(
+            "%s: Iterable counted %d failures in a batch of %d but named %d; the other rows "
+            "are sent again next run",
+            call.endpoint,
+            counted,
+            len(batch),
+            len(failed),
+        )
+        failed = {
+            position: failed.get(position, UNMATCHED_FAILURE) for position in range(len(batch))
+        }
     return Answer(batch, shared, failed)
 
 
@@ -226,22 +253,24 @@ def _batch_call(call: CallResult, size: int) -> CallResult:
     return replace(call, batch_size=size)
 
 
-def failed_identifiers(body: Mapping[str, Any]) -> dict[str, str]:
-    """email (lower-cased) or userId -> reason, for every item a bulk answer lists as failed."""
-    failures: dict[str, str] = {}
+def failed_identifiers(body: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Every item a bulk answer lists as failed, as (email (lower-cased) -> reason,
+    userId -> reason)."""
+    by_email: dict[str, str] = {}
+    by_user_id: dict[str, str] = {}
     failed_updates = body.get("failedUpdates") or {}
     sources = [failed_updates, body]  # top-level invalidEmails is the deprecated spelling
     for source in sources:
         if not isinstance(source, Mapping):
             continue
         for list_name, reason in FAILED_LISTS.items():
+            by_emails = list_name.endswith("Emails")
+            failures = by_email if by_emails else by_user_id
             for value in source.get(list_name) or []:
                 if isinstance(value, str | int):
                     key = str(value).strip()
-                    if list_name.endswith("Emails"):
-                        key = key.lower()
-                    failures.setdefault(key, reason)
-    return failures
+                    failures.setdefault(key.lower() if by_emails else key, reason)
+    return by_email, by_user_id
 
 
 def named_item(body: Mapping[str, Any]) -> int | None:

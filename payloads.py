@@ -149,6 +149,15 @@ class Payloads:
         self.user_fingerprint = digest(self.user_bytes)
 
     @property
+    def user_id(self) -> str | None:
+        """The userId the calls name the user by; None when they name the user by email."""
+        return None if self.identifier == self.email else self.identifier
+
+    @property
+    def event_fingerprint(self) -> str:
+        return digest(self.event_bytes)
+
+    @property
     def row_fingerprint(self) -> str:
         """fingerprint({"user": user_update, "event": event}), from the bytes at hand; only
         rejections need it, so it is worked out when asked for."""
