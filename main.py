@@ -233,6 +233,7 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
             identify_by=settings.identify_by,
             lists=lists,
             delete_deleted=settings.on_deleted_customer == "delete",
+            retry_outstanding=settings.retry_outstanding,
         )
         with DatabaseConnection(settings.database) as db:
             source = RowSource(db, settings.plan_type, settings.lookback_days)
@@ -375,7 +376,11 @@ def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) ->
         f"{s.skipped} skipped in {report.seconds:.1f}s\n"
     )
     if s.outstanding:
-        out.write(f"  {s.outstanding} outstanding (failing since {s.failing_since})\n")
+        out.write(
+            f"  {s.outstanding} outstanding (failing since {s.failing_since}): sent again "
+            "when their data changes, or by python main.py --retry-outstanding after a fix "
+            "in Iterable\n"
+        )
     if s.left:
         out.write(f"  {s.left} left the segment\n")
     for reason, count in sorted(s.reasons.items()):

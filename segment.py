@@ -17,7 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from iterable_client import CallResult, IterableClient, StopRun
+from bulk import FAILED_LISTS
+from iterable_client import CallResult, IterableClient, StopRun, is_no_such_user
 from payloads import BY_USER_ID, Customer, is_valid_email, leaver_update, normalize_email
 from sync_state import Member, SyncState
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 # Subscribers per lists/subscribe or lists/unsubscribe request; Iterable publishes no
 # count limit for them, and 1,000 keeps a body far below the 4 MB other endpoints allow.
 LIST_BATCH = 1000
-NOT_FOUND_LISTS = ("notFoundEmails", "notFoundUserIds")
 
 # Reads the customers with these ids back from the database (RowSource.customers).
 ReadCustomers = Callable[[list[int]], dict[int, Customer]]
@@ -83,7 +83,9 @@ class ListMirror:
 
     Only changes are sent: the state records who is on the list under which identifier.
     A subscriber Iterable does not find stays off the list in the state (tried again next
-    run); an unsubscribe Iterable does not find counts as done.
+    run); an unsubscribe Iterable does not find counts as done. A call that finds the key
+    rejected, the list missing or Iterable down stops the run through `on_stop`, as any
+    other call would.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class ListMirror:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lists")
         self._sent: list[Future[None]] = []
         self.calls = 0
+        self.on_stop: Callable[[StopRun], object] = lambda _exc: None
 
     def subscribe(self, customer_id: int, identifier: str) -> None:
         self._add(self._subscribe, customer_id, identifier)
@@ -138,6 +141,7 @@ class ListMirror:
             call = self.client.subscribe(self.list_id, self._subscribers(batch))
         except StopRun as exc:
             log.debug("lists/subscribe for %d not sent (%s); tried again next run", len(batch), exc)
+            self.on_stop(exc)
             return
         self.calls += 1
         refused = self._refused(call, batch, including_not_found=True)
@@ -152,6 +156,7 @@ class ListMirror:
             log.debug(
                 "lists/unsubscribe for %d not sent (%s); tried again next run", len(batch), exc
             )
+            self.on_stop(exc)
             return
         self.calls += 1
         refused = self._refused(call, batch, including_not_found=False)
@@ -177,7 +182,7 @@ class ListMirror:
         failed = (call.body or {}).get("failedUpdates") or {}
         refused: set[str] = set()
         for name, values in failed.items() if isinstance(failed, Mapping) else ():
-            if name in NOT_FOUND_LISTS and not including_not_found:
+            if not including_not_found and is_no_such_user(FAILED_LISTS.get(name)):
                 continue
             refused.update(str(v).strip().lower() if "Email" in name else str(v) for v in values)
         return refused

@@ -318,6 +318,7 @@ class Settings:
     metrics_file: Path | None
     dry_run: bool = False
     full_refresh: bool = False
+    retry_outstanding: bool = False
     check_only: bool = False
 
     def secrets(self) -> list[str]:
@@ -398,7 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--full-refresh",
         action="store_true",
-        help="send every qualifying user and event, ignoring the sync state",
+        help="send every qualifying user and event again, ignoring what the sync state says "
+        "was sent (email moves, forgotten users, leavers and the list still count)",
+    )
+    parser.add_argument(
+        "--retry-outstanding",
+        action="store_true",
+        help="send the rows Iterable refused for good once more (after a fix in Iterable)",
     )
     parser.set_defaults(command=None)
     return parser
@@ -644,6 +651,7 @@ class _Validator:
             metrics_file=self.optional_path("METRICS_FILE"),
             dry_run=dry_run,
             full_refresh=bool(self.args.full_refresh),
+            retry_outstanding=bool(self.args.retry_outstanding),
             check_only=bool(self.args.check),
         )
         self.check_paths(settings)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from bulk import (
+    UNMATCHED_FAILURE,
     Answer,
     BatchCall,
     Batcher,
@@ -36,6 +37,7 @@ from iterable_client import (
     CallResult,
     IterableClient,
     StopRun,
+    is_no_such_user,
 )
 from logger_config import mask_email
 from payloads import (
@@ -53,6 +55,7 @@ from payloads import (
 from results import FAILED, IN_SEGMENT, LEFT_SEGMENT, SKIPPED, SUCCESS, ResultsWriter, RowResult
 from segment import LeaverUpdate, ListMirror, ReadCustomers, plan_leaver
 from sync_state import NOTHING_KNOWN, AcceptedUser, Known, Member, RowInsert, SyncState
+from sync_state import Rejection as SavedRejection
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,10 @@ LEFT_DELETED = "left_deleted"
 FORGOTTEN_CODE = "ForgottenUserError"
 EMAIL_CHANGE_CONFLICT = "email_change_conflict"
 EMAIL_CHANGE_OLD_MISSING = "email_change_old_missing"
-# What updateEmail answers when Iterable has no profile under the current email.
-OLD_EMAIL_MISSING_CODES = frozenset({"UnknownEmailError", "NotFound", "UnknownUserIdError"})
+EMAIL_CHANGE_FORGOTTEN = "email_change_forgotten"
+# Which part of a row a refusal on record is about: its fingerprint is "<part>:<digest>".
+# (A refusal written before parts were recorded is about the whole row.)
+PROFILE_PART, EVENT_PART, DELETE_PART = "user", "event", "delete"
 
 
 # Rows planned together: their state and duplicate checks are one query each.
@@ -97,6 +102,8 @@ class Work:
     # before sending a different one. Unknown (full refresh, leavers) means "maybe".
     had_rejection: bool = True
     had_profile: bool = True
+    # The event was refused for good and has not changed since: not sent again.
+    event_refused: SavedRejection | None = None
     result: RowResult = field(init=False)
 
     def __post_init__(self) -> None:
@@ -149,10 +156,36 @@ def call_failure_reason(call: CallResult) -> str:
     return "no_response"
 
 
-def is_permanent(call: CallResult) -> bool:
-    """A 4xx other than 429 will fail again with the same data; anything else may not."""
+def is_permanent(call: CallResult | None, failure: str | None = None) -> bool:
+    """The outstanding rule: whether a failure will come back with the same data, so the
+    row waits for its data to change (or --retry-outstanding) instead of being resent.
+
+    A 4xx other than 429 will; so will a failure a bulk answer names. Iterable not finding
+    the user will not (a profile sent in bulk may not exist yet), nor will a row of a batch
+    whose failures Iterable did not name, nor no answer at all.
+    """
+    if failure is not None:
+        return not (is_no_such_user(failure) or failure == UNMATCHED_FAILURE)
+    if call is None or call.no_such_user:
+        return False
     status = call.http_status
     return status is not None and 400 <= status < 500 and status != 429
+
+
+def refusal_key(part: str, digest: str) -> str:
+    """What a refusal on record is about: one part of the row, by that part's fingerprint."""
+    return f"{part}:{digest}"
+
+
+def refused_part(rejection: SavedRejection, built: Payloads) -> str | None:
+    """Which part of the row a refusal on record still holds for (its data unchanged since),
+    or None when that part has changed."""
+    part, _, digest = rejection.fingerprint.partition(":")
+    if part == PROFILE_PART:
+        return part if digest == built.user_fingerprint else None
+    if part == EVENT_PART:
+        return part if digest == built.event_fingerprint else None
+    return "row" if rejection.fingerprint == built.row_fingerprint else None
 
 
 _INSERT_OWNERS = RowInsert("INSERT OR IGNORE INTO seen (email, customer_id) VALUES", 2)
@@ -291,6 +324,7 @@ class Syncer:
         identify_by: str = BY_EMAIL,
         lists: ListMirror | None = None,
         delete_deleted: bool = False,
+        retry_outstanding: bool = False,
     ) -> None:
         self.client = client
         self.writer = writer
@@ -301,7 +335,10 @@ class Syncer:
         self.on_rows = on_rows  # told how many rows were recorded, after each record
         self.identify_by = identify_by
         self.lists = lists
+        if lists is not None:
+            lists.on_stop = self.abort
         self.delete_deleted = delete_deleted
+        self.retry_outstanding = retry_outstanding
         self.outcome = Outcome()
         self.duplicates = DuplicateEmails()
         self._abort_lock = threading.Lock()
@@ -333,14 +370,16 @@ class Syncer:
         self.duplicates.look_up(built.email for _, built in sendable)
         if self.state is None:
             return {}
-        # Every row read is (still) in the segment, sent or not; marked a chunk ahead, as
-        # only a run that read every row asks who left.
-        self.state.seen_many(item.row.customer_id for item in chunk if item.row is not None)
-        if self.full_refresh:
-            return {}
-        return self.state.known_many(
+        # Every customer Query 2 returned is (still) in the segment, whatever becomes of the
+        # row (sent, unchanged, refused, unreadable); marked a chunk ahead, as only a run
+        # that read every row asks who left.
+        self.state.seen_many(item.customer_id for item in chunk if item.customer_id)
+        known = self.state.known_many(
             [(customer_id, str(built.event["id"])) for customer_id, built in sendable]
         )
+        if self.full_refresh:
+            return {customer_id: k.without_sent() for customer_id, k in known.items()}
+        return known
 
     def plan(self, item: Prepared, known: Mapping[int, Known]) -> Work | None:
         """Decide what a row needs; rows that need nothing are recorded here and give None.
@@ -397,7 +436,7 @@ class Syncer:
         same data say it is still outstanding, and since when."""
         if self.state is None:
             return
-        previous = self.state.rejection(customer_id)
+        previous = None if self.full_refresh else self.state.rejection(customer_id)
         if previous and previous.fingerprint == row_fp and previous.reason == result.reason:
             result.outstanding, result.failing_since = True, previous.first_rejected_at
             return
@@ -406,7 +445,7 @@ class Syncer:
 
     def _plan_sends(self, row: SourceRow, built: Payloads, known: Known | None) -> Work | None:
         work = Work(row, built, True, True)
-        if self.state is None or self.full_refresh:
+        if self.state is None:
             return self._ready(work)
         known = known or NOTHING_KNOWN
         if known.forgotten_email is not None:
@@ -421,28 +460,37 @@ class Syncer:
         if known.list_identifier is not None:
             work.listed_as = known.list_identifier
         rejection = known.rejection
-        if (
-            rejection
-            and rejection.reason != DUPLICATE_EMAIL
-            and rejection.fingerprint == built.row_fingerprint
-        ):
-            work.result.status, work.result.reason = FAILED, rejection.reason
-            work.result.outstanding = True
-            work.result.failing_since = rejection.first_rejected_at
-            work.result.detail = "refused before and unchanged since; not sent again"
-            self.record(work.result)
-            return None
+        refused = None
+        if rejection and rejection.reason != DUPLICATE_EMAIL and not self.retry_outstanding:
+            refused = refused_part(rejection, built)
         work.send_user = known.user_fingerprint != built.user_fingerprint
         work.send_event = not known.event_accepted
         work.had_rejection = rejection is not None
         work.had_profile = known.user_fingerprint is not None
+        if rejection is not None and refused is not None:
+            if refused != EVENT_PART or not work.send_user:
+                # The event waits for the profile, so a refused profile holds up the row.
+                self._still_outstanding(work.result, rejection)
+                self.record(work.result)
+                return None
+            work.send_event, work.event_refused = False, rejection
+        if not work.send_user:
+            # Iterable holds the profile: the list follows the segment now, whether or not
+            # the event still has to go.
+            self._keep_listed(work)
         return self._ready(work)
+
+    @staticmethod
+    def _still_outstanding(result: RowResult, rejection: SavedRejection) -> None:
+        result.status, result.reason = FAILED, rejection.reason
+        result.outstanding = True
+        result.failing_since = rejection.first_rejected_at
+        result.detail = "refused before and unchanged since; not sent again"
 
     def _ready(self, work: Work) -> Work | None:
         """Record a row that needs no call (or a dry run's); the rest goes on to be sent."""
         if not (work.send_user or work.send_event):
             work.result.status, work.result.reason = SKIPPED, UNCHANGED
-            self._keep_listed(work)
             self.record(work.result)
             return None
         if self.client is None:
@@ -501,7 +549,7 @@ class Syncer:
         if failure is None and call is not None and call.ok:
             self._keep_listed(work)
             return True
-        self._failed_call(work, call, failure)
+        self._failed_call(work, call, failure, refusal_key(PROFILE_PART, work.user_fingerprint))
         return False
 
     def _store_users(self, accepted: Sequence[Work]) -> None:
@@ -532,17 +580,19 @@ class Syncer:
             work.result.event_track = call.summary()
         if failure is None and call is not None and call.ok:
             return True
-        self._failed_call(work, call, failure)
+        key = refusal_key(EVENT_PART, work.payloads.event_fingerprint)
+        self._failed_call(work, call, failure, key)
         return False
 
-    def _failed_call(self, work: Work, call: CallResult | None, failure: str | None) -> None:
+    def _failed_call(
+        self, work: Work, call: CallResult | None, failure: str | None, refused: str
+    ) -> None:
+        """A call that failed; `refused` is what the state records if it failed for good."""
         reason = failure or (call_failure_reason(call) if call else "no_response")
         if reason == FORGOTTEN_CODE:
             self._skip_forgotten(work, record_state=True)
             return
-        self._fail(
-            work, reason, permanent=call is None or is_permanent(call) or failure is not None
-        )
+        self._fail(work, reason, refused if is_permanent(call, failure) else None)
 
     def _skip_forgotten(self, work: Work, record_state: bool, email: str | None = None) -> None:
         """Iterable says the user was forgotten (GDPR): not a failure; not sent again until
@@ -556,11 +606,13 @@ class Syncer:
             self.state.forgotten(work.row.customer_id, email or work.payloads.email)
         self.record(work.result)
 
-    def _fail(self, work: Work, reason: str, permanent: bool) -> None:
+    def _fail(self, work: Work, reason: str, refused: str | None = None) -> None:
+        """Record a failed row; with `refused` (see refusal_key), one that will fail again
+        with the same data, which later runs report as outstanding instead of resending."""
         work.result.status, work.result.reason = FAILED, reason
         self._interrupted = self._interrupted or reason == INTERRUPTED
-        if permanent and self.state is not None and reason != INTERRUPTED:
-            self.state.rejected(work.row.customer_id, work.row_fingerprint, reason)
+        if refused is not None and self.state is not None and reason != INTERRUPTED:
+            self.state.rejected(work.row.customer_id, refused, reason)
         self.record(work.result)
 
     def _keep_listed(self, work: Work) -> None:
@@ -624,7 +676,9 @@ class Syncer:
         work.result.user_update = {"skipped": UNCHANGED}
 
     def skip_event(self, work: Work) -> None:
-        if work.result.segment == IN_SEGMENT:
+        if work.event_refused is not None:
+            self._still_outstanding(work.result, work.event_refused)
+        elif work.result.segment == IN_SEGMENT:
             work.result.event_track = {"skipped": UNCHANGED}
         self.record(work.result)
 
@@ -646,36 +700,68 @@ class Syncer:
         old, new = work.previous_email, work.payloads.email
         call = self.client.update_email(old, new)
         work.result.update_email = call.summary()
-        if call.ok:
-            if self.state is not None:
-                self.state.email_moved(work.row.customer_id, new)
-            if work.listed_as == old:
-                work.listed_as = new  # Iterable moved the list membership with the profile
-                if self.state is not None:
-                    self.state.subscribed(work.row.customer_id, new)
+        if call.ok or (not call.answered and self._moved_already(old, new)):
+            self._email_moved(work)
             return True
         if call.code == FORGOTTEN_CODE:
-            self._skip_forgotten(work, record_state=True, email=new)
-            return False
+            # Iterable forgot the old address (a forgotten new one, users/update says so
+            # itself): the profile goes in under the new email as a new one.
+            if self.writes:
+                assert self.state is not None
+                self.state.forgotten(work.row.customer_id, old)
+            self._email_not_moved(
+                work,
+                EMAIL_CHANGE_FORGOTTEN,
+                "Iterable says the previous email was forgotten; a profile is created under "
+                "the new one",
+            )
+            return True
         if call.http_status == 409:
-            work.result.warnings.append(
-                f"{EMAIL_CHANGE_CONFLICT}: {mask_email(new)} already has a profile in Iterable; "
-                "the old profile was left alone and this one updated"
+            self._email_not_moved(
+                work,
+                EMAIL_CHANGE_CONFLICT,
+                f"{mask_email(new)} already has a profile in Iterable; the old profile was "
+                "left alone and this one updated",
             )
-            if work.listed_as == old and self.lists is not None:
-                self.lists.unsubscribe(work.row.customer_id, old)
-            work.listed_as = None
             return True
-        if call.code in OLD_EMAIL_MISSING_CODES or call.http_status == 404:
-            work.result.warnings.append(
-                f"{EMAIL_CHANGE_OLD_MISSING}: Iterable has no profile under the previous "
-                "email; a profile is created under the new one"
+        if call.no_such_user:
+            self._email_not_moved(
+                work,
+                EMAIL_CHANGE_OLD_MISSING,
+                "Iterable has no profile under the previous email; a profile is created under "
+                "the new one",
             )
-            if work.result.segment == IN_SEGMENT:
-                work.listed_as = None  # subscribe the new profile; a leaver's is unsubscribed
             return True
-        self._fail(work, call_failure_reason(call), permanent=is_permanent(call))
+        refused = refusal_key(PROFILE_PART, work.user_fingerprint)
+        self._fail(work, call_failure_reason(call), refused if is_permanent(call) else None)
         return False
+
+    def _moved_already(self, old: str, new: str) -> bool:
+        """After updateEmail got no answer: whether Iterable moved the profile all the same
+        (the new email has a profile, the old one none). A resend cannot tell: it would find
+        the old email gone."""
+        assert self.client is not None
+        found_new, found_old = self.client.get_user(new), self.client.get_user(old)
+        return _has_user(found_new) and found_old.ok and not _has_user(found_old)
+
+    def _email_moved(self, work: Work) -> None:
+        old, new = work.previous_email, work.payloads.email
+        if self.state is not None:
+            self.state.email_moved(work.row.customer_id, new)
+        if work.listed_as == old:
+            work.listed_as = new  # Iterable moved the list membership with the profile
+            if self.state is not None:
+                self.state.subscribed(work.row.customer_id, new)
+
+    def _email_not_moved(self, work: Work, warning: str, detail: str) -> None:
+        """The old profile stays as it is; the row's update goes to the new email."""
+        work.result.warnings.append(f"{warning}: {detail}")
+        if warning != EMAIL_CHANGE_CONFLICT and work.result.segment == IN_SEGMENT:
+            # The old profile is gone with its events: the new one gets the latest again.
+            work.send_event = True
+        if work.listed_as is not None and work.listed_as == work.previous_email and self.lists:
+            self.lists.unsubscribe(work.row.customer_id, work.listed_as)
+        work.listed_as = None  # a member of the segment is subscribed under the new email
 
     # -- single mode ----------------------------------------------------------------
 
@@ -715,13 +801,13 @@ class Syncer:
         try:
             if work.previous_email is not None and self.identify_by == BY_EMAIL:
                 if self.stop.is_set():
-                    self._fail(work, INTERRUPTED, permanent=False)
+                    self._fail(work, INTERRUPTED)
                     return
                 if not self.move_email(work):
                     return
             if work.send_user:
                 if self.stop.is_set():
-                    self._fail(work, INTERRUPTED, permanent=False)
+                    self._fail(work, INTERRUPTED)
                     return
                 if not self.user_done(
                     work,
@@ -737,11 +823,11 @@ class Syncer:
             else:
                 self.skip_event(work)
         except StopRun as exc:
-            self._fail(work, INTERRUPTED, permanent=False)
+            self._fail(work, INTERRUPTED)
             self.abort(exc)
         except Exception:
             log.exception("unexpected error for customer %s", work.row.customer_id)
-            self._fail(work, "internal_error", permanent=False)
+            self._fail(work, "internal_error")
 
     def _planned(self, rows: Iterable[SourceRow | UnreadableRow]) -> Iterator[Work]:
         source, stop = iter(rows), self.stop
@@ -866,6 +952,10 @@ class Syncer:
             return
         # Off the list once the profile is updated, under the identifier it has then.
         work = _leaver_work(member, update)
+        if self._refused_before(
+            work.result, member.customer_id, PROFILE_PART, work.user_fingerprint
+        ):
+            return
         if self.client is None:
             work.result.status, work.result.reason = SKIPPED, DRY_RUN
             work.result.payloads = {"user_update": update.user_update, "event_track": None}
@@ -884,7 +974,8 @@ class Syncer:
         )
         identity = _identity(member, self.identify_by)
         if self.delete_deleted and identity is not None and self.client is not None:
-            pool.submit(self._delete_user, member.customer_id, identity, result)
+            if not self._refused_before(result, member.customer_id, DELETE_PART, "-"):
+                pool.submit(self._delete_user, member.customer_id, identity, result)
             return
         result.detail = "no longer in the customers table; nothing sent"
         if self.delete_deleted and self.client is None:
@@ -905,15 +996,31 @@ class Syncer:
             self.abort(exc)
             return
         result.user_update = call.summary()
-        if call.ok or call.http_status == 404:
-            result.status, result.detail = (
-                SUCCESS,
-                "deleted in Iterable (ON_DELETED_CUSTOMER=delete)",
+        if call.ok or call.no_such_user:
+            result.status = SUCCESS
+            result.detail = (
+                "deleted in Iterable (ON_DELETED_CUSTOMER=delete)"
+                if call.ok
+                else "Iterable had no such user any more; nothing left to delete"
             )
-            self.state.deleted(customer_id)
+            self.state.deleted(customer_id, in_iterable=True)
         else:
             result.status, result.reason = FAILED, call_failure_reason(call)
+            if is_permanent(call):
+                self.state.rejected(customer_id, refusal_key(DELETE_PART, "-"), result.reason)
         self.record(result)
+
+    def _refused_before(self, result: RowResult, customer_id: int, part: str, digest: str) -> bool:
+        """A leaver's call Iterable refused for good, for the same data: recorded as still
+        outstanding (True), not sent again; the outstanding rule as for Query 2's rows."""
+        if self.state is None or self.retry_outstanding:
+            return False
+        rejection = self.state.rejection(customer_id)
+        if rejection is None or rejection.fingerprint != refusal_key(part, digest):
+            return False
+        self._still_outstanding(result, rejection)
+        self.record(result)
+        return True
 
     def _finished(self) -> Outcome:
         """A signal that came while the last rows were in flight stopped the run as well
@@ -971,7 +1078,7 @@ class Syncer:
         if reason is None:
             return accepted
         for row in call.batch:
-            self._fail(cast(Work, row), reason, permanent=False)
+            self._fail(cast(Work, row), reason)
         return []
 
 
@@ -1015,6 +1122,11 @@ def _leaver_work(member: Member, update: LeaverUpdate) -> Work:
     work.result.segment = LEFT_SEGMENT
     work.result.previous_email = update.previous_email
     return work
+
+
+def _has_user(call: CallResult) -> bool:
+    """users/getByEmail found someone (its "user" is empty for nobody)."""
+    return call.ok and bool((call.body or {}).get("user"))
 
 
 def _identity(member: Member, identify_by: str) -> dict[str, str] | None:

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
     customer_id TEXT NOT NULL,
     accepted_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_customer ON events (customer_id);
 CREATE TABLE IF NOT EXISTS rejections (
     customer_id TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -144,6 +145,11 @@ class Known:
     forgotten_email: str | None  # the email Iterable said was forgotten
     list_identifier: str | None  # how the customer was subscribed to the list, if they are
 
+    def without_sent(self) -> Known:
+        """For --full-refresh: forget what says "already sent" (the profile, the event, a
+        refusal); keep where the profile lives, forgotten users and the list."""
+        return Known(None, self.email, False, None, self.forgotten_email, self.list_identifier)
+
 
 # A customer the state has no record of: never sent, refused, forgotten or listed.
 NOTHING_KNOWN = Known(None, None, False, None, None, None)
@@ -213,11 +219,9 @@ _HELD_ANYTHING = (
     "OR EXISTS (SELECT 1 FROM rejections) OR EXISTS (SELECT 1 FROM forgotten) "
     "OR EXISTS (SELECT 1 FROM list_members)"
 )
-# Customers who could leave: in the segment after the last run, or on a list.
-_HELD_MEMBERS = (
-    "SELECT EXISTS (SELECT 1 FROM users WHERE in_segment = 1) "
-    "OR EXISTS (SELECT 1 FROM list_members)"
-)
+# Customers who could leave (in the segment after the last run, or on a list) or come back
+# (a profile Iterable holds, out of the segment).
+_HELD_MEMBERS = "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM list_members)"
 _INSERT_SEEN = RowInsert("INSERT OR IGNORE INTO temp.seen (customer_id) VALUES", 1)
 
 
@@ -305,6 +309,12 @@ class SyncState:
         with self._lock:
             self._flush_queue()
             self._flush_seen()
+            # Whoever this run's Query 2 returned is in the segment, sent or not: a customer
+            # who went quiet and came back unchanged can leave again.
+            self._db.execute(
+                "UPDATE users SET in_segment = 1 WHERE in_segment = 0 "
+                "AND customer_id IN (SELECT customer_id FROM temp.seen)"
+            )
             rows = self._db.execute(
                 "SELECT u.customer_id, u.email, u.profile, m.identifier FROM users AS u "
                 "LEFT JOIN list_members AS m ON m.customer_id = u.customer_id AND m.list_id = ? "
@@ -456,15 +466,16 @@ class SyncState:
                 (_json(profile), str(customer_id)),
             )
 
-    def deleted(self, customer_id: int) -> None:
-        """The customer is gone from the database (and, if asked, from Iterable)."""
+    def deleted(self, customer_id: int, in_iterable: bool = False) -> None:
+        """The customer is gone from the database; with `in_iterable`, from Iterable too,
+        with their events, so nothing the state holds for them stands any more."""
         key = str(customer_id)
-        self._write(
-            "DELETE FROM users WHERE customer_id = ?",
-            (key,),
-            "DELETE FROM list_members WHERE customer_id = ?",
-            "DELETE FROM rejections WHERE customer_id = ?",
-        )
+        also = ["DELETE FROM list_members WHERE customer_id = ?"]
+        also.append("DELETE FROM rejections WHERE customer_id = ?")
+        if in_iterable:
+            also.append("DELETE FROM events WHERE customer_id = ?")
+            also.append("DELETE FROM forgotten WHERE customer_id = ?")
+        self._write("DELETE FROM users WHERE customer_id = ?", (key,), *also)
 
     def subscribed(self, customer_id: int, identifier: str) -> None:
         self._write(
