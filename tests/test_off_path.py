@@ -350,3 +350,38 @@ def test_a_run_of_list_calls_only_stops_on_a_missing_list_or_a_rejected_key(
     assert run.code == 3, run.stdout + run.stderr
     assert expected in run.stderr.strip().splitlines()[-1]
     assert "Traceback" not in run.stderr
+
+
+# -- 9. updateEmail is not retried blind --------------------------------------------------------
+
+
+def test_an_email_move_whose_answer_was_lost_is_looked_up_not_resent(
+    job, sandbox, mariadb, clean_seed
+):
+    """updateEmail applied but answered 503: the job finds the move done, sends no second one."""
+    first = job.run()
+    old_events = set(profile_with(sandbox, ALICE_EMAIL)["events"])
+    sandbox.add_fault("status", endpoint="users/updateEmail", status=503, apply_first=True)
+    sql(mariadb, clean_seed, "UPDATE customers SET email = %s WHERE id = %s", NEW_EMAIL, ALICE)
+    row = job.run().by_customer()[ALICE]
+    assert first.code == 0
+    assert row["status"] == "success"
+    assert not row.get("warnings"), row["warnings"]
+    assert sandbox.request_count("users/updateEmail") == 1
+    assert old_events <= set(profile_with(sandbox, NEW_EMAIL)["events"])
+    assert ALICE_EMAIL not in sandbox.users()
+
+
+def test_an_email_move_with_no_answer_and_nothing_moved_is_tried_again_next_run(
+    job, sandbox, mariadb, clean_seed
+):
+    """updateEmail answered 503 without moving: the row fails and the next run moves it."""
+    job.run()
+    sandbox.add_fault("status", endpoint="users/updateEmail", status=503)
+    sql(mariadb, clean_seed, "UPDATE customers SET email = %s WHERE id = %s", NEW_EMAIL, ALICE)
+    failed = job.run()
+    assert failed.by_customer()[ALICE]["status"] == "failed"
+    assert ALICE_EMAIL in sandbox.users() and NEW_EMAIL not in sandbox.users()
+    moved = job.run().by_customer()[ALICE]
+    assert (moved["status"], moved["previous_email"]) == ("success", ALICE_EMAIL)
+    assert NEW_EMAIL in sandbox.users() and ALICE_EMAIL not in sandbox.users()
