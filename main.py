@@ -154,6 +154,7 @@ class RunFiles:
                 run_info = run_details(
                     self.settings, self.run_id, self.started_at, outcome, self.stats, error
                 )
+                run_info["warnings"] = list(self.state.warnings) if self.state else []
                 self.path = self.writer.finish(run_info, self.started_at)
                 log.info("results written to %s", self.path)
             return self.path
@@ -185,7 +186,7 @@ def open_state(settings: Settings) -> SyncState | None:
     """The sync state; a dry run reads it when present but never creates one."""
     if settings.dry_run and not settings.sync_state_path.exists():
         return None
-    return SyncState(settings.sync_state_path, settings.list_id)
+    return SyncState(settings.sync_state_path, settings.list_id, settings.results_dir)
 
 
 def open_list(

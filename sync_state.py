@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from payloads import canonical_json
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 # Commit at least this often, so a kill loses little acknowledged work.
@@ -102,7 +105,8 @@ def _known_sql(rows: int) -> str:
 
 # Version 1 kept integer ids and no emails, profiles, segment, forgotten users or lists.
 # Every customer it had accepted is taken to be in the segment: if one has left, the next
-# run reads them back and sends their current name and plan once, which is safe.
+# run reads them back and sends their current name and plan once, which is safe. The
+# email each profile lives under is recovered from that version's results files.
 _MIGRATE_FROM_1 = """
 ALTER TABLE users RENAME TO users_v1;
 ALTER TABLE events RENAME TO events_v1;
@@ -119,6 +123,10 @@ DROP TABLE users_v1;
 DROP TABLE events_v1;
 DROP TABLE rejections_v1;
 """
+
+
+# The results files the job writes, oldest name first.
+RESULTS_FILES = "integration_results_*.json"
 
 
 class StateError(Exception):
@@ -228,9 +236,14 @@ _INSERT_SEEN = RowInsert("INSERT OR IGNORE INTO temp.seen (customer_id) VALUES",
 class SyncState:
     """A thread-safe view of the state file; writes are batched into short transactions."""
 
-    def __init__(self, path: Path, list_id: int | None = None) -> None:
+    def __init__(
+        self, path: Path, list_id: int | None = None, results_dir: Path | None = None
+    ) -> None:
         self.path = path
         self.list_id = str(list_id) if list_id is not None else ""
+        self.results_dir = results_dir
+        # Run-level warnings (an upgrade that could not recover everything), for the results.
+        self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._pending = 0
         self._last_commit = time.monotonic()
@@ -246,8 +259,7 @@ class SyncState:
         self._held_anything = self._exists(_HELD_ANYTHING)
         self._tracks_seen = self._exists(_HELD_MEMBERS)
 
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
+    def _open(self, path: Path) -> sqlite3.Connection:
         fresh = not path.exists()
         if fresh:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -256,7 +268,7 @@ class SyncState:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            _upgrade(db, path)
+            self.warnings += _upgrade(db, path, self.results_dir)
             # This run's Query 2 customers: who is still in the segment.
             db.execute("CREATE TEMP TABLE seen (customer_id TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("BEGIN")
@@ -558,8 +570,10 @@ class SyncState:
             self._db.close()
 
 
-def _upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Create the schema, or migrate an older file in place (never discard it)."""
+def _upgrade(db: sqlite3.Connection, path: Path, results_dir: Path | None) -> list[str]:
+    """Create the schema, or migrate an older file in place (never discard it); returns
+    warnings for the run. A migration and its version mark are one transaction, so a crash
+    cannot leave a half-migrated file or run a migration twice."""
     version = _schema_version(db)
     if version > SCHEMA_VERSION:
         db.close()
@@ -568,14 +582,78 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
             f"this one knows {SCHEMA_VERSION}); upgrade, or move the file away "
             "to start over"
         )
-    if version == 1:
-        db.executescript("BEGIN;" + _MIGRATE_FROM_1.format(schema=_SCHEMA) + "COMMIT;")
-    else:
-        db.executescript(_SCHEMA)
-    db.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-        (str(SCHEMA_VERSION),),
+    warnings: list[str] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 1:
+            for statement in _MIGRATE_FROM_1.format(schema=_SCHEMA).split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            warnings += _recover_emails(db, results_dir)
+        else:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return warnings
+
+
+def _recover_emails(db: sqlite3.Connection, results_dir: Path | None) -> list[str]:
+    """Version 1 kept no emails: each profile's email is the last one a results file shows
+    Iterable accepted (sent, or unchanged since it was). Without it an email change would
+    send the customer as a new profile, a second one Iterable cannot merge back."""
+    missing = {row[0] for row in db.execute("SELECT customer_id FROM users WHERE email IS NULL")}
+    found: dict[str, str] = {}
+    for results_file in sorted((results_dir or Path()).glob(RESULTS_FILES), reverse=True):
+        if not missing - found.keys():
+            break
+        for customer_id, email in _accepted_emails(results_file):
+            if customer_id in missing and customer_id not in found:
+                found[customer_id] = email
+    db.executemany(
+        "UPDATE users SET email = ? WHERE customer_id = ?",
+        [(email, customer_id) for customer_id, email in found.items()],
     )
+    unknown = len(missing) - len(found)
+    log.info(
+        "sync state upgraded: emails recovered for %d of %d customers", len(found), len(missing)
+    )
+    if not unknown:
+        return []
+    warning = (
+        f"the sync state was written by an earlier version, which kept no emails, and no "
+        f"results file in {results_dir} shows the email of {unknown} of its customers: "
+        "if one of them changes email, Iterable gets a second profile for them"
+    )
+    log.warning("%s", warning)
+    return [warning]
+
+
+def _accepted_emails(results_file: Path) -> Iterator[tuple[str, str]]:
+    """(customer id, email) of each row of a results file whose profile Iterable holds."""
+    try:
+        rows = json.loads(results_file.read_bytes()).get("results") or []
+    except (OSError, ValueError, AttributeError):
+        log.warning("results file %s is unreadable; skipped", results_file)
+        return
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("email"), str):
+            continue
+        update = row.get("user_update") or {}
+        accepted = (
+            row.get("status") == "success"
+            or row.get("reason") == "unchanged"
+            or (isinstance(update, dict) and update.get("http_status") == 200)
+        )
+        if accepted and row.get("customer_id") is not None:
+            yield str(row["customer_id"]), row["email"]
 
 
 def _schema_version(db: sqlite3.Connection) -> int:

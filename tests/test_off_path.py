@@ -7,6 +7,7 @@ rule under test is named in each test's first line.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
@@ -385,3 +386,66 @@ def test_an_email_move_with_no_answer_and_nothing_moved_is_tried_again_next_run(
     moved = job.run().by_customer()[ALICE]
     assert (moved["status"], moved["previous_email"]) == ("success", ALICE_EMAIL)
     assert NEW_EMAIL in sandbox.users() and ALICE_EMAIL not in sandbox.users()
+
+
+# -- 6. an upgrade from the previous release -----------------------------------------------------
+
+PREVIOUS_RELEASE = "e092acc"  # the last commit with the schema 1 sync state
+
+
+@pytest.fixture
+def previous_release(job, tmp_path):
+    """The previous release's main.py, unpacked from this repository's history."""
+    import subprocess
+
+    from tests.support.job import PROJECT_ROOT, Job
+
+    found = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
+        capture_output=True,
+    )
+    if found.returncode != 0:
+        pytest.skip(f"commit {PREVIOUS_RELEASE} is not in this clone's history")
+    unpacked = tmp_path / "previous_release"
+    unpacked.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "archive", PREVIOUS_RELEASE],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(unpacked)], input=archive.stdout, check=True)
+    return Job(job.workdir, job.env, project=unpacked)
+
+
+def test_an_upgrade_keeps_one_profile_when_an_email_changes(
+    job, previous_release, sandbox, mariadb, clean_seed
+):
+    """A state the previous release wrote: the emails come back from its results files."""
+    assert previous_release.run().code == 0
+    with sqlite3.connect(job.state_file) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "1",
+        )
+    sql(mariadb, clean_seed, "UPDATE customers SET email = %s WHERE id = %s", NEW_EMAIL, ALICE)
+    run = job.run()
+    assert run.code == 0, run.stderr
+    row = run.by_customer()[ALICE]
+    assert (row["status"], row["previous_email"]) == ("success", ALICE_EMAIL)
+    assert [p["email"] for p in profiles_for(sandbox, ALICE, {ALICE_EMAIL, NEW_EMAIL})] == [
+        NEW_EMAIL
+    ]
+    assert run.results["run"]["warnings"] == []
+
+
+def test_an_upgrade_without_results_files_says_which_emails_it_does_not_know(
+    job, previous_release, sandbox, clean_seed
+):
+    """Where no results file tells a customer's email, the run says so, once."""
+    assert previous_release.run().code == 0
+    for results_file in job.results_dir.glob("*.json"):
+        results_file.unlink()
+    run = job.run()
+    [warning] = run.results["run"]["warnings"]
+    assert "no results file" in warning and "of 7 of its customers" in warning
+    assert "second profile" in run.stderr + run.stdout
+    assert job.run().results["run"]["warnings"] == []  # said once
