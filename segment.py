@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Subscribers per lists/subscribe or lists/unsubscribe request; Iterable publishes no
 # count limit for them, and 1,000 keeps a body far below the 4 MB other endpoints allow.
 LIST_BATCH = 1000
+FORGOTTEN_LISTS = frozenset({"forgottenEmails", "forgottenUserIds"})
 
 # Reads the customers with these ids back from the database (RowSource.customers).
 ReadCustomers = Callable[[list[int]], dict[int, Customer]]
@@ -182,7 +183,10 @@ class ListMirror:
         failed = (call.body or {}).get("failedUpdates") or {}
         refused: set[str] = set()
         for name, values in failed.items() if isinstance(failed, Mapping) else ():
-            if not including_not_found and is_no_such_user(FAILED_LISTS.get(name)):
+            # Off the list already: nobody by that name, or a forgotten user (whom Iterable
+            # took off every list when it forgot them).
+            gone = is_no_such_user(FAILED_LISTS.get(name)) or name in FORGOTTEN_LISTS
+            if gone and not including_not_found:
                 continue
             refused.update(str(v).strip().lower() if "Email" in name else str(v) for v in values)
         return refused
