@@ -30,3 +30,12 @@ EXIT_CODES = {
     ),
     EXIT_LOCKED: "locked: another run holds the lock; this one did nothing",
 }
+
+
+def run_exit_code(cut_short: bool, new_failures: int) -> int:
+    """How a run that ended maps to an exit code, for main() and the report alike: cut
+    short (aborted or stopped by a signal) is 3; rows that failed anew are 1; rows still
+    failing as on an earlier run (outstanding) alerted then, and are 0 now."""
+    if cut_short:
+        return EXIT_ABORTED
+    return EXIT_ROWS_FAILED if new_failures else EXIT_OK

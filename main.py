@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import monitoring
 import preflight
 from db_connection import DatabaseConnection, DatabaseError, ReadAhead, RowSource
-from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED
+from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, run_exit_code
 from iterable_client import IterableClient, RequestStats, RetryPolicy
 from logger_config import setup_logging
 from progress import Progress, is_terminal
@@ -286,7 +286,7 @@ def sync_rows(settings: Settings, source: RowSource, syncer: Syncer, progress: P
     finally:
         rows.close()
         progress.finish()
-        syncer.duplicates.close()
+        syncer.close()
     return outcome
 
 
@@ -363,10 +363,8 @@ def run_details(
 
 
 def exit_code(run_report: RunReport) -> int:
-    if run_report.outcome.aborted or run_report.outcome.stopped:
-        return EXIT_ABORTED
-    # Rows still failing as on an earlier run alerted then; only new failures do now.
-    return EXIT_ROWS_FAILED if run_report.summary.new_failures else EXIT_OK
+    outcome = run_report.outcome
+    return run_exit_code(bool(outcome.aborted or outcome.stopped), run_report.summary.new_failures)
 
 
 def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) -> None:

@@ -186,7 +186,7 @@ class Customer:
 
 
 @dataclass(frozen=True)
-class Rejection:
+class Unsendable:
     """A row that cannot be sent; reason is a stable code for the results file."""
 
     reason: str
@@ -229,18 +229,10 @@ def event_id(page_view_id: int) -> str:
     return f"{EVENT_ID_PREFIX}{int(page_view_id)}"
 
 
-def iterable_timestamp(value: datetime) -> str:
-    """Iterable's date format, YYYY-MM-DD HH:MM:SS +00:00, with no fractional seconds."""
-    return event_times(value)[0]
-
-
-def epoch_seconds(value: datetime) -> int:
-    """Whole seconds since 1970 (createdAt), truncated as int(datetime.timestamp()) is."""
-    return event_times(value)[1]
-
-
 def event_times(value: datetime) -> tuple[str, int]:
-    """The view time as an event carries it: the timestamp field and createdAt, at once."""
+    """The view time as an event carries it, at once: the timestamp field in Iterable's date
+    format (YYYY-MM-DD HH:MM:SS +00:00, no fractional seconds) and createdAt (whole seconds
+    since 1970, truncated)."""
     naive = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
     return naive.isoformat(" ", "seconds") + " +00:00", int((naive - _EPOCH).total_seconds())
 
@@ -262,7 +254,7 @@ def _fields(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_payloads(
     row: SourceRow, candidate: str | None = None, identify_by: str = BY_EMAIL
-) -> Payloads | Rejection:
+) -> Payloads | Unsendable:
     """The users/update and events/track bodies for one row, or why it cannot be sent.
 
     Written out field by field: this runs once a row, and each helper call or throwaway
@@ -271,13 +263,13 @@ def build_payloads(
     email = normalize_email(row.email)
     if row.not_utf8 and "email" in row.not_utf8:
         # A replacement character would make it some other address.
-        return Rejection(INVALID_EMAIL, "the email address is not valid UTF-8", email)
+        return Unsendable(INVALID_EMAIL, "the email address is not valid UTF-8", email)
     if not is_valid_email(email):
-        return Rejection(INVALID_EMAIL, "missing or malformed email address", email)
+        return Unsendable(INVALID_EMAIL, "missing or malformed email address", email)
     assert email is not None
     viewed_at = row.viewed_at
     if viewed_at is None:
-        return Rejection(MISSING_VIEW_TIME, "the page view has no time", email)
+        return Unsendable(MISSING_VIEW_TIME, "the page view has no time", email)
     warnings = [
         f"{name} was not valid UTF-8; the bad bytes were replaced with U+FFFD"
         for name in row.not_utf8
@@ -310,6 +302,7 @@ def build_payloads(
     if candidate is not None:
         user_fields["candidate"] = event_fields["candidate"] = candidate
     event_fields["timestamp"], created_at = event_times(viewed_at)
+    # user_identity's rule, written out: this runs once a row.
     if identify_by == BY_USER_ID:
         identifier = str(row.customer_id)
         # By userId, the email travels in dataFields: that is how Iterable applies a change.
@@ -339,7 +332,13 @@ def _clipped(values: Sequence[str | None], warnings: list[str]) -> tuple[str | N
 
 def user_identity(customer_id: int, email: str, identify_by: str) -> dict[str, str]:
     """The part of a request that names the user: {"email": ...} or {"userId": "42"}."""
-    return {"userId": str(customer_id)} if identify_by == BY_USER_ID else {"email": email}
+    return named(str(customer_id) if identify_by == BY_USER_ID else email, identify_by)
+
+
+def named(identifier: str, identify_by: str) -> dict[str, str]:
+    """The part of a request that names the user by an identifier already worked out
+    (Payloads.identifier, a list member's)."""
+    return {"userId": identifier} if identify_by == BY_USER_ID else {"email": identifier}
 
 
 def _with_email(fields: dict[str, Any], email: str, identify_by: str) -> dict[str, Any]:

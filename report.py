@@ -27,7 +27,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, NamedTuple, TextIO
 
-from exit_codes import EXIT_CONFIG, EXIT_OK
+from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED, run_exit_code
 from logger_config import mask_email, mask_emails
 from results import FAILED, LEFT_SEGMENT, SKIPPED, Summary, write_atomically
 
@@ -35,7 +35,12 @@ TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 MAX_WARNINGS = 5  # warnings are advice, not work to do: a few examples are enough
 OPEN_LIMIT = 10  # a list this short is shown open; a longer one is folded under <details>
 MAX_TEXT = 160  # a long Iterable msg is cut so a table cell stays one or two lines
-STEPS = (("user_update", "user update"), ("event_track", "event track"))
+# A row's calls, in the order they are made.
+STEPS = (
+    ("update_email", "email move"),
+    ("user_update", "user update"),
+    ("event_track", "event track"),
+)
 NO_REASON = "(no reason)"
 DASH = "\u2014"
 CSV_COLUMNS = ("customer_id", "email", "reason", "detail", "failing_since", "outstanding")
@@ -260,11 +265,14 @@ class RunStatus(NamedTuple):
 
 def run_status(run: Mapping[str, Any], summary: Summary) -> RunStatus:
     """The run's status, matching main's exit codes; outstanding rows alone are amber."""
-    if run.get("aborted"):
+    code = run_exit_code(
+        bool(run.get("aborted") or run.get("stopped_by_signal")), summary.new_failures
+    )
+    if code == EXIT_ABORTED and run.get("aborted"):
         return RunStatus("aborted", "aborted", f"Run aborted: {run['aborted']}")
-    if run.get("stopped_by_signal"):
+    if code == EXIT_ABORTED:
         return RunStatus("aborted", "aborted", "Stopped by a signal before every row was done.")
-    if summary.new_failures:
+    if code == EXIT_ROWS_FAILED:
         return RunStatus("failed", "rows failed", None)
     if summary.outstanding:
         rows = f"{_fmt_int(summary.outstanding)} {_plural(summary.outstanding, 'row')}"

@@ -43,6 +43,15 @@ SUCCESS = "success"
 FAILED = "failed"
 SKIPPED = "skipped"
 
+# Reasons the job itself gives a row (other reasons are Iterable's codes, or http_NNN).
+UNCHANGED = "unchanged"  # nothing to send: Iterable already holds it
+DRY_RUN = "dry_run"
+DUPLICATE_EMAIL = "duplicate_email"
+BAD_ROW = "bad_row"
+INTERRUPTED = "interrupted"
+FORGOTTEN = "forgotten"
+LEFT_DELETED = "left_deleted"
+
 
 IN_SEGMENT = "in"  # a row of this run's Query 2
 LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from bulk import FAILED_LISTS
 from iterable_client import CallResult, IterableClient, StopRun, is_no_such_user
-from payloads import BY_USER_ID, Customer, is_valid_email, leaver_update, normalize_email
+from payloads import (
+    Customer,
+    Payloads,
+    SourceRow,
+    is_valid_email,
+    leaver_update,
+    named,
+    normalize_email,
+)
+from plan import Work
+from results import LEFT_SEGMENT
 from sync_state import Member, SyncState
 
 log = logging.getLogger(__name__)
@@ -58,6 +68,41 @@ def plan_leaver(member: Member, customer: Customer, identify_by: str) -> LeaverU
     return LeaverUpdate(update, profile, email, previous)
 
 
+def leaver_work(member: Member, update: LeaverUpdate) -> Work:
+    """A leaver's profile update, sent through the same single-call path as a row."""
+    row = SourceRow(
+        customer_id=member.customer_id,
+        email=update.email,
+        first_name=update.profile.get("first_name"),
+        last_name=update.profile.get("last_name"),
+        plan_type=update.profile.get("plan_type"),
+        page_view_id=0,
+        page=None,
+        device=None,
+        location=None,
+        viewed_at=None,
+    )
+    identifier = update.user_update.get("userId") or update.user_update["email"]
+    payloads = Payloads(
+        email=update.email,
+        identifier=str(identifier),
+        user_update=update.user_update,
+        event={},
+        profile=update.profile,
+    )
+    work = Work(
+        row,
+        payloads,
+        send_user=True,
+        send_event=False,
+        previous_email=update.previous_email,
+        listed_as=member.list_identifier,
+    )
+    work.result.segment = LEFT_SEGMENT
+    work.result.previous_email = update.previous_email
+    return work
+
+
 class ListNotFound(StopRun):
     """ITERABLE_LIST_ID names no list of the project (or the lists could not be read)."""
 
@@ -75,18 +120,15 @@ def check_list_exists(client: IterableClient, list_id: int) -> None:
         )
 
 
-def subscriber(identifier: str, identify_by: str) -> dict[str, str]:
-    return {"userId": identifier} if identify_by == BY_USER_ID else {"email": identifier}
-
-
 class ListMirror:
     """Batched list subscriptions and unsubscriptions on a worker thread of their own.
 
     Only changes are sent: the state records who is on the list under which identifier.
     A subscriber Iterable does not find stays off the list in the state (tried again next
-    run); an unsubscribe Iterable does not find counts as done. A call that finds the key
-    rejected, the list missing or Iterable down stops the run through `on_stop`, as any
-    other call would.
+    run); one it says is forgotten is recorded as forgotten (not sent again until their
+    email changes); an unsubscribe of someone Iterable does not find, or forgot, is done.
+    A call that finds the key rejected, the list missing or Iterable down stops the run
+    through `on_stop`, as any other call would.
     """
 
     def __init__(
@@ -98,13 +140,16 @@ class ListMirror:
         self.identify_by = identify_by
         self._lock = threading.Lock()
         self._subscribe: list[tuple[int, str]] = []
+        self._emails: dict[int, str] = {}  # the emails of those to subscribe
         self._unsubscribe: list[tuple[int, str]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lists")
         self._sent: list[Future[None]] = []
         self.calls = 0
         self.on_stop: Callable[[StopRun], object] = lambda _exc: None
 
-    def subscribe(self, customer_id: int, identifier: str) -> None:
+    def subscribe(self, customer_id: int, identifier: str, email: str) -> None:
+        with self._lock:
+            self._emails[customer_id] = email
         self._add(self._subscribe, customer_id, identifier)
 
     def unsubscribe(self, customer_id: int, identifier: str) -> None:
@@ -146,8 +191,13 @@ class ListMirror:
             return
         self.calls += 1
         refused = self._refused(call, batch, including_not_found=True)
+        forgotten = self._named_in(call, FORGOTTEN_LISTS)
         for customer_id, identifier in batch:
-            if identifier not in refused:
+            with self._lock:
+                email = self._emails.pop(customer_id, identifier)
+            if identifier in forgotten:
+                self.state.forgotten(customer_id, email)
+            elif identifier not in refused:
                 self.state.subscribed(customer_id, identifier)
 
     def _send_unsubscribe(self, batch: list[tuple[int, str]]) -> None:
@@ -166,7 +216,7 @@ class ListMirror:
                 self.state.unsubscribed(customer_id)
 
     def _subscribers(self, batch: list[tuple[int, str]]) -> list[Mapping[str, str]]:
-        return [subscriber(identifier, self.identify_by) for _, identifier in batch]
+        return [named(identifier, self.identify_by) for _, identifier in batch]
 
     def _refused(
         self, call: CallResult, batch: list[tuple[int, str]], including_not_found: bool
@@ -180,13 +230,28 @@ class ListMirror:
                 call.error or call.code or call.http_status,
             )
             return {identifier for _, identifier in batch}
-        failed = (call.body or {}).get("failedUpdates") or {}
-        refused: set[str] = set()
-        for name, values in failed.items() if isinstance(failed, Mapping) else ():
-            # Off the list already: nobody by that name, or a forgotten user (whom Iterable
-            # took off every list when it forgot them).
-            gone = is_no_such_user(FAILED_LISTS.get(name)) or name in FORGOTTEN_LISTS
-            if gone and not including_not_found:
-                continue
-            refused.update(str(v).strip().lower() if "Email" in name else str(v) for v in values)
-        return refused
+        failed = _failed_updates(call)
+        # Off the list already: nobody by that name, or a forgotten user (whom Iterable took
+        # off every list when it forgot them).
+        names = [
+            name
+            for name in failed
+            if including_not_found
+            or not (is_no_such_user(FAILED_LISTS.get(name)) or name in FORGOTTEN_LISTS)
+        ]
+        return self._named_in(call, names)
+
+    @staticmethod
+    def _named_in(call: CallResult, names: Iterable[str]) -> set[str]:
+        """The identifiers an answer's failedUpdates lists under these names."""
+        failed = _failed_updates(call)
+        return {
+            str(value).strip().lower() if "Email" in name else str(value)
+            for name in names
+            for value in failed.get(name) or ()
+        }
+
+
+def _failed_updates(call: CallResult) -> Mapping[str, list[object]]:
+    failed = (call.body or {}).get("failedUpdates") if call.ok else None
+    return failed if isinstance(failed, Mapping) else {}

@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS forgotten (
     email TEXT NOT NULL,
     forgotten_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unsure_moves (
+    customer_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS list_members (
     list_id TEXT NOT NULL,
     customer_id TEXT NOT NULL,
@@ -84,13 +89,14 @@ CREATE TABLE IF NOT EXISTS list_members (
 _KNOWN_SQL = (
     "WITH k (id, event_id) AS (VALUES {values}) "
     "SELECT k.id, u.fingerprint, u.email, e.event_id IS NOT NULL, "
-    "r.fingerprint, r.reason, r.first_rejected_at, f.email, m.identifier "
+    "r.fingerprint, r.reason, r.first_rejected_at, f.email, m.identifier, v.email "
     "FROM k "
     "LEFT JOIN users AS u ON u.customer_id = k.id "
     "LEFT JOIN events AS e ON e.event_id = k.event_id "
     "LEFT JOIN rejections AS r ON r.customer_id = k.id "
     "LEFT JOIN forgotten AS f ON f.customer_id = k.id "
     "LEFT JOIN list_members AS m ON m.customer_id = k.id AND m.list_id = ?1 "
+    "LEFT JOIN unsure_moves AS v ON v.customer_id = k.id "
     "WHERE u.customer_id IS NOT NULL OR e.event_id IS NOT NULL OR r.customer_id IS NOT NULL "
     "OR f.customer_id IS NOT NULL OR m.customer_id IS NOT NULL"
 )
@@ -134,7 +140,7 @@ class StateError(Exception):
 
 
 @dataclass(frozen=True)
-class Rejection:
+class RecordedRefusal:
     """A row Iterable (or our checks) refused for good, until its data changes."""
 
     fingerprint: str
@@ -149,14 +155,25 @@ class Known:
     user_fingerprint: str | None
     email: str | None  # the email Iterable last accepted for the customer
     event_accepted: bool
-    rejection: Rejection | None
+    refusal: RecordedRefusal | None
     forgotten_email: str | None  # the email Iterable said was forgotten
     list_identifier: str | None  # how the customer was subscribed to the list, if they are
+    # An email move to this address got no answer and Iterable could not be asked whether
+    # it happened: the next move first finds out where the profile is.
+    unsure_move: str | None = None
 
     def without_sent(self) -> Known:
         """For --full-refresh: forget what says "already sent" (the profile, the event, a
         refusal); keep where the profile lives, forgotten users and the list."""
-        return Known(None, self.email, False, None, self.forgotten_email, self.list_identifier)
+        return Known(
+            None,
+            self.email,
+            False,
+            None,
+            self.forgotten_email,
+            self.list_identifier,
+            self.unsure_move,
+        )
 
 
 # A customer the state has no record of: never sent, refused, forgotten or listed.
@@ -181,7 +198,7 @@ class AcceptedUser(NamedTuple):
     email: str
     profile: Mapping[str, Any]
     in_segment: bool = True
-    clear_rejection: bool = True
+    clear_refusal: bool = True
 
 
 # SQLite takes at most 999 bound values in a statement (newer versions take more).
@@ -225,6 +242,7 @@ _INSERT_EVENTS = RowInsert(
 _HELD_ANYTHING = (
     "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM events) "
     "OR EXISTS (SELECT 1 FROM rejections) OR EXISTS (SELECT 1 FROM forgotten) "
+    "OR EXISTS (SELECT 1 FROM unsure_moves) "
     "OR EXISTS (SELECT 1 FROM list_members)"
 )
 # Customers who could leave (in the segment after the last run, or on a list) or come back
@@ -302,14 +320,14 @@ class SyncState:
             found.update((int(row[0]), _known(row)) for row in rows)
         return found
 
-    def rejection(self, customer_id: int) -> Rejection | None:
+    def refusal(self, customer_id: int) -> RecordedRefusal | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT fingerprint, reason, first_rejected_at FROM rejections "
                 "WHERE customer_id = ?",
                 (str(customer_id),),
             ).fetchone()
-        return Rejection(*row) if row else None
+        return RecordedRefusal(*row) if row else None
 
     def left_segment(self) -> Iterator[list[Member]]:
         """Chunks of the customers in the segment after the last run who are not in this one.
@@ -373,7 +391,7 @@ class SyncState:
     # -- what Iterable accepted ---------------------------------------------------------
 
     def users_accepted(self, users: Sequence[AcceptedUser]) -> None:
-        """Iterable accepted these profiles; a rejection on record (when the caller knows
+        """Iterable accepted these profiles; a refusal on record (when the caller knows
         of one) no longer holds. Written as two statements, not a pair a row."""
         now = _now()
         self._write_many(
@@ -390,18 +408,65 @@ class SyncState:
                 for user in users
             ],
         )
-        cleared = [(str(user.customer_id),) for user in users if user.clear_rejection]
+        cleared = [(str(user.customer_id),) for user in users if user.clear_refusal]
         if cleared:
             self._write_many("DELETE FROM rejections WHERE customer_id = ?", cleared, count=False)
 
-    def email_moved(self, customer_id: int, email: str) -> None:
-        """Iterable moved the profile to a new email: durable at once, as a resend would
-        otherwise look for the profile under the old one."""
+    def email_moved(self, customer_id: int, old: str, new: str) -> None:
+        """Iterable moved the profile from `old` to `new`, with its list memberships: durable
+        at once, as a resend would otherwise look for the profile under the old email."""
+        key = str(customer_id)
         with self._lock:
             self._enqueue(
                 "UPDATE users SET email = ?, fingerprint = NULL WHERE customer_id = ?",
-                [(email, str(customer_id))],
+                [(new, key)],
             )
+            self._enqueue(
+                "UPDATE list_members SET identifier = ? WHERE customer_id = ? AND identifier = ?",
+                [(new, key, old)],
+            )
+            self._enqueue("DELETE FROM unsure_moves WHERE customer_id = ?", [(key,)])
+            self._commit()
+
+    def move_unsure(self, customer_id: int, email: str | None) -> None:
+        """An email move to `email` may or may not have happened (None: settled either way);
+        durable at once, as the next move must find out where the profile is first."""
+        key = str(customer_id)
+        with self._lock:
+            if email is None:
+                self._enqueue("DELETE FROM unsure_moves WHERE customer_id = ?", [(key,)])
+            else:
+                self._enqueue(
+                    "INSERT OR REPLACE INTO unsure_moves (customer_id, email, started_at) "
+                    "VALUES (?, ?, ?)",
+                    [(key, email, _now())],
+                )
+            self._commit()
+
+    def moved_away(self, customer_id: int, email: str, forgotten_email: str | None = None) -> None:
+        """The profile under the customer's old email is gone (forgotten, or not found) with
+        its events and lists, and one is about to be created under `email`: durable at once,
+        as a resend after a crash must look for it there, not create a second one."""
+        key = str(customer_id)
+        with self._lock:
+            for statement in (
+                "DELETE FROM events WHERE customer_id = ?",
+                "DELETE FROM list_members WHERE customer_id = ?",
+                "DELETE FROM forgotten WHERE customer_id = ?",
+                "DELETE FROM unsure_moves WHERE customer_id = ?",
+            ):
+                self._enqueue(statement, [(key,)])
+            self._enqueue(
+                "INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, "
+                "accepted_at) VALUES (?, NULL, ?, NULL, 1, ?) ON CONFLICT(customer_id) DO "
+                "UPDATE SET fingerprint = NULL, email = excluded.email, profile = NULL",
+                [(key, email, _now())],
+            )
+            if forgotten_email is not None:
+                self._enqueue(
+                    "INSERT INTO forgotten (customer_id, email, forgotten_at) VALUES (?, ?, ?)",
+                    [(key, forgotten_email, _now())],
+                )
             self._commit()
 
     def event_accepted(self, event_id: str, customer_id: int) -> None:
@@ -434,7 +499,7 @@ class SyncState:
             if forgot:
                 self._commit()
 
-    def rejected(self, customer_id: int, fingerprint: str, reason: str) -> Rejection:
+    def refused(self, customer_id: int, fingerprint: str, reason: str) -> RecordedRefusal:
         """Record a permanent refusal; the first time is kept while the data is the same."""
         key, now = str(customer_id), _now()
         with self._lock:
@@ -449,16 +514,24 @@ class SyncState:
             "VALUES (?, ?, ?, ?, ?)",
             (key, fingerprint, reason, now, first),
         )
-        return Rejection(fingerprint, reason, first)
+        return RecordedRefusal(fingerprint, reason, first)
 
-    def forgotten(self, customer_id: int, email: str) -> None:
-        """Iterable says the user was forgotten (GDPR): not sent again until the email changes."""
-        key = str(customer_id)
+    def forgotten(self, customer_id: int, email: str, profile_gone: bool = True) -> None:
+        """Iterable says `email` was forgotten (GDPR): not sent again until the email changes.
+        With `profile_gone`, the customer's profile was the one forgotten, with its events
+        and lists; without, it still lives under the email the state has for it."""
+        also = []
+        if profile_gone:
+            also = [
+                "DELETE FROM users WHERE customer_id = ?",
+                "DELETE FROM list_members WHERE customer_id = ?",
+                "DELETE FROM events WHERE customer_id = ?",
+                "DELETE FROM unsure_moves WHERE customer_id = ?",
+            ]
         self._write(
             "INSERT OR REPLACE INTO forgotten (customer_id, email, forgotten_at) VALUES (?, ?, ?)",
-            (key, email, _now()),
-            "DELETE FROM users WHERE customer_id = ?",
-            "DELETE FROM list_members WHERE customer_id = ?",
+            (str(customer_id), email, _now()),
+            *also,
         )
 
     def forget_forgotten(self, customer_id: int) -> None:
@@ -482,11 +555,14 @@ class SyncState:
         """The customer is gone from the database; with `in_iterable`, from Iterable too,
         with their events, so nothing the state holds for them stands any more."""
         key = str(customer_id)
-        also = ["DELETE FROM list_members WHERE customer_id = ?"]
-        also.append("DELETE FROM rejections WHERE customer_id = ?")
+        also = ["DELETE FROM rejections WHERE customer_id = ?"]
         if in_iterable:
+            also.append("DELETE FROM unsure_moves WHERE customer_id = ?")
             also.append("DELETE FROM events WHERE customer_id = ?")
             also.append("DELETE FROM forgotten WHERE customer_id = ?")
+            also.append("DELETE FROM list_members WHERE customer_id = ?")
+        # Otherwise the profile stays in Iterable, on the list until an unsubscribe of it
+        # goes through (unsubscribed() then takes it off the state's list).
         self._write("DELETE FROM users WHERE customer_id = ?", (key,), *also)
 
     def subscribed(self, customer_id: int, identifier: str) -> None:
@@ -674,9 +750,10 @@ def _known(row: tuple[Any, ...]) -> Known:
         user_fingerprint=row[1],
         email=row[2],
         event_accepted=bool(row[3]),
-        rejection=Rejection(row[4], row[5], row[6]) if row[4] is not None else None,
+        refusal=RecordedRefusal(row[4], row[5], row[6]) if row[4] is not None else None,
         forgotten_email=row[7],
         list_identifier=row[8],
+        unsure_move=row[9],
     )
 
 

@@ -7,8 +7,10 @@ either has drifted from settings.VARIABLES or exit_codes.EXIT_CODES (a test runs
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from exit_codes import EXIT_CODES
@@ -70,7 +72,27 @@ def exit_codes_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-GENERATORS = {"variables": variables_table, "exit-codes": exit_codes_table}
+def product_modules() -> list[str]:
+    """The product's modules in pipeline order, as pyproject.toml lists them."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return list(pyproject["tool"]["setuptools"]["py-modules"])
+
+
+def modules_table() -> str:
+    """Each product module with the first paragraph of its docstring."""
+    rows = ["| module | what it does |", "|---|---|"]
+    for name in product_modules():
+        tree = ast.parse((ROOT / f"{name}.py").read_text(encoding="utf-8"))
+        doc = " ".join((ast.get_docstring(tree) or "").split("\n\n")[0].split())
+        rows.append(f"| `{name}.py` | " + doc.replace("|", "\\|") + " |")
+    return "\n".join(rows) + "\n"
+
+
+GENERATORS = {
+    "variables": variables_table,
+    "exit-codes": exit_codes_table,
+    "modules": modules_table,
+}
 
 
 def readme_with_tables(text: str) -> str:

@@ -288,7 +288,7 @@ def test_only_a_signal_that_cut_rows_short_counts_as_a_stop(sandbox, tmp_path, s
     with IterableClient(DEFAULT_API_KEY, sandbox.base_url, stop=stop) as client:
         syncer = Syncer(client=client, writer=writer, stop=stop, on_rows=on_rows)
         outcome = syncer.run_single(map(read_row, rows), 4)
-        syncer.duplicates.close()
+        syncer.close()
     writer.discard()
     assert outcome.stopped is stopped
     interrupted = writer.summary.reasons["failed:interrupted"]

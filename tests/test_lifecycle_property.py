@@ -153,7 +153,7 @@ class World:
             if not crash:
                 syncer.finish_segment(self.read_customers, 3)
         finally:
-            syncer.duplicates.close()
+            syncer.close()
             lists.close()
             client.close()
             writer.discard()
@@ -228,7 +228,7 @@ runs = st.tuples(
 
 
 @settings(
-    max_examples=80,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

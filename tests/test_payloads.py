@@ -17,13 +17,12 @@ from payloads import (
     INVALID_EMAIL,
     MAX_FIELD_CHARS,
     Payloads,
-    Rejection,
     SourceRow,
+    Unsendable,
     build_payloads,
     encode_json,
     event_id,
     fingerprint,
-    iterable_timestamp,
 )
 
 # Iterable's rule for event ids: letters, digits and hyphens, at most 512 bytes.
@@ -152,14 +151,17 @@ def test_emails_are_trimmed_and_lower_cased(raw, sent):
 )
 def test_missing_or_malformed_email_is_rejected_before_sending(bad):
     built = build_payloads(row(email=bad))
-    assert isinstance(built, Rejection)
+    assert isinstance(built, Unsendable)
     assert built.reason == INVALID_EMAIL
 
 
 def test_timestamp_format_is_iterables_and_utc():
-    assert iterable_timestamp(datetime(2026, 1, 2, 3, 4, 5, 999999)) == "2026-01-02 03:04:05 +00:00"
+    naive = payloads(viewed_at=datetime(2026, 1, 2, 3, 4, 5, 999999)).event["dataFields"]
+    assert naive["timestamp"] == "2026-01-02 03:04:05 +00:00"
     aware = datetime(2026, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone()
-    assert iterable_timestamp(aware) == "2026-01-02 05:04:05 +00:00"
+    assert payloads(viewed_at=aware).event["dataFields"]["timestamp"] == (
+        "2026-01-02 05:04:05 +00:00"
+    )
 
 
 def test_event_id_is_stable_and_derived_from_the_page_view_key():
@@ -244,7 +246,7 @@ def test_any_row_gives_valid_payloads_or_a_stated_rejection(
         }
     )
     built = build_payloads(source, candidate)
-    if isinstance(built, Rejection):
+    if isinstance(built, Unsendable):
         assert built.reason in {"invalid_email", "missing_viewed_at"}
         return
     for body in (built.user_update, built.event):
@@ -368,7 +370,7 @@ def documented_bodies(source: SourceRow, candidate: str | None, identify_by: str
             "device": source.device,
             "location": source.location,
             "candidate": candidate,
-            "timestamp": iterable_timestamp(source.viewed_at),
+            "timestamp": source.viewed_at.strftime("%Y-%m-%d %H:%M:%S +00:00"),
         }
     )
     event = {

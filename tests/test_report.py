@@ -893,3 +893,31 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert png.exists()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 10_000
+
+
+def test_a_failed_email_move_shows_its_step_code_and_message():
+    results = copy.deepcopy(SAMPLE)
+    cast(list, results["results"]).append(
+        {
+            "customer_id": 12,
+            "email": "new.carl@example.com",
+            "previous_email": "carl@example.com",
+            "segment": "in",
+            "status": "failed",
+            "reason": "BadParams",
+            "update_email": {
+                "http_status": 400,
+                "code": "BadParams",
+                "msg": "newEmail is not valid here",
+                "attempts": 1,
+                "elapsed_seconds": 0.01,
+                "error": "HTTP 400 BadParams",
+            },
+            "user_update": None,
+            "event_track": None,
+        }
+    )
+    [row] = [r for r in table_rows(render_report(results), "failures-table") if "#12" in r]
+    assert "email move" in row
+    assert "HTTP 400" in row and "BadParams" in row
+    assert "newEmail is not valid here" in row

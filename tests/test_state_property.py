@@ -125,7 +125,7 @@ class World:
             else:
                 syncer.run_single(map(read_row, rows), 3)
         finally:
-            syncer.duplicates.close()
+            syncer.close()
             client.close()
             writer.discard()
             if crash:

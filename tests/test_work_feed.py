@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
+import sync
 from sync import WorkFeed
+from tests.support.waiting import wait_until
 
 
 def test_every_item_is_taken_exactly_once_and_the_workers_end_on_close():
@@ -31,7 +32,9 @@ def test_every_item_is_taken_exactly_once_and_the_workers_end_on_close():
     assert sorted(taken) == list(range(1000))
 
 
-def test_the_planner_waits_until_the_queue_is_down_to_low():
+def test_the_planner_waits_until_the_queue_is_down_to_low(monkeypatch):
+    # Waits look again only after a minute: the planner gets on only if it is woken.
+    monkeypatch.setattr(sync, "FEED_RECHECK", 60.0)
     feed = WorkFeed(low=2)
     feed.put_many(list(range(5)))  # type: ignore[arg-type]
     room = threading.Event()
@@ -40,13 +43,13 @@ def test_the_planner_waits_until_the_queue_is_down_to_low():
         feed.wait_for_room()
         room.set()
 
-    thread = threading.Thread(target=planner)
+    thread = threading.Thread(target=planner, daemon=True)
     thread.start()
+    wait_until(lambda: feed._planner_waiting, 5, "the planner to wait for room")
     taken = [feed.take(), feed.take()]
-    time.sleep(0.1)
     assert not room.is_set()  # 3 still queued
     taken.append(feed.take())
-    assert room.wait(5)
+    assert room.wait(10)
     thread.join()
     assert taken == [0, 1, 2]
     feed.close()
