@@ -7,8 +7,7 @@ and on tables hypothesis generates.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 
 from db_connection import SYNC_QUERY, load_query
 from devtools.mariadb_server import Database, ServerHandle
-from tests.test_sql import BIND_SQL, QUERY2_COLUMNS, SETUP_SQL
+from tests.test_sql import BIND_SQL, QUERY2_COLUMNS
 
 REFERENCE = "query2"
 
@@ -120,17 +119,11 @@ EDGE_WINNERS = {1: 103, 2: 104, 3: 108, 4: 109, 9: 114, 10: 115, 11: 99}
 
 
 @pytest.fixture
-def fresh_db(mariadb: ServerHandle) -> Iterator[Database]:
+def fresh_db(mariadb: ServerHandle, seeded_db: Database) -> Database:
     """The app's schema in a new database, without the seed rows."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    database = mariadb.create_database(name)
-    try:
-        mariadb.load_sql_file(SETUP_SQL, name)
-        mariadb.execute("DELETE FROM page_views", database=name)
-        mariadb.execute("DELETE FROM customers", database=name)
-        yield database
-    finally:
-        mariadb.drop_database(name)
+    mariadb.execute("DELETE FROM page_views", database=seeded_db.name)
+    mariadb.execute("DELETE FROM customers", database=seeded_db.name)
+    return seeded_db
 
 
 def fill(
