@@ -31,7 +31,8 @@ from payloads import (
 log = logging.getLogger(__name__)
 
 QUERIES_FILE = Path(__file__).resolve().parent / "sql" / "phase2_queries.sql"
-SYNC_QUERY = "query2"
+# Query 2 as the job runs it; the file's query2 is the reference it matches row for row.
+SYNC_QUERY = "query2_per_customer"
 FETCH_SIZE = 1000
 # MySQL drops a client that stops reading for net_write_timeout seconds (60 by default).
 # While Iterable is slow or rate limited we may not read for a while, so the session

@@ -1,9 +1,10 @@
 """Synthetic Query 2 data, loaded server-side from MariaDB's sequence tables, and its expectations.
 
 Customers 1..N are on the pro plan and each has `views` page views: view 1 (the lowest
-id) is the latest, up to an hour old; views 2..6 are older but still inside the 7-day
-window; views 7 and up are outside it. So Query 2 has to order by time, not by id, and
-must skip several in-window views per customer. Customers N+1..N+N/10 are noise that
+id) is the latest, up to an hour old; view j is (j - 1) x 8 hours older, so views 2..21
+are inside the 7-day window and views 22 and up outside it (10 views a customer: all in
+the window; 30: 21 of them, 70 %). So Query 2 has to order by time, not by id, and must
+skip many in-window views per customer. Customers N+1..N+N/10 are noise that
 Query 2 must leave out: free, basic and enterprise customers with recent views, and pro
 customers whose views are all older than the window.
 
@@ -27,6 +28,8 @@ DEVICES = ("desktop", "mobile", "tablet")
 LOCATIONS = ("Berlin, DE", "São Paulo, BR", "東京, JP", "Austin, US")
 NOISE_PLANS = ("free", "basic", "enterprise", "pro")
 PAGES = 97
+# Hours between a customer's views: 21 of them fit in the 7-day window.
+VIEW_SPACING_HOURS = 8
 CHUNK_ROWS = 500_000
 SETUP_SQL = Path(__file__).resolve().parent.parent / "sql" / "database_setup.sql"
 
@@ -113,8 +116,7 @@ def load(admin: ServerHandle, database: str, customers: int, views: int) -> Data
                 "CONCAT('/older/', j)), "
                 f"IF(j = 1 AND c % 11 = 0, NULL, ELT(1 + c % 3, {devices})), "
                 f"ELT(1 + c % 4, {locations}), "
-                "IF(j = 1, @t0 - INTERVAL c % 3600 SECOND, "
-                "@t0 - INTERVAL j DAY - INTERVAL c % 3600 SECOND) "
+                f"@t0 - INTERVAL (j - 1) * {VIEW_SPACING_HOURS} HOUR - INTERVAL c % 3600 SECOND "
                 f"FROM (SELECT seq, (seq - 1) DIV {views} + 1 AS c, (seq - 1) % {views} + 1 AS j "
                 f"FROM seq_{low}_to_{high}) AS s"
             )

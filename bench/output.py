@@ -51,6 +51,10 @@ COLUMNS = (
     ("sync s", "sync_seconds", "{:.2f}"),
     ("wall s", "job_duration_seconds", "{:.2f}"),
     ("eff wall", "efficiency_wall", "{:.3f}"),
+    ("ceiling s", "ceiling_seconds", "{:.2f}"),
+    ("process s", "process_wall_seconds", "{:.2f}"),
+    ("start s", "start_seconds", "{:.2f}"),
+    ("end s", "end_seconds", "{:.2f}"),
     ("CPU s/1k", "cpu_seconds_per_1000_users", "{:.3f}"),
     ("CPU s/1k, each run", "cpu_each", "{}"),
     ("users/s, each run", "users_each", "{}"),
@@ -188,6 +192,8 @@ def chart(results: list[dict[str, Any]], rss: list[dict[str, Any]], path: Path) 
 
 
 def bar_label(r: dict[str, Any]) -> str:
+    if r["name"] == "bulk-v30":
+        return f"bulk, 30 views\nbatch {r['batch_size']:,}"
     if r["mode"] == "bulk":
         return f"bulk\nbatch {r['batch_size']:,}"
     if r["name"] == "baseline":
@@ -205,7 +211,10 @@ def write_outputs(report: dict[str, Any], docs: bool, save: bool = True) -> None
         print(
             "\nusers/s and eff are over the sync (first API request to last answer); "
             "eff = ceiling time / sync time, eff wall = ceiling time / the job's whole run "
-            "(incl. Query 2).\nThe baseline's ceiling is latency-bound: 1 / (2 x latency); "
+            "(incl. Query 2).\nprocess s: from starting main.py to its exit, against ceiling s, "
+            "the time the rate limits allow; start s: from starting it to its first request; "
+            "end s: from the last answer to its exit.\nThe baseline's ceiling is latency-bound: "
+            "1 / (2 x latency); "
             "eff vs limit compares it with the rate-limit ceiling.\nbusy: another process "
             "kept one core busy during the run. sandbox CPU: its share of one core meanwhile.\n"
             "others: cores used meanwhile by processes the bench did not start (a shared "
@@ -260,6 +269,10 @@ SUMMARY_KEYS = (
     "sync_seconds",
     "job_duration_seconds",
     "efficiency_wall",
+    "ceiling_seconds",
+    "process_wall_seconds",
+    "start_seconds",
+    "end_seconds",
     "cpu_seconds_per_1000_users",
     "repeats",
     "cpu_seconds_per_1000_users_each",
@@ -369,7 +382,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
             for r in report["rss_series"]
         ]
         lines.append("")
-    if "query2" in report:
+    if isinstance(report.get("query2"), dict):  # reports from before both forms were timed
         q = report["query2"]
         lines += [
             f"Query 2 on {q['customers_in_db']:,} customers / {q['page_views_in_db']:,} page "
@@ -381,5 +394,29 @@ def summary_markdown(report: dict[str, Any]) -> str:
             "```",
             "",
         ]
+    elif report.get("query2"):
+        lines += [
+            "Query 2, both forms (the seed's `query2`, the job's `query2_per_customer`), its "
+            "rows streamed to the job's reader:",
+            "",
+            "| query | customers | page views | rows | first row s | all rows s | each run s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{q['query']}` | {q['customers_in_db']:,} | {q['page_views_in_db']:,} | "
+            f"{q['qualifying_rows']:,} | {q['first_row_seconds_median']} | "
+            f"{q['seconds_median']} | {' / '.join(map(str, q['seconds_each']))} |"
+            for q in report["query2"]
+        ]
+        lines.append("")
+        for q in report["query2"]:
+            lines += [
+                f"`{q['query']}` on {q['page_views_in_db']:,} page views:",
+                "",
+                "```",
+                format_explain(q["explain"]),
+                "```",
+                "",
+            ]
     lines.append(f"Bench wall time: {report.get('bench_wall_seconds')} s.")
     return "\n".join(lines) + "\n"

@@ -8,6 +8,8 @@ limits), then runs `python main.py` as a subprocess per mode:
   single      --mode single                   (the job's default concurrency)
   bulk        --mode bulk                     (users/bulkUpdate + events/trackBulk)
   bulk-b5000  --mode bulk, 5,000 users and 5,000 events a request (ceiling 25,000 users/s)
+  bulk-v30    --mode bulk on 30 page views a customer (3M page views at 100,000 users):
+              the whole process's wall time against the ceiling's, Query 2 included
 
 each twice: on a quiet machine and with a second process keeping one core busy
 (bench.busy_core). Then it checks, without the job, that one sandbox process keeps up
@@ -21,7 +23,8 @@ bench/output.py prints and writes what it measured.
     python -m bench.run --quick              # small smoke run, bench/results/ only
     python -m bench.run --only single,bulk --no-busy-core --users 20000
     python -m bench.run --only single,bulk --profile   # + the job's CPU profile per run
-    python -m bench.run --explain            # also EXPLAIN and time Query 2 on 100k customers
+    python -m bench.run --explain            # also EXPLAIN and time both Query 2 forms on 1M
+                                             # and 3M page views
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from bench import profile_summary, sandbox_capacity  # noqa: E402
 from bench.busy_core import BusyCore, machine_busy_seconds, others_cores  # noqa: E402
 from bench.output import DOCS_DIR, RESULTS_DIR, format_explain, one_line, write_outputs  # noqa: E402
 from bench.sandbox_process import SandboxProcess, process_cpu_seconds  # noqa: E402
+from db_connection import SYNC_QUERY  # noqa: E402
 from devtools.mariadb_server import ServerHandle, ThrowawayMariaDB  # noqa: E402
 from rate_limit import PUBLISHED_RATE_LIMITS  # noqa: E402
 from settings import RATE_LIMIT_VARIABLES, load_settings  # noqa: E402
@@ -66,13 +70,18 @@ RATE_LIMITS = {
 }
 API_ENDPOINTS = ("users/update", "events/track", "users/bulkUpdate", "events/trackBulk")
 VIEWS_PER_CUSTOMER = 10  # 100k customers -> 1M page views
+MANY_VIEWS = 30  # 100k customers -> 3M page views, 70 % of them in the window
 EXPLAIN_CUSTOMERS = 100_000
+EXPLAIN_VIEWS = (VIEWS_PER_CUSTOMER, MANY_VIEWS)
+EXPLAIN_RUNS = 3
+# The seed's Query 2, which the job's form must match; --explain times both.
+REFERENCE_QUERY = "query2"
 MARIADB_ARGS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M")
 # 5 users/bulkUpdate a second x 5,000 users; events in batches as large, so that
 # events/trackBulk (10/s) is not the tighter limit.
 BIG_BATCH = 5_000
 BIG_BATCH_ENV = (("BULK_BATCH_SIZE", str(BIG_BATCH)), ("EVENTS_BATCH_SIZE", str(BIG_BATCH)))
-RUNS = ("baseline", "single", "bulk", "bulk-b5000", "sandbox", "memory")
+RUNS = ("baseline", "single", "bulk", "bulk-b5000", "bulk-v30", "sandbox", "memory")
 LOADS = ("quiet", "busy")
 # Profiling slows the job down several times; give it room before the timeout kills it.
 PROFILED_TIMEOUT_FACTOR = 10
@@ -273,10 +282,15 @@ class Bench:
             ceiling = limit_ceiling
         duration = float(run_info.get("duration_seconds") or job.wall_seconds)
         first, last = sandbox_view["first_answer"], sandbox_view["last_answer"]
+        start = end = None
         if first is not None and sandbox_view["log_complete"]:
             # From the first request's arrival (its answer less the simulated latency)
             # to the last answer.
             sync = last - first + self.latency
+            # What the process does before its first request (start-up, Query 2's first
+            # batch) and after the last answer (results file, sync state, leavers, exit).
+            start = first - self.latency - job.started_at
+            end = job.ended_at - last
         else:
             sync = duration
         checks = sandbox_view["checks"]
@@ -300,12 +314,15 @@ class Bench:
             "sync_seconds": round(sync, 3),
             "job_duration_seconds": round(duration, 3),
             "process_wall_seconds": round(job.wall_seconds, 3),
+            "start_seconds": None if start is None else round(start, 3),
+            "end_seconds": None if end is None else round(end, 3),
             "users_per_second": round(users / sync, 1),
             "users_per_second_wall": round(users / duration, 1),
             "rate_limit_ceiling": round(limit_ceiling, 1),
             "latency_ceiling": round(latency_ceiling, 1) if latency_ceiling else None,
             "ceiling": round(ceiling, 1),
             "ceiling_seconds": round(users / ceiling, 3),
+            "process_over_ceiling_seconds": round(job.wall_seconds - users / ceiling, 3),
             "efficiency": round(users / ceiling / sync, 3),
             "efficiency_wall": round(users / ceiling / duration, 3),
             "efficiency_vs_rate_limit": round(users / limit_ceiling / sync, 3),
@@ -329,11 +346,20 @@ class Bench:
         print("  " + one_line(result), flush=True)
         return result
 
-    def explain(self) -> dict[str, Any]:
-        """Query 2's plan and run time on 100k customers / ~1M page views, as the job runs it."""
-        from db_connection import ConnectionSettings, DatabaseConnection, RowSource
+    def explain(self) -> list[dict[str, Any]]:
+        """Both forms of Query 2 on 100k customers with 10 and 30 views each: plans and times."""
+        return [
+            self.explain_form(views, name)
+            for views in EXPLAIN_VIEWS
+            for name in (REFERENCE_QUERY, SYNC_QUERY)
+        ]
 
-        dataset = self.dataset(EXPLAIN_CUSTOMERS, VIEWS_PER_CUSTOMER)
+    def explain_form(self, views: int, name: str) -> dict[str, Any]:
+        """One form's plan, and its rows streamed to the job's reader EXPLAIN_RUNS times."""
+        from db_connection import ConnectionSettings, DatabaseConnection, load_query
+        from preflight import describe_plan
+
+        dataset = self.dataset(EXPLAIN_CUSTOMERS, views)
         settings = ConnectionSettings(
             host=self.admin.host,
             port=self.admin.port,
@@ -341,51 +367,48 @@ class Bench:
             password=self.app_password,
             database=dataset.database,
         )
+        query = load_query(name)
         with DatabaseConnection(settings) as db:
-            source = RowSource(db, "pro", 7)
-            plan = source.explain()
-            count_times, stream_times = [], []
+            db.bind_variables({"plan_type": "pro", "lookback_days": 7})
+            plan = db.explain(query)
+            times = []
             rows = 0
-            for _ in range(3):
+            for _ in range(EXPLAIN_RUNS):
                 started = time.perf_counter()
-                rows = source.count()
-                count_times.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                first_row = None
-                for _row in source.rows():
+                first_row, rows = None, 0
+                for _description, chunk in db.raw_chunks(query):
                     if first_row is None:
                         first_row = time.perf_counter() - started
-                stream_times.append((time.perf_counter() - started, first_row or 0.0))
-        best = min(stream_times)
+                    rows += len(chunk)
+                times.append((time.perf_counter() - started, first_row or 0.0))
         explain = [{k: _plain(v) for k, v in row.items()} for row in plan]
         result: dict[str, Any] = {
+            "query": name,
             "customers_in_db": dataset.total_customers,
             "page_views_in_db": dataset.total_views,
             "qualifying_rows": rows,
             "explain": explain,
-            "count_seconds_median": round(statistics.median(count_times), 3),
-            "stream_seconds_median": round(statistics.median(t for t, _ in stream_times), 3),
-            "stream_first_row_seconds": round(best[1], 3),
+            "seconds_each": [round(total, 3) for total, _ in times],
+            "first_row_seconds_each": [round(first, 3) for _, first in times],
+            "seconds_median": round(statistics.median(t for t, _ in times), 3),
+            "first_row_seconds_median": round(statistics.median(f for _, f in times), 3),
         }
         print(
-            f"Query 2 on {dataset.total_customers:,} customers / {dataset.total_views:,} page "
-            f"views: {rows:,} rows"
+            f"{name} on {dataset.total_customers:,} customers / {dataset.total_views:,} page "
+            f"views: {rows:,} rows in {result['seconds_median']}s, the first after "
+            f"{result['first_row_seconds_median']}s (median of {EXPLAIN_RUNS})"
         )
         print(format_explain(explain))
-        print(
-            f"  SELECT COUNT(*) over Query 2 (server side): {result['count_seconds_median']}s "
-            f"median of 3\n  Query 2 streamed to the job's reader (pure-Python connector): "
-            f"{result['stream_seconds_median']}s median of 3, first row after "
-            f"{result['stream_first_row_seconds']}s",
-            flush=True,
-        )
+        print(f"  --check says: {describe_plan(explain)}", flush=True)
         return result
 
 
 @dataclass
 class JobResult:
     code: int
-    wall_seconds: float
+    wall_seconds: float  # from starting the process to its exit
+    started_at: float  # epoch seconds, as the sandbox's request log has them
+    ended_at: float
     user_seconds: float
     sys_seconds: float
     max_rss_kb: int
@@ -415,6 +438,7 @@ def run_job(
     command += [str(ROOT / "main.py"), *args]
     stdout = open(workdir / "stdout.txt", "wb")  # noqa: SIM115 - handed to the child
     stderr = open(workdir / "stderr.txt", "wb")  # noqa: SIM115
+    started_at = time.time()
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "spawn.py"), str(usage_path), "--", *command],
@@ -455,6 +479,7 @@ def run_job(
     finally:
         timer.cancel()
     wall = time.monotonic() - started
+    ended_at = started_at + wall
     try:
         usage = json.loads(usage_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # killed before it could write: no figures
@@ -463,6 +488,8 @@ def run_job(
     return JobResult(
         code=int(usage["exit_code"]),
         wall_seconds=wall,
+        started_at=started_at,
+        ended_at=ended_at,
         user_seconds=float(usage["user_seconds"]),
         sys_seconds=float(usage["sys_seconds"]),
         max_rss_kb=int(usage["max_rss_kb"]),
@@ -579,6 +606,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--bulk-b5000-users", type=int, default=100_000, help="users in the bulk-b5000 run"
     )
+    parser.add_argument(
+        "--bulk-v30-users", type=int, default=100_000, help="users in the bulk-v30 run"
+    )
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument(
         "--concurrency",
@@ -617,7 +647,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rss-views", type=int, default=2, help="page views per customer in the memory series"
     )
-    parser.add_argument("--explain", action="store_true", help="EXPLAIN and time Query 2")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="EXPLAIN and time both forms of Query 2 (the seed's and the job's) on 1M and 3M "
+        "page views",
+    )
     parser.add_argument(
         "--job-prefix",
         default="",
@@ -647,7 +682,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.baseline_users, args.single_users, args.bulk_users = 40, 2_000, 10_000
-        args.bulk_b5000_users = 10_000
+        args.bulk_b5000_users = args.bulk_v30_users = 10_000
         args.no_docs = True
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
@@ -655,7 +690,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.rss_sizes = "5000" if args.quick else "10000,100000,1000000"
     if args.users:
         args.baseline_users = args.single_users = args.bulk_users = args.users
-        args.bulk_b5000_users = args.users
+        args.bulk_b5000_users = args.bulk_v30_users = args.users
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in RUNS]
     if unknown:
@@ -685,6 +720,8 @@ def mode_plans(args: argparse.Namespace) -> list[Plan]:
         elif name == "bulk-b5000":
             big = ("--mode", "bulk")
             plans.append(Plan("bulk-b5000", args.bulk_b5000_users, big, env=BIG_BATCH_ENV))
+        elif name == "bulk-v30":
+            plans.append(Plan("bulk-v30", args.bulk_v30_users, ("--mode", "bulk"), MANY_VIEWS))
     loads = LOADS if args.busy_core else LOADS[:1]
     return [replace(plan, load=load) for plan in plans for load in loads]
 

@@ -92,9 +92,9 @@ def utc_now(db: Database) -> datetime:
 # --- the file itself -------------------------------------------------------
 
 
-def test_phase2_file_has_three_named_queries_and_defaults() -> None:
+def test_phase2_file_has_its_named_queries_and_defaults() -> None:
     text = PHASE2_SQL.read_text(encoding="utf-8")
-    assert list(named_queries()) == ["query1", "query2", "query3"]
+    assert list(named_queries()) == ["query1", "query2", "query2_per_customer", "query3"]
     assert "SET @plan_type = 'pro';" in text
     assert "SET @lookback_days = 7;" in text
     for sql in named_queries().values():
