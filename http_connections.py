@@ -5,23 +5,36 @@ on each (a pool, header objects, a response object, the email package parsing he
 more than all the rest of the customer's work (see make bench). Here a thread keeps its
 own connection, a request is one prebuilt block of bytes and one send, and an answer is
 its status, its headers as a dict and its body (by Content-Length, chunked, or up to the
-close). Requests through a proxy stay with urllib3 (iterable_client.connection_pool).
+close). Requests through a proxy go over urllib3, which speaks CONNECT
+(`ProxiedConnections`); the client and the pings reach both through `Transport`, made by
+`open_connections`.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
+import os
 import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
+
+import requests
+import urllib3
+import urllib3.connectionpool
+import urllib3.exceptions
 
 # Limits on an answer's head, so a broken server cannot make us read forever.
 MAX_HEADER_LINE = 65_536
 MAX_HEADERS = 200
+# Idle connections a proxy's pool keeps: one per worker thread at most (settings caps
+# CONCURRENCY at 256); more are opened when needed and closed after use.
+PROXY_POOL_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,53 @@ class NoAnswer(Exception):
 
 class MalformedAnswer(http.client.HTTPException):
     """What came back is not HTTP/1.x."""
+
+
+class Transport(Protocol):
+    """What the client and the pings send requests through."""
+
+    def request(self, method: str, path: str, body: bytes | None) -> Reply:
+        """Send and read the answer; raises NoAnswer when there is none."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_connections(
+    base_url: str,
+    headers: dict[str, str],
+    timeout: tuple[float, float],
+    direct: Callable[[str, dict[str, str], float, float, ssl.SSLContext | None], Transport]
+    | None = None,
+) -> Transport:
+    """Kept-alive connections to base_url (connect and read `timeout`), set up as requests
+    would from the environment, read once: HTTPS_PROXY/HTTP_PROXY/NO_PROXY (a proxy goes
+    through urllib3, which speaks CONNECT), and REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE for a
+    private CA; certificates are always verified. `direct` stands in for Connections (the
+    bench compares transports).
+    """
+    settings = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
+    verify = settings["verify"]
+    ca = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+    ca_option = "ca_cert_dir" if os.path.isdir(ca) else "ca_certs"
+    proxy = requests.utils.select_proxy(base_url, settings["proxies"])
+    https = base_url.startswith("https:")
+    if proxy:
+        options: dict[str, Any] = {"maxsize": PROXY_POOL_SIZE, "block": False}
+        if https:
+            options.update(cert_reqs="CERT_REQUIRED", **{ca_option: ca})
+        manager = urllib3.ProxyManager(proxy, num_pools=1, **options)
+        # Plain HTTP goes to the proxy with the absolute URL; HTTPS through a CONNECT tunnel.
+        origin = "" if https else "{0.scheme}://{0.netloc}".format(urlsplit(base_url))
+        pool = manager.connection_from_url(base_url)
+        return ProxiedConnections(pool, origin, headers, timeout)
+    tls = None
+    if https:
+        if ca_option == "ca_cert_dir":
+            tls = ssl.create_default_context(capath=ca)
+        else:
+            tls = ssl.create_default_context(cafile=ca)
+    return (direct or Connections)(base_url, headers, timeout[0], timeout[1], tls)
 
 
 class _Connection:
@@ -209,3 +269,109 @@ def _chunks(reader: BinaryIO) -> bytes:
             raise http.client.IncompleteRead(b"".join(parts) + chunk)
         parts.append(chunk)
         reader.readline(MAX_HEADER_LINE)  # the CRLF after the chunk
+
+
+class ProxiedConnections:
+    """The Transport over urllib3's pool, for requests through a proxy."""
+
+    def __init__(
+        self,
+        pool: urllib3.connectionpool.HTTPConnectionPool,
+        origin: str,
+        headers: dict[str, str],
+        timeout: tuple[float, float],
+    ) -> None:
+        self._pool = pool
+        self._origin = origin
+        self._headers = headers
+        self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+
+    def request(self, method: str, path: str, body: bytes | None) -> Reply:
+        try:
+            # Retries and redirects are the caller's to decide (paced, logged, never followed).
+            reply = self._pool.urlopen(
+                method,
+                self._origin + path,
+                body=body,
+                headers=self._headers,
+                retries=False,
+                redirect=False,
+                timeout=self._timeout,
+                preload_content=True,
+                assert_same_host=False,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError too
+            raise NoAnswer(exc, connecting=True) from exc
+        except urllib3.exceptions.ConnectTimeoutError as exc:
+            raise NoAnswer(TimeoutError(str(exc)), connecting=True) from exc
+        except urllib3.exceptions.TimeoutError as exc:
+            raise NoAnswer(TimeoutError(str(exc)), connecting=False) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise NoAnswer(exc, connecting=False) from exc
+        headers = {name.lower(): value for name, value in reply.headers.items()}
+        return Reply(reply.status, headers, reply.data)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# Socket errors that say where the way to the server ends.
+_UNREACHABLE = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ECONNABORTED: "connection aborted",
+}
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """A short phrase for why a request got no answer, from the causes urllib3 wraps (its
+    own text is a long repr, cut off mid-way): "connection refused", ..."""
+    causes = _causes(exc)
+    phrases = (_phrase(cause) for cause in causes)
+    phrase = (
+        next((p for p in phrases if p), None) or f"connection failed: {_first_line(causes[-1])}"
+    )
+    if isinstance(exc, urllib3.exceptions.ProxyError):
+        return f"through the proxy: {phrase}"
+    return phrase
+
+
+def _phrase(cause: BaseException) -> str | None:
+    if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
+        return "name resolution failed"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = getattr(cause, "verify_message", None) or "certificate verify failed"
+        return f"TLS certificate not accepted: {detail} (CERTIFICATE_VERIFY_FAILED)"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'reason', None) or _first_line(cause)}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, ConnectionResetError):
+        return "connection reset"
+    if isinstance(cause, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    if isinstance(cause, OSError) and cause.errno in _UNREACHABLE:
+        return _UNREACHABLE[cause.errno]
+    return None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps, outermost first."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        wrapped = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        wrapped += [arg for arg in current.args if isinstance(arg, BaseException)]
+        pending += [item for item in wrapped if isinstance(item, BaseException)]
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

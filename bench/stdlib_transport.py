@@ -2,14 +2,15 @@
 client's own (`python -m bench.run --transports own,http.client`).
 
 `python bench/stdlib_transport.py -- SCRIPT ARGS...` runs SCRIPT (main.py) with direct
-requests sent over one http.client.HTTPConnection per worker thread: the same contract as
-http_connections.Connections (request → Reply, NoAnswer when there is none), the same
-check for a connection the server dropped while idle, and the connection discarded on
-any error in the middle of an exchange.
+requests sent over one http.client.HTTPConnection per worker thread: the same Transport
+contract as http_connections.Connections (request → Reply, NoAnswer when there is none),
+the same check for a connection the server dropped while idle, and the connection
+discarded on any error in the middle of an exchange.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import runpy
 import socket
@@ -117,7 +118,9 @@ def main(argv: list[str]) -> int:
     script, args = argv[1], argv[2:]
     import iterable_client
 
-    iterable_client.Connections = StdlibConnections  # type: ignore[misc,assignment]
+    iterable_client.open_connections = functools.partial(
+        http_connections.open_connections, direct=StdlibConnections
+    )
     sys.argv = [script, *args]
     sys.path[0] = str(Path(script).resolve().parent)
     try:
