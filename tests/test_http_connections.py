@@ -20,6 +20,7 @@ import trustme
 from bulk import is_too_large
 from http_connections import Connections
 from iterable_client import USERS_BULK_UPDATE, IterableClient, RetryPolicy
+from monitoring import ping
 from tests.support.tls import TlsFiles, make_tls_files
 
 USER = {"email": "alice@example.com", "dataFields": {"plan_type": "pro"}}
@@ -180,6 +181,15 @@ def test_requests_go_through_the_proxy_the_environment_names(serve, monkeypatch)
         result = client.update_user(USER)
     assert result.ok
     assert proxy.request_lines == ["POST http://iterable.invalid/api/users/update HTTP/1.1"]
+
+
+def test_pings_go_through_the_same_proxy(serve, monkeypatch):
+    proxy = serve()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    ping("http://ping.invalid/abc-123", "start")
+    assert proxy.request_lines == ["GET http://ping.invalid/abc-123/start HTTP/1.1"]
 
 
 BIG = b'{"msg": "' + b"x" * 300_000 + b'", "code": "Success", "params": null}'
