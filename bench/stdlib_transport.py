@@ -53,7 +53,9 @@ class StdlibConnections:
 
     def request(self, method: str, path: str, body: bytes | None) -> Reply:
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is not None and (connection.sock is None or _dropped(connection.sock)):
+        if connection is not None and (
+            connection.sock is None or http_connections._dropped(connection.sock)
+        ):
             self._discard(connection)
             connection = None
         if connection is None:
@@ -105,10 +107,6 @@ class StdlibConnections:
         if getattr(self._local, "connection", None) is connection:
             self._local.connection = None
         connection.close()
-
-
-def _dropped(sock: socket.socket) -> bool:
-    return http_connections._dropped(sock)
 
 
 def main(argv: list[str]) -> int:
