@@ -1,16 +1,12 @@
-"""The Iterable API client: one session, timeouts, retries with backoff, pacing, typed results."""
+"""The Iterable API client: timeouts, retries with backoff, pacing, typed results, over the
+transport in http_connections."""
 
 from __future__ import annotations
 
-import errno
-import http.client
 import itertools
 import logging
-import os
 import random
 import re
-import socket
-import ssl
 import threading
 import time
 from collections import Counter
@@ -22,12 +18,8 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
-import requests
-import urllib3
-import urllib3.connectionpool
-import urllib3.exceptions
 
-from http_connections import Connections, NoAnswer, Reply
+from http_connections import NoAnswer, Transport, describe_connection_error, open_connections
 from payloads import encode_json
 from rate_limit import RateLimiters
 from version import VERSION
@@ -350,7 +342,6 @@ class IterableClient:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         limiters: RateLimiters | None = None,
-        pool_size: int = 32,
         stop: threading.Event | None = None,
         stats: RequestStats | None = None,
         outage: OutageDetector | None = None,
@@ -369,7 +360,7 @@ class IterableClient:
             "Content-Type": "application/json",
             "User-Agent": f"iterable-sync/{VERSION}",
         }
-        self._connections = open_connections(self.base_url, self.headers, pool_size, self.timeout)
+        self._connections: Transport = open_connections(self.base_url, self.headers, self.timeout)
         self._path = urlsplit(self.base_url).path.rstrip("/") + "/api/"
         self._rng = random.Random()
         # A check that must pass before the run's first call (see set_gate).
@@ -612,85 +603,6 @@ class IterableClient:
         return text
 
 
-def open_connections(
-    base_url: str, headers: dict[str, str], pool_size: int, timeout: tuple[float, float]
-) -> Connections | ProxiedConnections:
-    """Kept-alive connections to Iterable, set up as requests would from the environment.
-
-    requests' Session, and then urllib3's pool, spent more CPU per call than everything
-    else a customer costs (see make bench), for nothing this client uses; direct calls go
-    through http_connections. The environment is still honoured, read once:
-    HTTPS_PROXY/NO_PROXY (a proxy keeps urllib3, which speaks CONNECT), and
-    REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE for a private CA; certificates are always verified.
-    """
-    settings = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
-    verify = settings["verify"]
-    ca = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
-    ca_option = "ca_cert_dir" if os.path.isdir(ca) else "ca_certs"
-    proxy = requests.utils.select_proxy(base_url, settings["proxies"])
-    https = base_url.startswith("https:")
-    if proxy:
-        options: dict[str, Any] = {"maxsize": pool_size, "block": False}
-        if https:
-            options.update(cert_reqs="CERT_REQUIRED", **{ca_option: ca})
-        manager = urllib3.ProxyManager(proxy, num_pools=1, **options)
-        # Plain HTTP goes to the proxy with the absolute URL; HTTPS through a CONNECT tunnel.
-        origin = "" if https else "{0.scheme}://{0.netloc}".format(urlsplit(base_url))
-        pool = manager.connection_from_url(base_url)
-        return ProxiedConnections(pool, origin, headers, timeout)
-    tls = None
-    if https:
-        if ca_option == "ca_cert_dir":
-            tls = ssl.create_default_context(capath=ca)
-        else:
-            tls = ssl.create_default_context(cafile=ca)
-    return Connections(base_url, headers, timeout[0], timeout[1], tls)
-
-
-class ProxiedConnections:
-    """Connections.request's contract over urllib3's pool, for requests through a proxy."""
-
-    def __init__(
-        self,
-        pool: urllib3.connectionpool.HTTPConnectionPool,
-        origin: str,
-        headers: dict[str, str],
-        timeout: tuple[float, float],
-    ) -> None:
-        self._pool = pool
-        self._origin = origin
-        self._headers = headers
-        self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
-
-    def request(self, method: str, path: str, body: bytes | None) -> Reply:
-        try:
-            # Retries and redirects are ours to decide (paced, logged, never followed).
-            reply = self._pool.urlopen(
-                method,
-                self._origin + path,
-                body=body,
-                headers=self._headers,
-                retries=False,
-                redirect=False,
-                timeout=self._timeout,
-                preload_content=True,
-                assert_same_host=False,
-            )
-        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError too
-            raise NoAnswer(exc, connecting=True) from exc
-        except urllib3.exceptions.ConnectTimeoutError as exc:
-            raise NoAnswer(TimeoutError(str(exc)), connecting=True) from exc
-        except urllib3.exceptions.TimeoutError as exc:
-            raise NoAnswer(TimeoutError(str(exc)), connecting=False) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise NoAnswer(exc, connecting=False) from exc
-        headers = {name.lower(): value for name, value in reply.headers.items()}
-        return Reply(reply.status, headers, reply.data)
-
-    def close(self) -> None:
-        self._pool.close()
-
-
 def parse_body(content_type: str, content: bytes) -> dict[str, Any]:
     """The JSON object in a reply, or {} for anything else (plain-text 429s, HTML error pages)."""
     if "json" not in content_type and not content.startswith(b"{"):
@@ -709,65 +621,3 @@ def _text_excerpt(content: bytes, limit: int = 120) -> str:
     if title:
         return title.group(1).strip()[:limit]
     return text.splitlines()[0][:limit] if text else ""
-
-
-# Socket errors that say where the way to Iterable ends.
-_UNREACHABLE = {
-    errno.ENETUNREACH: "network unreachable",
-    errno.EHOSTUNREACH: "host unreachable",
-    errno.ECONNABORTED: "connection aborted",
-}
-
-
-def describe_connection_error(exc: BaseException) -> str:
-    """A short phrase for why a request got no answer, from the causes requests and urllib3
-    wrap (their own text is a long repr, cut off mid-way): "connection refused", ..."""
-    causes = _causes(exc)
-    phrases = (_phrase(cause) for cause in causes)
-    phrase = (
-        next((p for p in phrases if p), None) or f"connection failed: {_first_line(causes[-1])}"
-    )
-    if isinstance(exc, urllib3.exceptions.ProxyError | requests.exceptions.ProxyError):
-        return f"through the proxy: {phrase}"
-    return phrase
-
-
-def _phrase(cause: BaseException) -> str | None:
-    if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
-        return "name resolution failed"
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        detail = getattr(cause, "verify_message", None) or "certificate verify failed"
-        return f"TLS certificate not accepted: {detail} (CERTIFICATE_VERIFY_FAILED)"
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS handshake failed: {getattr(cause, 'reason', None) or _first_line(cause)}"
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(cause, ConnectionResetError):
-        return "connection reset"
-    if isinstance(cause, http.client.RemoteDisconnected):
-        return "connection closed without an answer"
-    if isinstance(cause, TimeoutError):
-        return "timed out"
-    if isinstance(cause, OSError) and cause.errno in _UNREACHABLE:
-        return _UNREACHABLE[cause.errno]
-    return None
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it wraps, outermost first."""
-    found: list[BaseException] = []
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop(0)
-        if any(current is seen for seen in found):
-            continue
-        found.append(current)
-        wrapped = [getattr(current, "reason", None), current.__cause__, current.__context__]
-        wrapped += [arg for arg in current.args if isinstance(arg, BaseException)]
-        pending += [item for item in wrapped if isinstance(item, BaseException)]
-    return found
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]

@@ -176,7 +176,6 @@ def make_client(settings: Settings, stop: threading.Event, stats: RequestStats) 
         timeout=settings.request_timeout,
         retry=RetryPolicy(max_attempts=settings.max_attempts),
         limiters=RateLimiters(settings.rate_limits),
-        pool_size=max(settings.concurrency, 8),
         stop=stop,
         stats=stats,
     )

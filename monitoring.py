@@ -8,10 +8,11 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
-
+from http_connections import NoAnswer, describe_connection_error, open_connections
 from results import write_atomically
+from version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,18 @@ def ping(url: str | None, suffix: str) -> None:
 
 
 def _get(target: str, name: str) -> None:
+    """GET `target` over the transport the client uses (proxy and CA bundle included)."""
+    parts = urlsplit(target)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"User-Agent": f"iterable-sync/{VERSION}"}
+    timeouts = (PING_TIMEOUT_SECONDS, PING_TIMEOUT_SECONDS)
+    transport = open_connections(f"{parts.scheme}://{parts.netloc}", headers, timeouts)
     try:
-        requests.get(target, timeout=PING_TIMEOUT_SECONDS)
-    except requests.RequestException as exc:
-        log.warning("health check ping %s failed: %s", name, type(exc).__name__)
+        transport.request("GET", path, None)
+    except NoAnswer as exc:
+        log.warning("health check ping %s failed: %s", name, describe_connection_error(exc.cause))
+    finally:
+        transport.close()
 
 
 def metrics_text(

@@ -82,6 +82,7 @@ MARIADB_ARGS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M")
 BIG_BATCH = 5_000
 BIG_BATCH_ENV = (("BULK_BATCH_SIZE", str(BIG_BATCH)), ("EVENTS_BATCH_SIZE", str(BIG_BATCH)))
 RUNS = ("baseline", "single", "bulk", "bulk-b5000", "bulk-v30", "sandbox", "memory")
+TRANSPORTS = ("own", "http.client")
 LOADS = ("quiet", "busy")
 # Profiling slows the job down several times; give it room before the timeout kills it.
 PROFILED_TIMEOUT_FACTOR = 10
@@ -96,6 +97,7 @@ class Plan:
     series: str = "modes"
     env: tuple[tuple[str, str], ...] = ()  # settings given through the environment
     load: str = "quiet"  # or "busy": one core kept busy by another process meanwhile
+    transport: str = "own"  # or "http.client": direct requests over bench/stdlib_transport.py
 
 
 class Bench:
@@ -165,6 +167,7 @@ class Bench:
                     timeout,
                     self.job_prefix,
                     profile,
+                    plan.transport,
                 )
                 sandbox_cpu = self.sandbox.cpu_seconds() - sandbox_cpu
                 mariadb_cpu = self.mariadb_cpu_seconds() - mariadb_cpu
@@ -424,17 +427,21 @@ def run_job(
     timeout: float,
     prefix: Sequence[str] = (),
     profile: Path | None = None,
+    transport: str = "own",
 ) -> JobResult:
     """main.py as a grandchild under bench/spawn.py, which reports the job's own rusage.
 
     The job's CPU time and peak RSS come from wait4 in that small process: measured from
     here, Linux would report this process's peak RSS as the job's (see bench/spawn.py).
-    With `profile`, main.py runs under bench/profile_job.py, which writes its profile there.
+    With `profile`, main.py runs under bench/profile_job.py, which writes its profile there;
+    with the http.client transport, under bench/stdlib_transport.py.
     """
     usage_path = workdir / "rusage.json"
     command = [*prefix, sys.executable]
     if profile is not None:
         command += [str(ROOT / "bench" / "profile_job.py"), str(profile), "--"]
+    if transport == "http.client":
+        command += [str(ROOT / "bench" / "stdlib_transport.py"), "--"]
     command += [str(ROOT / "main.py"), *args]
     stdout = open(workdir / "stdout.txt", "wb")  # noqa: SIM115 - handed to the child
     stderr = open(workdir / "stderr.txt", "wb")  # noqa: SIM115
@@ -667,6 +674,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the median CPU per user, and every run's CPU and users/s beside it (default 3; "
         "--quick: 1; the baseline runs once)",
     )
+    parser.add_argument(
+        "--transports",
+        default="own",
+        help="single mode's transports, comma-separated, each a run of its own in every "
+        'round: "own" (http_connections.py) and "http.client" (bench/stdlib_transport.py)',
+    )
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument(
         "--render",
@@ -691,12 +704,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.users:
         args.baseline_users = args.single_users = args.bulk_users = args.users
         args.bulk_b5000_users = args.bulk_v30_users = args.users
+    args.transports = [name.strip() for name in args.transports.split(",") if name.strip()]
+    if not args.transports or set(args.transports) - set(TRANSPORTS):
+        parser.error(f"--transports: choose from {', '.join(TRANSPORTS)}")
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in RUNS]
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
     # docs/bench/ holds the whole bench: a part of it goes to bench/results/ only.
-    if set(args.only) != set(RUNS) or args.users or not args.busy_core:
+    if (
+        set(args.only) != set(RUNS)
+        or args.users
+        or not args.busy_core
+        or args.transports != ["own"]
+    ):
         args.no_docs = True
     return args
 
@@ -710,11 +731,17 @@ def mode_plans(args: argparse.Namespace) -> list[Plan]:
             plans.append(Plan("baseline", args.baseline_users, single_one))
         elif name == "single":
             for level in (c.strip() for c in args.concurrency.split(",") if c.strip()):
-                if level == "default":
-                    plans.append(Plan("single", args.single_users, ("--mode", "single")))
-                else:
-                    flags = ("--mode", "single", "--concurrency", str(int(level)))
-                    plans.append(Plan(f"single-c{int(level)}", args.single_users, flags))
+                for transport in args.transports:
+                    suffix = "" if transport == "own" else f"-{transport}"
+                    if level == "default":
+                        flags: tuple[str, ...] = ("--mode", "single")
+                        title = "single"
+                    else:
+                        flags = ("--mode", "single", "--concurrency", str(int(level)))
+                        title = f"single-c{int(level)}"
+                    plans.append(
+                        Plan(title + suffix, args.single_users, flags, transport=transport)
+                    )
         elif name == "bulk":
             plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
         elif name == "bulk-b5000":

@@ -133,7 +133,8 @@ def test_log_lines_never_land_on_the_bar(job, sandbox, mariadb, seeded_db):
     assert len(warnings) == 2, lines
     for warning in warnings:
         assert re.fullmatch(
-            r"\S+Z WARNING outcomes: customer \d+ \(b\*\*\*@example\.com\): failed BadParams", warning
+            r"\S+Z WARNING outcomes: customer \d+ \(b\*\*\*@example\.com\): failed BadParams",
+            warning,
         ), warning
     assert lines[-2].startswith("100%|") and "207/207 users" in lines[-2]
     assert "results written to" in lines[-1]

@@ -72,7 +72,7 @@ def settings_problem(argv: list[str], env: dict[str, str]) -> str:
     return str(caught.value)
 
 
-# -- certificates made with the openssl command-line tool ---------------------------------
+# -- certificates made with trustme ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
