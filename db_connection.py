@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -286,6 +286,14 @@ class RowSource:
 
     def first_row(self) -> dict[str, Any] | None:
         return next(self.db.stream(f"{self.query} LIMIT 1"), None)
+
+    def newest_view(self) -> datetime | None:
+        """The newest viewed_at in page_views (UTC), None when it holds none; an index's end
+        (idx_page_views_viewed_at), not a scan. A stalled pipeline shows here."""
+        value = self.db.scalar("SELECT MAX(viewed_at) FROM page_views")
+        if not isinstance(value, datetime):
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def explain(self) -> list[dict[str, Any]]:
         return self.db.explain(self.query)

@@ -31,6 +31,7 @@ EVENTS_TRACK = "events/track"
 USERS_BULK_UPDATE = "users/bulkUpdate"
 EVENTS_TRACK_BULK = "events/trackBulk"
 GET_USER = "users/getByEmail"
+GET_USER_BY_ID = "users/byUserId"  # GET users/byUserId/{userId}
 UPDATE_EMAIL = "users/updateEmail"
 DELETE_USER = "users/delete"  # DELETE users/{email} or users/byUserId/{userId}
 GET_LISTS = "lists"
@@ -393,6 +394,10 @@ class IterableClient:
                 raise
             self._gate_open.set()
 
+    def api_key_bytes(self) -> bytes:
+        """The key, for a digest of it (the sync state records that, never the key)."""
+        return self._api_key.encode()
+
     def close(self) -> None:
         self._connections.close()
 
@@ -421,6 +426,11 @@ class IterableClient:
     def get_user(self, email: str) -> CallResult:
         """users/getByEmail: the answer's "user" is empty when Iterable has nobody by it."""
         return self.call(GET_USER, None, params={"email": email}, method="GET")
+
+    def get_user_by_id(self, user_id: str) -> CallResult:
+        """GET users/byUserId/{userId}; as get_user, an empty "user" for nobody."""
+        path = "users/byUserId/" + quote(user_id, safe="")
+        return self.call(GET_USER_BY_ID, None, method="GET", path=path)
 
     def delete_user(self, identity: Mapping[str, str]) -> CallResult:
         """DELETE users/{email}, or users/byUserId/{userId}."""
@@ -552,7 +562,7 @@ class IterableClient:
             return False
         if endpoint in COUNTING_ENDPOINTS:
             return "failCount" in response.body or "successCount" in response.body
-        if endpoint == GET_USER:
+        if endpoint in (GET_USER, GET_USER_BY_ID):
             return True
         if endpoint == GET_LISTS:
             return isinstance(response.body.get("lists"), list)

@@ -34,10 +34,10 @@ from progress import Progress, is_terminal
 from rate_limit import RateLimiters
 from report import report_command
 from results import ResultsWriter, Summary, remove_old_results
-from segment import ListMirror, check_list_exists
+from segment import LeaveGuard, ListMirror, check_list_exists, stale_source
 from settings import ConfigError, Settings, load_settings, parse_command_line
-from sync import Outcome, Syncer
-from sync_state import StateError, SyncState
+from sync import Outcome, Syncer, check_project
+from sync_state import RESULTS_FILES, StateError, SyncState
 from version import VERSION
 
 log = logging.getLogger("iterable_sync")
@@ -142,6 +142,7 @@ class RunFiles:
         self.state = state
         self.writer = writer
         self.path: Path | None = None
+        self.warnings: list[str] = []  # run-level warnings, for the results file
         self._lock = threading.Lock()
 
     def close(self, outcome: Outcome, error: str | None, at_once: bool = False) -> Path:
@@ -154,7 +155,10 @@ class RunFiles:
                 run_info = run_details(
                     self.settings, self.run_id, self.started_at, outcome, self.stats, error
                 )
-                run_info["warnings"] = list(self.state.warnings) if self.state else []
+                run_info["warnings"] = [
+                    *(self.state.warnings if self.state else []),
+                    *self.warnings,
+                ]
                 self.path = self.writer.finish(run_info, self.started_at)
                 log.info("results written to %s", self.path)
             return self.path
@@ -222,6 +226,10 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
 
     stop_now.save = save_at_once
     try:
+        if state is not None:
+            files.warnings += lost_state_warnings(settings, state)
+        if state is not None and client is not None:
+            check_project(state, client, settings.identify_by, settings.full_refresh)
         lists = open_list(settings, client, state)
         syncer = Syncer(
             client=client,
@@ -237,9 +245,15 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
         )
         with DatabaseConnection(settings.database) as db:
             source = RowSource(db, settings.plan_type, settings.lookback_days)
+            newest_view = source.newest_view()
+            stale = stale_source(newest_view, settings.lookback_days, datetime.now(UTC))
+            if stale:
+                log.warning("%s", stale)
+                files.warnings.append(stale)
             progress = start_progress(settings, source)
             syncer.on_rows = progress.advance
-            outcome = sync_rows(settings, source, syncer, progress)
+            guard = LeaveGuard(settings.leave_guard_percent, settings.allow_mass_leave, newest_view)
+            outcome = sync_rows(settings, source, syncer, progress, guard)
     except DatabaseError as exc:
         error = str(exc)
         raise
@@ -253,6 +267,21 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
             client.close()
         path = files.close(outcome, error)
     return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
+
+
+def lost_state_warnings(settings: Settings, state: SyncState) -> list[str]:
+    """A new (or empty) state beside results of earlier runs: the state was lost, and the
+    run cannot see email changes or leavers since. Said once, on the console and in the
+    results file."""
+    if not state.is_new or not any(settings.results_dir.glob(RESULTS_FILES)):
+        return []
+    warning = (
+        f"the sync state at {state.path} is new, but earlier runs wrote results here "
+        f"({settings.results_dir}): email changes since then create second profiles in "
+        "Iterable, and customers who left the segment are not seen; check SYNC_STATE_PATH"
+    )
+    log.warning("%s", warning)
+    return [warning]
 
 
 def start_progress(settings: Settings, source: RowSource) -> Progress:
@@ -271,7 +300,9 @@ def start_progress(settings: Settings, source: RowSource) -> Progress:
     return Progress(total)
 
 
-def sync_rows(settings: Settings, source: RowSource, syncer: Syncer, progress: Progress) -> Outcome:
+def sync_rows(
+    settings: Settings, source: RowSource, syncer: Syncer, progress: Progress, guard: LeaveGuard
+) -> Outcome:
     """Query 2's rows through the syncer, then the customers who left the segment."""
     rows = ReadAhead(source.chunks())
     try:
@@ -279,7 +310,7 @@ def sync_rows(settings: Settings, source: RowSource, syncer: Syncer, progress: P
             outcome = syncer.run_bulk(rows, settings.bulk_batch_size, settings.events_batch_size)
         else:
             outcome = syncer.run_single(rows, settings.concurrency)
-        syncer.finish_segment(source.customers, settings.concurrency)
+        syncer.finish_segment(source.customers, settings.concurrency, guard)
         if outcome.rows_read == 0:
             warn_if_no_such_plan(settings.plan_type, source)
     finally:
@@ -355,6 +386,7 @@ def run_details(
         "iterable_base_url": settings.iterable_base_url,
         "rows_read": outcome.rows_read,
         "aborted": outcome.aborted or error,
+        "held_back": outcome.held_back,
         "stopped_by_signal": outcome.stopped,
         "api": stats.snapshot(),
         "version": VERSION,
@@ -363,15 +395,17 @@ def run_details(
 
 def exit_code(run_report: RunReport) -> int:
     outcome = run_report.outcome
-    return run_exit_code(bool(outcome.aborted or outcome.stopped), run_report.summary.new_failures)
+    cut_short = bool(outcome.aborted or outcome.stopped or outcome.held_back)
+    return run_exit_code(cut_short, run_report.summary.new_failures)
 
 
 def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) -> None:
     s = report.summary
     label = "dry run" if dry_run else "sync"
+    interrupted = f"{s.interrupted} interrupted (sent again next run), " if s.interrupted else ""
     out.write(
         f"iterable-sync {label}: {s.total} users: {s.succeeded} succeeded, {s.failed} failed, "
-        f"{s.skipped} skipped in {report.seconds:.1f}s\n"
+        f"{interrupted}{s.skipped} skipped in {report.seconds:.1f}s\n"
     )
     if s.outstanding:
         out.write(
@@ -385,6 +419,8 @@ def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) ->
         out.write(f"  {reason}: {count}\n")
     if report.outcome.aborted:
         out.write(f"  run aborted: {report.outcome.aborted}\n")
+    elif report.outcome.held_back:
+        out.write("  leavers held back by the mass-leave guard (see below)\n")
     elif report.outcome.stopped:
         out.write("  run stopped by a signal before every row was done\n")
     out.write(f"results: {report.path}\n")
@@ -452,6 +488,8 @@ def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | N
     print_summary(report, settings.dry_run)
     if report.outcome.aborted:
         fail(report.outcome.aborted, EXIT_ABORTED)
+    elif report.outcome.held_back:
+        fail(report.outcome.held_back, EXIT_ABORTED)
     return exit_code(report), report
 
 

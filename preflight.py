@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from db_connection import DatabaseConnection, DatabaseError, RowSource
 from exit_codes import EXIT_ABORTED, EXIT_OK
 from iterable_client import IterableClient, OutageDetector, RetryPolicy, StopRun
 from logger_config import mask_email
-from segment import check_list_exists
+from segment import check_list_exists, stale_source
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def check_database(settings: Settings) -> list[str]:
         source = RowSource(db, settings.plan_type, settings.lookback_days)
         first = source.first_row()
         plan = source.explain()
+        newest = source.newest_view()
         problem = unknown_plan(settings.plan_type, source) if first is None else None
     if problem:
         raise CheckFailed(problem)
@@ -32,10 +34,15 @@ def check_database(settings: Settings) -> list[str]:
         else f"first row: customer {first['customer_id']} ({mask_email(first.get('email'))})"
     )
     database = settings.database
+    stale = stale_source(newest, settings.lookback_days, datetime.now(UTC))
+    if stale:
+        log.warning("%s", stale)
+    newest_line = "none" if newest is None else f"{newest:%Y-%m-%d %H:%M} UTC"
     return [
         f"connected to database {database.database} over {database.transport()}",
         f"Query 2 runs; {sample}",
         f"plan: {describe_plan(plan)}",
+        f"newest page view: {newest_line}" + (f" (WARNING: {stale})" if stale else ""),
     ]
 
 

@@ -51,6 +51,7 @@ BAD_ROW = "bad_row"
 INTERRUPTED = "interrupted"
 FORGOTTEN = "forgotten"
 LEFT_DELETED = "left_deleted"
+LEAVE_GUARD = "leave_guard"  # a leaver the mass-leave guard held back
 
 
 IN_SEGMENT = "in"  # a row of this run's Query 2
@@ -113,6 +114,7 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     outstanding: int = 0  # failed rows that had already failed, data unchanged (in `failed`)
+    interrupted: int = 0  # rows a stopping run cut short, sent again next run (not `failed`)
     left: int = 0  # rows of customers who left the segment (in the counts above)
     failing_since: str | None = None  # the oldest outstanding failure's first time
     reasons: Counter[str] = field(default_factory=Counter)
@@ -140,6 +142,8 @@ class Summary:
         self.total += 1
         if status == SUCCESS:
             self.succeeded += 1
+        elif status == FAILED and reason == INTERRUPTED:
+            self.interrupted += 1
         elif status == FAILED:
             self.failed += 1
             self.outstanding += outstanding
@@ -160,6 +164,7 @@ class Summary:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "skipped": self.skipped,
+            "interrupted": self.interrupted,
             "outstanding": self.outstanding,
             "failing_since": self.failing_since,
             "left": self.left,

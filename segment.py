@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from bulk import FAILED_LISTS
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 LIST_BATCH = 1000
 FORGOTTEN_LISTS = frozenset({"forgottenEmails", "forgottenUserIds"})
 
+# The mass-leave guard holds a run back only when at least this many would leave: a segment
+# of two may lose one, the seven-customer demo is guarded.
+LEAVE_GUARD_MINIMUM = 3
+
 # Reads the customers with these ids back from the database (RowSource.customers).
 ReadCustomers = Callable[[list[int]], dict[int, Customer]]
 
@@ -51,6 +56,47 @@ class LeaverUpdate:
     profile: dict[str, Any]
     email: str  # the customer's email now (what the update is sent under, or carries)
     previous_email: str | None  # the email Iterable holds, when the customer's changed
+
+
+@dataclass(frozen=True)
+class LeaveGuard:
+    """Holds back a run in which a large share of the segment would leave at once: more
+    likely a stalled pipeline or a half-loaded table than customers leaving."""
+
+    percent: int  # LEAVE_GUARD_PERCENT; 100 turns the guard off
+    allowed: bool  # --allow-mass-leave, for this run only
+    newest_view: datetime | None  # the newest page view in page_views
+
+    def verdict(self, leaving: int, segment: int) -> str | None:
+        """Why the leavers are held back (one line), or None when they may go."""
+        if self.allowed or self.percent >= 100 or leaving < LEAVE_GUARD_MINIMUM:
+            return None
+        if leaving * 100 <= self.percent * segment:
+            return None
+        share = round(leaving * 100 / max(segment, 1))
+        return (
+            f"{leaving:,} of {segment:,} customers in the segment would leave in this run "
+            f"({share}%, more than LEAVE_GUARD_PERCENT={self.percent}%), and nothing was sent "
+            f"for them; the newest page view in page_views is from {_when(self.newest_view)}. "
+            "If the change is real: python main.py --allow-mass-leave"
+        )
+
+
+def stale_source(newest_view: datetime | None, lookback_days: int, now: datetime) -> str | None:
+    """A warning when page_views has nothing inside the lookback window: a stalled load."""
+    if newest_view is not None and now - newest_view <= timedelta(days=lookback_days):
+        return None
+    if newest_view is None:
+        return "page_views holds no page view: is the pipeline that loads page_views stopped?"
+    days = (now - newest_view).days
+    return (
+        f"the newest page view is {days} days old ({_when(newest_view)}): is the pipeline "
+        "that loads page_views stopped?"
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return "nowhere (page_views is empty)" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
 def plan_leaver(member: Member, customer: Customer, identify_by: str) -> LeaverUpdate | None:

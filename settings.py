@@ -172,6 +172,14 @@ VARIABLES: tuple[Variable, ...] = (
         "the user in Iterable",
         "keep",
     ),
+    Variable(
+        "LEAVE_GUARD_PERCENT",
+        ITERABLE,
+        "the mass-leave guard: when more than this share of the segment (and at least 3 "
+        "customers) would leave in one run, nothing is sent for them and the run exits 3; "
+        "100 turns it off. A real change goes through with --allow-mass-leave, for that run",
+        "20",
+    ),
     Variable("REQUEST_TIMEOUT_SECONDS", ITERABLE, "read timeout per request, in seconds", "10"),
     Variable(
         "MAX_ATTEMPTS",
@@ -297,6 +305,7 @@ class Settings:
     identify_by: str
     list_id: int | None
     on_deleted_customer: str
+    leave_guard_percent: int
     candidate_name: str | None
     plan_type: str
     lookback_days: int
@@ -319,6 +328,7 @@ class Settings:
     dry_run: bool = False
     full_refresh: bool = False
     retry_outstanding: bool = False
+    allow_mass_leave: bool = False
     check_only: bool = False
 
     def secrets(self) -> list[str]:
@@ -406,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-outstanding",
         action="store_true",
         help="send the rows Iterable refused for good once more (after a fix in Iterable)",
+    )
+    parser.add_argument(
+        "--allow-mass-leave",
+        action="store_true",
+        help="let this run act on more leavers than LEAVE_GUARD_PERCENT allows (a real change)",
     )
     parser.set_defaults(command=None)
     return parser
@@ -630,6 +645,7 @@ class _Validator:
             identify_by=self.choice("ITERABLE_IDENTIFY_BY", IDENTIFY_BY),
             list_id=self.optional_integer("ITERABLE_LIST_ID", 1, 2**63 - 1),
             on_deleted_customer=self.choice("ON_DELETED_CUSTOMER", ON_DELETED),
+            leave_guard_percent=self.integer("LEAVE_GUARD_PERCENT", 0, 100),
             candidate_name=self.text("CANDIDATE_NAME") or None,
             plan_type=self.text("PLAN_TYPE"),
             lookback_days=self.integer("LOOKBACK_DAYS", 1, MAX_LOOKBACK_DAYS),
@@ -652,6 +668,7 @@ class _Validator:
             dry_run=dry_run,
             full_refresh=bool(self.args.full_refresh),
             retry_outstanding=bool(self.args.retry_outstanding),
+            allow_mass_leave=bool(self.args.allow_mass_leave),
             check_only=bool(self.args.check),
         )
         self.check_paths(settings)

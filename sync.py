@@ -9,6 +9,7 @@ the calls, and at the end of a run that saw every row, the customers who left th
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import logging
 import threading
@@ -57,6 +58,7 @@ from results import (
     FAILED,
     IN_SEGMENT,
     INTERRUPTED,
+    LEAVE_GUARD,
     LEFT_DELETED,
     LEFT_SEGMENT,
     SKIPPED,
@@ -65,8 +67,8 @@ from results import (
     ResultsWriter,
     RowResult,
 )
-from segment import ListMirror, ReadCustomers, leaver_work, plan_leaver
-from sync_state import Member, SyncState
+from segment import LeaveGuard, ListMirror, ReadCustomers, leaver_work, plan_leaver
+from sync_state import Member, StateError, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class Outcome:
     rows_read: int = 0
     aborted: str | None = None
     stopped: bool = False
+    held_back: str | None = None  # why the mass-leave guard held the leavers back
 
 
 class WorkFeed:
@@ -146,6 +149,39 @@ class WorkFeed:
             with self._changed:
                 self._changed.notify_all()
         return work
+
+
+# Customers looked up to tell a rotated key from another Iterable project.
+PROJECT_SAMPLE = 5
+
+
+def check_project(
+    state: SyncState, client: IterableClient, identify_by: str, full_refresh: bool
+) -> None:
+    """Before the first send: whether the state was written for the Iterable project the
+    job now talks to. Raises StateError when none of a few customers the state says
+    Iterable holds are there; a rotated key finds them, and is recorded."""
+    current = (client.base_url, hashlib.sha256(client.api_key_bytes()).hexdigest())
+    recorded = state.project()
+    if recorded == current:
+        return
+    sample = [] if full_refresh else state.some_profiles(PROJECT_SAMPLE)
+    if sample and not any(_found(client, cid, email, identify_by) for cid, email in sample):
+        raise StateError(
+            f"the sync state {state.path} was written for another Iterable project "
+            f"({recorded[0] or 'unknown'}): none of {len(sample)} customers it says Iterable "
+            f"holds are at {client.base_url}, so nothing was sent. Use a new SYNC_STATE_PATH "
+            "for this project, or run with --full-refresh to send everything to it"
+        )
+    if recorded[0] is not None and sample:
+        log.info("the API key or the base URL changed; the same Iterable project holds the users")
+    state.record_project(*current)
+
+
+def _found(client: IterableClient, customer_id: int, email: str | None, identify_by: str) -> bool:
+    if identify_by == BY_EMAIL:
+        return email is not None and _has_user(client.get_user(email))
+    return _has_user(client.get_user_by_id(str(customer_id)))
 
 
 class Syncer:
@@ -571,15 +607,25 @@ class Syncer:
 
     # -- after every row: the segment --------------------------------------------
 
-    def finish_segment(self, read_customers: ReadCustomers, concurrency: int) -> None:
+    def finish_segment(
+        self, read_customers: ReadCustomers, concurrency: int, guard: LeaveGuard | None = None
+    ) -> None:
         """Customers who left the segment, then the list's last changes.
 
-        Only after a run that saw every row: a stopped run cannot tell who left.
+        Only after a run that saw every row: a stopped run cannot tell who left. When the
+        guard holds the leavers back, nothing is sent for them and they stay in the segment.
         """
         if self.state is None or self.stop.is_set() or self.outcome.aborted:
             return
+        leaving, chunks = self.state.left_segment()
+        verdict = guard.verdict(leaving, self.state.segment_at_start) if guard else None
+        if verdict is not None:
+            self.outcome.held_back = verdict
+            for chunk in chunks:
+                self.outcomes.record_many([_held_back(member) for member in chunk])
+            return
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leavers") as pool:
-            for chunk in self.state.left_segment():
+            for chunk in chunks:
                 customers = read_customers([member.customer_id for member in chunk])
                 for member in chunk:
                     if self.stop.is_set():
@@ -680,6 +726,12 @@ class Syncer:
         still_outstanding(result, refusal)
         self.outcomes.record(result)
         return True
+
+
+def _held_back(member: Member) -> RowResult:
+    result = RowResult(member.customer_id, member.email, SKIPPED, LEAVE_GUARD, segment=LEFT_SEGMENT)
+    result.detail = "would leave the segment; held back by the mass-leave guard, nothing sent"
+    return result
 
 
 def _has_user(call: CallResult) -> bool:

@@ -136,7 +136,8 @@ RESULTS_FILES = "integration_results_*.json"
 
 
 class StateError(Exception):
-    """The state file is corrupt or from a newer version; the message says what to do."""
+    """The state file is corrupt, from a newer version or of another Iterable project; the
+    message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,9 @@ class SyncState:
         # SQLite time per 100,000 rows in a first bulk run.
         self._held_anything = self._exists(_HELD_ANYTHING)
         self._tracks_seen = self._exists(_HELD_MEMBERS)
+        # Who was in the segment after the last run: what the mass-leave guard weighs
+        # the leavers against.
+        self.segment_at_start = self._count("SELECT COUNT(*) FROM users WHERE in_segment = 1")
 
     def _open(self, path: Path) -> sqlite3.Connection:
         fresh = not path.exists()
@@ -298,8 +302,45 @@ class SyncState:
         return db
 
     def _exists(self, sql: str) -> bool:
+        return bool(self._count(sql))
+
+    def _count(self, sql: str) -> int:
         with self._lock:
-            return bool(self._db.execute(sql).fetchone()[0])
+            return int(self._db.execute(sql).fetchone()[0])
+
+    def project(self) -> tuple[str | None, str | None]:
+        """The Iterable base URL and the API key's SHA-256 this state was written for."""
+        with self._lock:
+            rows = dict(
+                self._db.execute(
+                    "SELECT key, value FROM meta "
+                    "WHERE key IN ('iterable_base_url', 'api_key_sha256')"
+                ).fetchall()
+            )
+        return rows.get("iterable_base_url"), rows.get("api_key_sha256")
+
+    def record_project(self, base_url: str, key_sha256: str) -> None:
+        with self._lock:
+            self._enqueue(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("iterable_base_url", base_url), ("api_key_sha256", key_sha256)],
+            )
+            self._commit()
+
+    def some_profiles(self, count: int) -> list[tuple[int, str | None]]:
+        """(customer id, email) of a few customers whose profile Iterable accepted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT customer_id, email FROM users WHERE fingerprint IS NOT NULL "
+                "ORDER BY in_segment DESC, accepted_at DESC LIMIT ?",
+                (count,),
+            ).fetchall()
+        return [(int(customer_id), email) for customer_id, email in rows]
+
+    @property
+    def is_new(self) -> bool:
+        """The state held nothing when the run began: a first run, or a lost state."""
+        return not self._held_anything
 
     # -- reading ------------------------------------------------------------------------
 
@@ -329,13 +370,14 @@ class SyncState:
             ).fetchone()
         return RecordedRefusal(*row) if row else None
 
-    def left_segment(self) -> Iterator[list[Member]]:
-        """Chunks of the customers in the segment after the last run who are not in this one.
+    def left_segment(self) -> tuple[int, Iterator[list[Member]]]:
+        """How many customers were in the segment after the last run and are not in this
+        one, and those customers in chunks.
 
         Only meaningful once every row of this run was seen.
         """
         if not self._tracks_seen:
-            return
+            return 0, iter(())
         with self._lock:
             self._flush_queue()
             self._flush_seen()
@@ -353,8 +395,11 @@ class SyncState:
                 "ORDER BY u.customer_id",
                 (self.list_id,),
             ).fetchall()
-        for start in range(0, len(rows), SEEN_BATCH):
-            yield [_member(row) for row in rows[start : start + SEEN_BATCH]]
+        chunks = (
+            [_member(row) for row in rows[start : start + SEEN_BATCH]]
+            for start in range(0, len(rows), SEEN_BATCH)
+        )
+        return len(rows), chunks
 
     def list_members_not_seen(self) -> list[Member]:
         """On the list, not in this run's rows, and not in the segment: to unsubscribe."""

@@ -6,6 +6,8 @@ for an aborted run), 2 for bad configuration (caught before any check runs).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from preflight import describe_plan
@@ -57,8 +59,12 @@ def test_all_checks_pass(job, sandbox, seeded_db):
         line(run, "iterable: ok:")
         == f"iterable: ok: Iterable at {sandbox.base_url} accepts the key"
     )
+    assert re.fullmatch(
+        r"database: ok: newest page view: \d{4}-\d\d-\d\d \d\d:\d\d UTC",
+        line(run, "database: ok: newest page view"),
+    )
     assert lines(run)[-1] == "all checks passed"
-    assert len(lines(run)) == 6  # short
+    assert len(lines(run)) == 7  # short
     assert sandbox.request_count("users/getByEmail") == 1
     assert_wrote_nothing(job, sandbox)
 

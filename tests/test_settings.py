@@ -262,6 +262,7 @@ def test_something_else_at_the_socket_path_is_refused(in_tmp):
 INTEGER_SETTINGS = [
     "MYSQL_PORT",
     "ITERABLE_LIST_ID",
+    "LEAVE_GUARD_PERCENT",
     "LOOKBACK_DAYS",
     "MAX_ATTEMPTS",
     "RESULTS_KEEP_DAYS",
