@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,11 +56,13 @@ SHARED_LIMITS = {LISTS_SUBSCRIBE: "lists", LISTS_UNSUBSCRIBE: "lists"}
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 5.0
-# Iterable counts as down, and the run stops, after this many requests in a row (from any
-# thread, so across different users) got no answer or a 5xx...
-OUTAGE_FAILURES_IN_A_ROW = 20
-# ...or after this many seconds of such failures without a single other answer.
-OUTAGE_SECONDS = 60.0
+# Iterable counts as down, and the run stops, when no request has succeeded for this many
+# seconds (settings.OUTAGE_SECONDS)...
+OUTAGE_SECONDS = 30.0
+# ...and after this many requests in a row got no answer or a 5xx, new requests stop and one
+# at a time probes until one succeeds, these many seconds apart (the last gap repeats).
+FAILURES_TO_PAUSE = 10
+PROBE_GAPS = (0.25, 0.5, 1.0, 2.0, 4.0)
 _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -179,66 +181,150 @@ class IterableUnavailable(StopRun):
         self.verdict = verdict
 
 
-class OutageDetector:
-    """Tells a blip from an outage, from every request's outcome (thread-safe).
+def is_unavailable(status: int | None) -> bool:
+    """No answer at all (refused, DNS, TLS, timeout, dropped) or a 5xx: Iterable may be down.
+    Any other answer, a 4xx or a 429 included, proves it is there."""
+    return status is None or status >= 500
 
-    A request fails this way when it gets no answer at all (refused, DNS, TLS, timeout,
-    dropped) or a 5xx; any other answer, a 4xx included, proves Iterable is there and
-    ends the streak of failures. Iterable is down when the streak reaches
-    `failures_in_a_row` requests or lasts `seconds`, or when a call gives up after
-    retrying with every attempt in the streak and other calls failing in it too (a bulk
-    run makes few requests, each for many users). Once tripped it stays tripped.
+
+class CircuitBreaker:
+    """Lets requests through while Iterable answers, one at a time while it does not, and
+    stops the run when nothing has succeeded for `outage_seconds` (thread-safe).
+
+    The run starts paused: its first request goes alone, and the rest follow at full speed
+    once it is answered. After `failures_to_pause` failures in a row (see is_unavailable)
+    it pauses again: new requests wait, and the longest waiting one goes out as a probe
+    when the gap after the last failed probe has passed. Any answer resumes full speed.
+    A StopRun given to stop_run() (a rejected key) is raised to every caller from then on.
     """
 
     def __init__(
         self,
-        failures_in_a_row: int = OUTAGE_FAILURES_IN_A_ROW,
-        seconds: float = OUTAGE_SECONDS,
+        base_url: str,
+        outage_seconds: float = OUTAGE_SECONDS,
+        failures_to_pause: int = FAILURES_TO_PAUSE,
+        probe_gaps: tuple[float, ...] = PROBE_GAPS,
         clock: Callable[[], float] = time.monotonic,
+        poll: float = 0.25,
     ) -> None:
-        self.failures_in_a_row = failures_in_a_row
-        self.seconds = seconds
+        self.base_url = base_url
+        self.outage_seconds = outage_seconds
+        self.failures_to_pause = failures_to_pause
+        self.probe_gaps = probe_gaps
         self.clock = clock
-        self._lock = threading.Lock()
-        self._streak = 0  # which streak: a new one after every answer
+        self.poll = poll  # how often a waiting caller looks at the run's stop event
+        self.stopped: StopRun | None = None
+        self._full_speed = False
+        self._changed = threading.Condition(threading.Lock())
+        self._waiting: deque[int] = deque()  # tickets of waiting callers, oldest first
+        self._tickets = itertools.count()
+        self._probe_out = False
+        self._next_probe = float("-inf")
+        self._gaps_used = 0
         self._failures = 0
-        self._failing_since = 0.0
-        self._calls: set[int] = set()
+        self._failing_since: float | None = None
+        self._failed_at = 0.0
         self._last = ""
-        self.verdict: str | None = None
 
-    @staticmethod
-    def is_unavailable(status: int | None) -> bool:
-        return status is None or status >= 500
+    def enter(self, stop: threading.Event) -> bool | None:
+        """Wait for this caller's turn: True when its request is a probe (report it with
+        probe=True), False at full speed, None when `stop` is set first (send nothing).
+        Raises the run's StopRun once there is one."""
+        if self._full_speed and self.stopped is None:  # read without the lock: the common case
+            return False
+        with self._changed:
+            ticket = next(self._tickets)
+            self._waiting.append(ticket)
+            try:
+                return self._wait_for_turn(ticket, stop)
+            finally:
+                self._waiting.remove(ticket)
+                self._changed.notify_all()  # the oldest waiting caller may have changed
 
-    def record(self, status: int | None, error: str | None, call: int = 0) -> int | None:
-        """One request's outcome; returns the streak a failure belongs to, None for an answer."""
-        with self._lock:
-            if not self.is_unavailable(status):
-                if self._failures:
-                    self._streak += 1
-                    self._failures, self._calls = 0, set()
-                return None
+    def _wait_for_turn(self, ticket: int, stop: threading.Event) -> bool | None:
+        while True:
             now = self.clock()
-            if self._failures == 0:
-                self._failing_since = now
+            if self.stopped is not None:
+                raise self.stopped
+            if self._full_speed:
+                return False
+            if stop.is_set():
+                return None
+            timeout = self.poll
+            if not self._probe_out and self._waiting[0] == ticket:
+                if now >= self._next_probe:
+                    self._probe_out = True
+                    return True
+                timeout = min(timeout, self._next_probe - now)
+            self._changed.wait(max(timeout, 0.001))
+
+    def record(self, status: int | None, error: str | None, probe: bool) -> None:
+        """One request's outcome (`probe`: what enter() said for it)."""
+        if self._full_speed and not probe and not self._failures and not is_unavailable(status):
+            return  # nothing changes: read without the lock, as in enter()
+        with self._changed:
+            if probe:
+                self._probe_out = False
+            if not is_unavailable(status):
+                if not self._full_speed and self._failures:
+                    log.info("Iterable answers again; back to full speed")
+                self._full_speed, self._failures, self._failing_since = True, 0, None
+                self._gaps_used = 0
+                self._changed.notify_all()
+                return
+            now = self.clock()
             self._failures += 1
-            self._calls.add(call)
             self._last = error or f"HTTP {status}"
-            if self.verdict is None and self._failures >= self.failures_in_a_row:
-                self.verdict = self._in_a_row()
-            elif self.verdict is None and now - self._failing_since >= self.seconds:
-                self.verdict = f"no answer for {now - self._failing_since:.0f}s; last: {self._last}"
-            return self._streak
+            self._failed_at = now
+            if self._failing_since is None:
+                self._failing_since = now
+            if self._full_speed and self._failures >= self.failures_to_pause:
+                self._full_speed = False
+                log.info(
+                    "%d requests in a row failed (last: %s); one at a time until one succeeds",
+                    self._failures,
+                    self._last,
+                )
+                self._schedule_probe(now)
+            elif probe:
+                self._schedule_probe(now)
+            self._check_outage()
+            self._changed.notify_all()
 
-    def gave_up(self, streak: int) -> None:
-        """A call stops retrying; every attempt it made failed in `streak`."""
-        with self._lock:
-            if self.verdict is None and streak == self._streak and len(self._calls) > 1:
-                self.verdict = self._in_a_row()
+    def release(self, probe: bool) -> None:
+        """enter() let a request through that was not sent after all."""
+        if probe:
+            with self._changed:
+                self._probe_out = False
+                self._changed.notify_all()
 
-    def _in_a_row(self) -> str:
-        return f"{self._failures} requests in a row failed; last: {self._last}"
+    def stop_run(self, exc: StopRun) -> None:
+        """No request can succeed (a rejected key): `exc` stops every caller."""
+        with self._changed:
+            if self.stopped is None:
+                self.stopped = exc
+            self._probe_out = False
+            self._changed.notify_all()
+
+    def _schedule_probe(self, now: float) -> None:
+        gap = self.probe_gaps[min(self._gaps_used, len(self.probe_gaps) - 1)]
+        self._gaps_used += 1
+        # One probe goes out at the deadline: the verdict needs a failure that late.
+        since = now if self._failing_since is None else self._failing_since
+        deadline = since + self.outage_seconds
+        self._next_probe = min(now + gap, deadline) if now < deadline else now + gap
+
+    def _check_outage(self) -> None:
+        """Iterable is down once failures with no success between span outage_seconds."""
+        if self.stopped is not None or self._failing_since is None:
+            return
+        failing = self._failed_at - self._failing_since
+        if failing >= self.outage_seconds:
+            verdict = (
+                f"{self._failures} requests in a row failed over {failing:.0f}s; last: {self._last}"
+            )
+            self.stopped = IterableUnavailable(self.base_url, verdict)
+            self._changed.notify_all()
 
 
 class RequestStats:
@@ -325,7 +411,8 @@ class IterableClient:
         pool_size: int = 32,
         stop: threading.Event | None = None,
         stats: RequestStats | None = None,
-        outage: OutageDetector | None = None,
+        outage_seconds: float = OUTAGE_SECONDS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
@@ -333,8 +420,7 @@ class IterableClient:
         self.limiters = limiters or RateLimiters({})
         self.stop = stop or threading.Event()
         self.stats = stats or RequestStats()
-        self.outage = outage or OutageDetector()
-        self._calls = itertools.count(1)
+        self.breaker = breaker or CircuitBreaker(self.base_url, outage_seconds)
         self._api_key = api_key
         self.headers = {
             "Api-Key": api_key,
@@ -430,23 +516,23 @@ class IterableClient:
     ) -> CallResult:
         """Send with retries; return a CallResult.
 
-        Raises IterableAuthError on 401/403, and IterableUnavailable once the outage
-        detector has seen Iterable down (then nothing more is sent).
+        Raises IterableAuthError on 401/403, and IterableUnavailable once nothing has
+        succeeded for the breaker's outage_seconds (then nothing more is sent).
         """
         self._pass_gate()
         data = body if body is not None else encode_json(payload) if payload is not None else None
         started = time.monotonic()
-        number = next(self._calls)
-        streak: int | None = None  # the outage streak all attempts so far failed in
         attempt = 0
         while True:
             attempt += 1
-            self._raise_if_unavailable()
-            if not self.limiters.acquire_unless_stopped(
+            probe = self.breaker.enter(self.stop)
+            if probe is None or not self.limiters.acquire_unless_stopped(
                 SHARED_LIMITS.get(endpoint, endpoint), self.stop
             ):
-                # A stopping run does not wait for the limiter (a 429's pause can be a minute).
-                log.debug("%s: stop requested while waiting for the rate limit; not sent", endpoint)
+                # A stopping run waits neither for Iterable to recover nor for the limiter
+                # (a 429's pause can be a minute).
+                self.breaker.release(bool(probe))
+                log.debug("%s: stop requested while waiting to send; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
                 return self._result(endpoint, False, unsent, attempt - 1, started, stopped=True)
             self.stats.started(endpoint)
@@ -454,12 +540,14 @@ class IterableClient:
                 response = self._send(method, path or endpoint, data, params)
             except BaseException:
                 self.stats.finished(endpoint, None, 0.0, retry=False)
+                self.breaker.release(probe)
                 raise
             if response.status in AUTH_STATUSES:
                 self.stats.finished(endpoint, response.status, response.seconds, retry=False)
-                raise IterableAuthError(response.status or 0, response.code, response.msg)
-            in_streak = self.outage.record(response.status, response.error, number)
-            streak = in_streak if attempt == 1 or in_streak == streak else None
+                refused = IterableAuthError(response.status or 0, response.code, response.msg)
+                self.breaker.stop_run(refused)
+                raise refused
+            self.breaker.record(response.status, response.error, probe)
             ok = self._is_success(endpoint, response)
             retry = not ok and self.retry.should_retry(response.status, attempt)
             stopped = retry and self.stop.is_set()
@@ -467,9 +555,8 @@ class IterableClient:
                 retry = False
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
             self.stats.finished(endpoint, response.status, response.seconds, retry)
-            if not retry and not stopped and attempt > 1 and streak is not None:
-                self.outage.gave_up(streak)
-            self._raise_if_unavailable()
+            if not ok and self.breaker.stopped is not None:
+                raise self.breaker.stopped
             if not retry:
                 return self._result(endpoint, ok, response, attempt, started, stopped)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
@@ -489,10 +576,6 @@ class IterableClient:
                 log.debug("%s: stop requested during backoff; giving up on this call", endpoint)
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
                 return self._result(endpoint, False, response, attempt, started, stopped=True)
-
-    def _raise_if_unavailable(self) -> None:
-        if self.outage.verdict is not None:
-            raise IterableUnavailable(self.base_url, self.outage.verdict)
 
     @staticmethod
     def _result(

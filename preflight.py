@@ -9,7 +9,7 @@ from typing import TextIO
 
 from db_connection import DatabaseConnection, DatabaseError, RowSource
 from exit_codes import EXIT_ABORTED, EXIT_OK
-from iterable_client import IterableClient, OutageDetector, RetryPolicy, StopRun
+from iterable_client import IterableClient, RetryPolicy, StopRun, is_unavailable
 from logger_config import mask_email
 from segment import check_list_exists
 from settings import Settings
@@ -65,7 +65,7 @@ def check_api_key(settings: Settings) -> list[str]:
         if not call.ok:
             # call.error is a short phrase: "connection refused", "timed out after 10s", "HTTP 503".
             problem = call.error or f"HTTP {call.http_status}"
-            if OutageDetector.is_unavailable(call.http_status):
+            if is_unavailable(call.http_status):
                 raise CheckFailed(f"cannot reach {settings.iterable_base_url}: {problem}")
             raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
         lines = [f"Iterable at {settings.iterable_base_url} accepts the key"]
