@@ -52,6 +52,13 @@ COUNTING_ENDPOINTS = frozenset(
 # Endpoints paced together under one limiter name (settings.LISTS_LIMIT).
 SHARED_LIMITS = {LISTS_SUBSCRIBE: "lists", LISTS_UNSUBSCRIBE: "lists"}
 
+# Profile updates, watched at the start of a run for a field Iterable holds as another type.
+PROFILE_UPDATES = frozenset({USERS_UPDATE, USERS_BULK_UPDATE})
+TYPE_MISMATCH = "RequestFieldsTypesMismatched"
+FIRST_UPDATES_WATCHED = 20
+_TYPE_MISMATCH_MSG = re.compile(
+    r"Field '(?P<name>[^']+)'.*?data type of '(?P<held>[^']+)' but possible types '(?P<sent>[^']+)'"
+)
 # 429 and gateway-style failures are worth another try; other 4xx never are.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
@@ -179,6 +186,138 @@ class IterableUnavailable(StopRun):
     def __init__(self, base_url: str, verdict: str) -> None:
         super().__init__(f"Iterable at {base_url}: unreachable: {verdict}")
         self.verdict = verdict
+
+
+@dataclass(frozen=True)
+class FieldClash:
+    """A field Iterable holds as one type and a request sent as another (None: not said)."""
+
+    name: str | None
+    held: str | None = None
+    sent: str | None = None
+
+    def describe(self) -> str:
+        if self.name is None:
+            return "a field has another type in Iterable than the job sends"
+        if self.held is None or self.sent is None:
+            return f"{self.name} has another type in Iterable than the job sends"
+        return f"{self.name} is {_a(self.held)} in Iterable; the job sends {_a(self.sent)}"
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+class FieldTypesRefused(StopRun):
+    """Iterable refused the run's first profile updates, every one for a field's type: every
+    later one would be refused too, one request a row."""
+
+    def __init__(self, updates: int, clashes: list[FieldClash]) -> None:
+        described = "; ".join(clash.describe() for clash in clashes)
+        super().__init__(
+            f"Iterable refused the first {updates} profile updates ({TYPE_MISMATCH}): {described}"
+        )
+        self.clashes = clashes
+
+
+def field_clashes(body: Mapping[str, Any] | None, msg: str | None) -> list[FieldClash]:
+    """The fields a RequestFieldsTypesMismatched answer names, from params.validationErrors
+    or else from its message."""
+    params = (body or {}).get("params")
+    errors = params.get("validationErrors") if isinstance(params, Mapping) else None
+    if isinstance(errors, Mapping) and errors:
+        clashes = []
+        for name, detail in errors.items():
+            detail = detail if isinstance(detail, Mapping) else {}
+            held = detail.get("expectedType")
+            sent = detail.get("incomingTypes")
+            sent = sent[0] if isinstance(sent, list) and sent else None
+            clashes.append(
+                FieldClash(
+                    str(name),
+                    held if isinstance(held, str) else None,
+                    sent if isinstance(sent, str) else None,
+                )
+            )
+        return clashes
+    found = _TYPE_MISMATCH_MSG.search(msg or "")
+    if found:
+        return [FieldClash(found["name"], found["held"], found["sent"])]
+    return [FieldClash(None)]
+
+
+class FirstUpdatesWatch:
+    """Watches the run's first `first` profile updates (a bulk request counts by its items):
+    when every one is refused for a field's type, the run must stop (thread-safe).
+
+    A refused update waits for the verdict, at most `settle` seconds after the first
+    refusal, so that its row is interrupted rather than failed when the run stops: the
+    console then shows one line, not one a row. Any other answer to a profile update ends
+    the watch; 5xx, 429 and no answer say nothing about types and are not counted.
+    """
+
+    def __init__(
+        self,
+        first: int = FIRST_UPDATES_WATCHED,
+        settle: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.first = first
+        self.settle = settle
+        self.clock = clock
+        self.done = False
+        self.verdict: FieldTypesRefused | None = None
+        self._decided = threading.Condition(threading.Lock())
+        self._refused = 0
+        self._clashes: Counter[FieldClash] = Counter()
+        self._deadline: float | None = None
+
+    def answered(
+        self, endpoint: str, ok: bool, response: _Response, data: bytes | None
+    ) -> FieldTypesRefused | None:
+        """A profile update's final answer; the StopRun to raise when the run must stop."""
+        if self.done or response.status is None or response.status in RETRY_STATUSES:
+            return None
+        if response.code != TYPE_MISMATCH:
+            if ok or response.status != 200:
+                self._end()  # Iterable took one, or refused it for something else
+            return None
+        items = _bulk_items(data) if endpoint == USERS_BULK_UPDATE else 1
+        clashes = field_clashes(response.body, response.msg)
+        with self._decided:
+            if self.done:
+                return None
+            self._refused += items
+            self._clashes.update(clashes)
+            if self._refused >= self.first:
+                found = [clash for clash, _ in self._clashes.most_common()]
+                self.verdict = FieldTypesRefused(self.first, found)
+                self.done = True
+                self._decided.notify_all()
+                return self.verdict
+            if self._deadline is None:
+                self._deadline = self.clock() + self.settle
+            while not self.done:
+                remaining = self._deadline - self.clock()
+                if remaining <= 0:
+                    self.done = True  # too few updates in the run to tell
+                    break
+                self._decided.wait(remaining)
+            return self.verdict
+
+    def _end(self) -> None:
+        with self._decided:
+            self.done = True
+            self._decided.notify_all()
+
+
+def _bulk_items(data: bytes | None) -> int:
+    """How many users a users/bulkUpdate body carries."""
+    try:
+        users = orjson.loads(data or b"{}").get("users")
+    except (ValueError, AttributeError):
+        return 1
+    return len(users) if isinstance(users, list) else 1
 
 
 def is_unavailable(status: int | None) -> bool:
@@ -421,6 +560,7 @@ class IterableClient:
         self.stop = stop or threading.Event()
         self.stats = stats or RequestStats()
         self.breaker = breaker or CircuitBreaker(self.base_url, outage_seconds)
+        self.first_updates = FirstUpdatesWatch()
         self._api_key = api_key
         self.headers = {
             "Api-Key": api_key,
@@ -558,6 +698,8 @@ class IterableClient:
             if not ok and self.breaker.stopped is not None:
                 raise self.breaker.stopped
             if not retry:
+                if endpoint in PROFILE_UPDATES and not self.first_updates.done:
+                    self._watch_first_updates(endpoint, ok, response, data)
                 return self._result(endpoint, ok, response, attempt, started, stopped)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
@@ -576,6 +718,14 @@ class IterableClient:
                 log.debug("%s: stop requested during backoff; giving up on this call", endpoint)
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
                 return self._result(endpoint, False, response, attempt, started, stopped=True)
+
+    def _watch_first_updates(
+        self, endpoint: str, ok: bool, response: _Response, data: bytes | None
+    ) -> None:
+        refused = self.first_updates.answered(endpoint, ok, response, data)
+        if refused is not None:
+            self.breaker.stop_run(refused)
+            raise refused
 
     @staticmethod
     def _result(

@@ -12,13 +12,18 @@ import pytest
 
 from iterable_client import (
     CircuitBreaker,
+    FieldClash,
+    FirstUpdatesWatch,
     IterableAuthError,
     IterableClient,
     IterableUnavailable,
     RequestStats,
     RetryPolicy,
+    _Response,
+    field_clashes,
     parse_retry_after,
 )
+from payloads import encode_json
 from rate_limit import RateLimiter
 from tests.support.waiting import wait_until
 
@@ -385,6 +390,70 @@ def test_a_probe_at_the_deadline_that_succeeds_is_no_outage():
     assert breaker.enter(go) is True
     breaker.record(200, None, probe=True)
     assert breaker.stopped is None and breaker.enter(go) is False
+
+
+# -- the first profile updates, all refused for a field's type ---------------------------
+
+CLASH_MSG = (
+    "Field 'plan_type' already exists for type 'user' and has a data type of 'long' "
+    "but possible types 'string' in the request."
+)
+CLASH = {
+    "msg": CLASH_MSG,
+    "code": "RequestFieldsTypesMismatched",
+    "params": {
+        "validationErrors": {"plan_type": {"expectedType": "long", "incomingTypes": ["string"]}}
+    },
+}
+
+
+def refusal(body: dict) -> _Response:
+    return _Response(400, body["code"], body["msg"], body)
+
+
+def test_a_type_clash_is_read_from_validation_errors_or_else_from_the_message():
+    assert field_clashes(CLASH, CLASH_MSG) == [FieldClash("plan_type", "long", "string")]
+    assert field_clashes({}, CLASH_MSG) == [FieldClash("plan_type", "long", "string")]
+    assert field_clashes({}, "types differ") == [FieldClash(None)]
+    assert FieldClash("plan_type", "long", "string").describe() == (
+        "plan_type is a long in Iterable; the job sends a string"
+    )
+    assert (
+        FieldClash("first_name", "object", "string")
+        .describe()
+        .startswith("first_name is an object")
+    )
+
+
+def test_a_bulk_batch_refused_for_a_type_counts_by_its_items():
+    watch = FirstUpdatesWatch(first=20)
+    users = encode_json({"users": [{"email": f"u{n}@example.com"} for n in range(25)]})
+    verdict = watch.answered("users/bulkUpdate", False, refusal(CLASH), users)
+    assert str(verdict) == (
+        "Iterable refused the first 20 profile updates (RequestFieldsTypesMismatched): "
+        "plan_type is a long in Iterable; the job sends a string"
+    )
+
+
+def test_an_update_taken_ends_the_watch_and_releases_the_refused_ones():
+    watch = FirstUpdatesWatch(first=20, settle=30.0)
+    outcomes: list[object] = []
+    waiting = threading.Thread(
+        target=lambda: outcomes.append(watch.answered("users/update", False, refusal(CLASH), None))
+    )
+    waiting.start()
+    wait_until(lambda: watch._refused == 1, 5, "the refusal to be counted")
+    assert waiting.is_alive()  # it waits for the verdict
+    watch.answered("users/update", True, _Response(200, "Success", "", {}), None)
+    waiting.join(5)
+    assert outcomes == [None] and watch.done  # its row fails as refused; the run goes on
+
+
+def test_too_few_updates_to_tell_end_the_watch_after_a_while():
+    clock = Clock()
+    watch = FirstUpdatesWatch(first=20, settle=0.0, clock=clock)
+    assert watch.answered("users/update", False, refusal(CLASH), None) is None
+    assert watch.done
 
 
 # -- the retry policy and the limiter as plain values ------------------------------------
