@@ -44,6 +44,7 @@ DELETE_USER = "users/delete"  # DELETE users/{email} or users/byUserId/{userId}
 GET_LISTS = "lists"
 LISTS_SUBSCRIBE = "lists/subscribe"
 LISTS_UNSUBSCRIBE = "lists/unsubscribe"
+GET_FIELDS = "users/getFields"
 # Answers that carry counts (successCount/failCount) rather than a code; per-item failures
 # are read by the caller.
 COUNTING_ENDPOINTS = frozenset(
@@ -201,10 +202,12 @@ class FieldClash:
             return "a field has another type in Iterable than the job sends"
         if self.held is None or self.sent is None:
             return f"{self.name} has another type in Iterable than the job sends"
-        return f"{self.name} is {_a(self.held)} in Iterable; the job sends {_a(self.sent)}"
+        held, sent = with_article(self.held), with_article(self.sent)
+        return f"{self.name} is {held} in Iterable; the job sends {sent}"
 
 
-def _a(word: str) -> str:
+def with_article(word: str) -> str:
+    """A type named in a sentence: "a long", "an object"."""
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
@@ -641,6 +644,10 @@ class IterableClient:
         body = {"listId": list_id, "subscribers": subscribers, "channelUnsubscribe": False}
         return self.call(LISTS_UNSUBSCRIBE, body)
 
+    def get_fields(self) -> CallResult:
+        """Every user field of the project with its type: {"fields": {"plan_type": "long"}}."""
+        return self.call(GET_FIELDS, None, method="GET")
+
     def check_key(self, probe_email: str = "iterable-sync-check@example.com") -> CallResult:
         """Reads one (normally absent) user: proves the key works without changing anything."""
         return self.call(GET_USER, None, params={"email": probe_email}, method="GET")
@@ -759,6 +766,8 @@ class IterableClient:
             return True
         if endpoint == GET_LISTS:
             return isinstance(response.body.get("lists"), list)
+        if endpoint == GET_FIELDS:
+            return isinstance(response.body.get("fields"), Mapping)
         return response.code == "Success"
 
     def _send(
