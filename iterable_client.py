@@ -276,14 +276,13 @@ class FirstUpdatesWatch:
         self._deadline: float | None = None
 
     def answered(
-        self, endpoint: str, ok: bool, response: _Response, data: bytes | None
+        self, endpoint: str, response: _Response, data: bytes | None
     ) -> FieldTypesRefused | None:
         """A profile update's final answer; the StopRun to raise when the run must stop."""
         if self.done or response.status is None or response.status in RETRY_STATUSES:
             return None
         if response.code != TYPE_MISMATCH:
-            if ok or response.status != 200:
-                self._end()  # Iterable took one, or refused it for something else
+            self._end()  # Iterable took one, or refused it for something else
             return None
         items = _bulk_items(data) if endpoint == USERS_BULK_UPDATE else 1
         clashes = field_clashes(response.body, response.msg)
@@ -706,7 +705,7 @@ class IterableClient:
                 raise self.breaker.stopped
             if not retry:
                 if endpoint in PROFILE_UPDATES and not self.first_updates.done:
-                    self._watch_first_updates(endpoint, ok, response, data)
+                    self._watch_first_updates(endpoint, response, data)
                 return self._result(endpoint, ok, response, attempt, started, stopped)
             delay = self.retry.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
@@ -726,10 +725,8 @@ class IterableClient:
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
                 return self._result(endpoint, False, response, attempt, started, stopped=True)
 
-    def _watch_first_updates(
-        self, endpoint: str, ok: bool, response: _Response, data: bytes | None
-    ) -> None:
-        refused = self.first_updates.answered(endpoint, ok, response, data)
+    def _watch_first_updates(self, endpoint: str, response: _Response, data: bytes | None) -> None:
+        refused = self.first_updates.answered(endpoint, response, data)
         if refused is not None:
             self.breaker.stop_run(refused)
             raise refused

@@ -428,7 +428,7 @@ def test_a_type_clash_is_read_from_validation_errors_or_else_from_the_message():
 def test_a_bulk_batch_refused_for_a_type_counts_by_its_items():
     watch = FirstUpdatesWatch(first=20)
     users = encode_json({"users": [{"email": f"u{n}@example.com"} for n in range(25)]})
-    verdict = watch.answered("users/bulkUpdate", False, refusal(CLASH), users)
+    verdict = watch.answered("users/bulkUpdate", refusal(CLASH), users)
     assert str(verdict) == (
         "Iterable refused the first 20 profile updates (RequestFieldsTypesMismatched): "
         "plan_type is a long in Iterable; the job sends a string"
@@ -439,12 +439,12 @@ def test_an_update_taken_ends_the_watch_and_releases_the_refused_ones():
     watch = FirstUpdatesWatch(first=20, settle=30.0)
     outcomes: list[object] = []
     waiting = threading.Thread(
-        target=lambda: outcomes.append(watch.answered("users/update", False, refusal(CLASH), None))
+        target=lambda: outcomes.append(watch.answered("users/update", refusal(CLASH), None))
     )
     waiting.start()
     wait_until(lambda: watch._refused == 1, 5, "the refusal to be counted")
     assert waiting.is_alive()  # it waits for the verdict
-    watch.answered("users/update", True, _Response(200, "Success", "", {}), None)
+    watch.answered("users/update", _Response(200, "Success", "", {}), None)
     waiting.join(5)
     assert outcomes == [None] and watch.done  # its row fails as refused; the run goes on
 
@@ -452,7 +452,7 @@ def test_an_update_taken_ends_the_watch_and_releases_the_refused_ones():
 def test_too_few_updates_to_tell_end_the_watch_after_a_while():
     clock = Clock()
     watch = FirstUpdatesWatch(first=20, settle=0.0, clock=clock)
-    assert watch.answered("users/update", False, refusal(CLASH), None) is None
+    assert watch.answered("users/update", refusal(CLASH), None) is None
     assert watch.done
 
 
