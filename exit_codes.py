@@ -24,9 +24,10 @@ EXIT_CODES = {
     ),
     EXIT_ABORTED: (
         "run aborted: database unreachable or query failed, Iterable rejected the key "
-        "(401/403), Iterable unreachable (no answer or only 5xx for a sustained stretch), "
-        "ITERABLE_LIST_ID names no list, interrupted by SIGTERM/SIGINT, a failed --check, "
-        "or an unexpected error (logged with its traceback)"
+        "(401/403), Iterable unreachable (no request succeeded for OUTAGE_SECONDS), the first "
+        "20 profile updates all refused for a field's type, ITERABLE_LIST_ID names no list, "
+        "interrupted by SIGTERM/SIGINT, a failed --check, or an unexpected error (logged "
+        "with its traceback)"
     ),
     EXIT_LOCKED: "locked: another run holds the lock; this one did nothing",
 }

@@ -9,7 +9,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ DELETE_USER = "users/delete"  # DELETE users/{email} or users/byUserId/{userId}
 GET_LISTS = "lists"
 LISTS_SUBSCRIBE = "lists/subscribe"
 LISTS_UNSUBSCRIBE = "lists/unsubscribe"
+GET_FIELDS = "users/getFields"
 # Answers that carry counts (successCount/failCount) rather than a code; per-item failures
 # are read by the caller.
 COUNTING_ENDPOINTS = frozenset(
@@ -45,6 +46,13 @@ COUNTING_ENDPOINTS = frozenset(
 # Endpoints paced together under one limiter name (settings.LISTS_LIMIT).
 SHARED_LIMITS = {LISTS_SUBSCRIBE: "lists", LISTS_UNSUBSCRIBE: "lists"}
 
+# Profile updates, watched at the start of a run for a field Iterable holds as another type.
+PROFILE_UPDATES = frozenset({USERS_UPDATE, USERS_BULK_UPDATE})
+TYPE_MISMATCH = "RequestFieldsTypesMismatched"
+FIRST_UPDATES_WATCHED = 20
+_TYPE_MISMATCH_MSG = re.compile(
+    r"Field '(?P<name>[^']+)'.*?data type of '(?P<held>[^']+)' but possible types '(?P<sent>[^']+)'"
+)
 # 429 and gateway-style failures are worth another try; other 4xx never are.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # How Iterable says it has no such user: HTTP 404, or a 400 with one of these codes (and,
@@ -52,11 +60,13 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 NO_SUCH_USER_CODES = frozenset({"NotFound", "UnknownEmailError", "UnknownUserIdError"})
 AUTH_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 5.0
-# Iterable counts as down, and the run stops, after this many requests in a row (from any
-# thread, so across different users) got no answer or a 5xx...
-OUTAGE_FAILURES_IN_A_ROW = 20
-# ...or after this many seconds of such failures without a single other answer.
-OUTAGE_SECONDS = 60.0
+# Iterable counts as down, and the run stops, when no request has succeeded for this many
+# seconds (settings.OUTAGE_SECONDS)...
+OUTAGE_SECONDS = 30.0
+# ...and after this many requests in a row got no answer or a 5xx, new requests stop and one
+# at a time probes until one succeeds, these many seconds apart (the last gap repeats).
+FAILURES_TO_PAUSE = 10
+PROBE_GAPS = (0.25, 0.5, 1.0, 2.0, 4.0)
 _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -200,66 +210,283 @@ class IterableUnavailable(StopRun):
         self.verdict = verdict
 
 
-class OutageDetector:
-    """Tells a blip from an outage, from every request's outcome (thread-safe).
+@dataclass(frozen=True)
+class FieldClash:
+    """A field Iterable holds as one type and a request sent as another (None: not said)."""
 
-    A request fails this way when it gets no answer at all (refused, DNS, TLS, timeout,
-    dropped) or a 5xx; any other answer, a 4xx included, proves Iterable is there and
-    ends the streak of failures. Iterable is down when the streak reaches
-    `failures_in_a_row` requests or lasts `seconds`, or when a call gives up after
-    retrying with every attempt in the streak and other calls failing in it too (a bulk
-    run makes few requests, each for many users). Once tripped it stays tripped.
+    name: str | None
+    held: str | None = None
+    sent: str | None = None
+
+    def describe(self) -> str:
+        if self.name is None:
+            return "a field has another type in Iterable than the job sends"
+        if self.held is None or self.sent is None:
+            return f"{self.name} has another type in Iterable than the job sends"
+        held, sent = with_article(self.held), with_article(self.sent)
+        return f"{self.name} is {held} in Iterable; the job sends {sent}"
+
+
+def with_article(word: str) -> str:
+    """A type named in a sentence: "a long", "an object"."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+class FieldTypesRefused(StopRun):
+    """Iterable refused the run's first profile updates, every one for a field's type: every
+    later one would be refused too, one request a row."""
+
+    def __init__(self, updates: int, clashes: list[FieldClash]) -> None:
+        described = "; ".join(clash.describe() for clash in clashes)
+        super().__init__(
+            f"Iterable refused the first {updates} profile updates ({TYPE_MISMATCH}): {described}"
+        )
+        self.clashes = clashes
+
+
+def field_clashes(body: Mapping[str, Any] | None, msg: str | None) -> list[FieldClash]:
+    """The fields a RequestFieldsTypesMismatched answer names, from params.validationErrors
+    or else from its message."""
+    params = (body or {}).get("params")
+    errors = params.get("validationErrors") if isinstance(params, Mapping) else None
+    if isinstance(errors, Mapping) and errors:
+        clashes = []
+        for name, detail in errors.items():
+            detail = detail if isinstance(detail, Mapping) else {}
+            held = detail.get("expectedType")
+            sent = detail.get("incomingTypes")
+            sent = sent[0] if isinstance(sent, list) and sent else None
+            clashes.append(
+                FieldClash(
+                    str(name),
+                    held if isinstance(held, str) else None,
+                    sent if isinstance(sent, str) else None,
+                )
+            )
+        return clashes
+    found = _TYPE_MISMATCH_MSG.search(msg or "")
+    if found:
+        return [FieldClash(found["name"], found["held"], found["sent"])]
+    return [FieldClash(None)]
+
+
+class FirstUpdatesWatch:
+    """Watches the run's first `first` profile updates (a bulk request counts by its items):
+    when every one is refused for a field's type, the run must stop (thread-safe).
+
+    A refused update waits for the verdict, at most `settle` seconds after the first
+    refusal, so that its row is interrupted rather than failed when the run stops: the
+    console then shows one line, not one a row. Any other answer to a profile update ends
+    the watch; 5xx, 429 and no answer say nothing about types and are not counted.
     """
 
     def __init__(
         self,
-        failures_in_a_row: int = OUTAGE_FAILURES_IN_A_ROW,
-        seconds: float = OUTAGE_SECONDS,
+        first: int = FIRST_UPDATES_WATCHED,
+        settle: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.failures_in_a_row = failures_in_a_row
-        self.seconds = seconds
+        self.first = first
+        self.settle = settle
         self.clock = clock
-        self._lock = threading.Lock()
-        self._streak = 0  # which streak: a new one after every answer
-        self._failures = 0
-        self._failing_since = 0.0
-        self._calls: set[int] = set()
-        self._last = ""
-        self.verdict: str | None = None
+        self.done = False
+        self.verdict: FieldTypesRefused | None = None
+        self._decided = threading.Condition(threading.Lock())
+        self._refused = 0
+        self._clashes: Counter[FieldClash] = Counter()
+        self._deadline: float | None = None
 
-    @staticmethod
-    def is_unavailable(status: int | None) -> bool:
-        return status is None or status >= 500
-
-    def record(self, status: int | None, error: str | None, call: int = 0) -> int | None:
-        """One request's outcome; returns the streak a failure belongs to, None for an answer."""
-        with self._lock:
-            if not self.is_unavailable(status):
-                if self._failures:
-                    self._streak += 1
-                    self._failures, self._calls = 0, set()
+    def answered(
+        self, endpoint: str, response: _Response, data: bytes | None
+    ) -> FieldTypesRefused | None:
+        """A profile update's final answer; the StopRun to raise when the run must stop."""
+        if self.done or response.status is None or response.status in RETRY_STATUSES:
+            return None
+        if response.code != TYPE_MISMATCH:
+            self._end()  # Iterable took one, or refused it for something else
+            return None
+        items = _bulk_items(data) if endpoint == USERS_BULK_UPDATE else 1
+        clashes = field_clashes(response.body, response.msg)
+        with self._decided:
+            if self.done:
                 return None
+            self._refused += items
+            self._clashes.update(clashes)
+            if self._refused >= self.first:
+                found = [clash for clash, _ in self._clashes.most_common()]
+                self.verdict = FieldTypesRefused(self.first, found)
+                self.done = True
+                self._decided.notify_all()
+                return self.verdict
+            if self._deadline is None:
+                self._deadline = self.clock() + self.settle
+            while not self.done:
+                remaining = self._deadline - self.clock()
+                if remaining <= 0:
+                    self.done = True  # too few updates in the run to tell
+                    break
+                self._decided.wait(remaining)
+            return self.verdict
+
+    def _end(self) -> None:
+        with self._decided:
+            self.done = True
+            self._decided.notify_all()
+
+
+def _bulk_items(data: bytes | None) -> int:
+    """How many users a users/bulkUpdate body carries."""
+    try:
+        users = orjson.loads(data or b"{}").get("users")
+    except (ValueError, AttributeError):
+        return 1
+    return len(users) if isinstance(users, list) else 1
+
+
+def is_unavailable(status: int | None) -> bool:
+    """No answer at all (refused, DNS, TLS, timeout, dropped) or a 5xx: Iterable may be down.
+    Any other answer, a 4xx or a 429 included, proves it is there."""
+    return status is None or status >= 500
+
+
+class CircuitBreaker:
+    """Lets requests through while Iterable answers, one at a time while it does not, and
+    stops the run when nothing has succeeded for `outage_seconds` (thread-safe).
+
+    The run starts paused: its first request goes alone, and the rest follow at full speed
+    once it is answered. After `failures_to_pause` failures in a row (see is_unavailable)
+    it pauses again: new requests wait, and the longest waiting one goes out as a probe
+    when the gap after the last failed probe has passed. Any answer resumes full speed.
+    A StopRun given to stop_run() (a rejected key) is raised to every caller from then on.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        outage_seconds: float = OUTAGE_SECONDS,
+        failures_to_pause: int = FAILURES_TO_PAUSE,
+        probe_gaps: tuple[float, ...] = PROBE_GAPS,
+        clock: Callable[[], float] = time.monotonic,
+        poll: float = 0.25,
+    ) -> None:
+        self.base_url = base_url
+        self.outage_seconds = outage_seconds
+        self.failures_to_pause = failures_to_pause
+        self.probe_gaps = probe_gaps
+        self.clock = clock
+        self.poll = poll  # how often a waiting caller looks at the run's stop event
+        self.stopped: StopRun | None = None
+        self._full_speed = False
+        self._changed = threading.Condition(threading.Lock())
+        self._waiting: deque[int] = deque()  # tickets of waiting callers, oldest first
+        self._tickets = itertools.count()
+        self._probe_out = False
+        self._next_probe = float("-inf")
+        self._gaps_used = 0
+        self._failures = 0
+        self._failing_since: float | None = None
+        self._failed_at = 0.0
+        self._last = ""
+
+    def enter(self, stop: threading.Event) -> bool | None:
+        """Wait for this caller's turn: True when its request is a probe (report it with
+        probe=True), False at full speed, None when `stop` is set first (send nothing).
+        Raises the run's StopRun once there is one."""
+        if self._full_speed and self.stopped is None:  # read without the lock: the common case
+            return False
+        with self._changed:
+            ticket = next(self._tickets)
+            self._waiting.append(ticket)
+            try:
+                return self._wait_for_turn(ticket, stop)
+            finally:
+                self._waiting.remove(ticket)
+                self._changed.notify_all()  # the oldest waiting caller may have changed
+
+    def _wait_for_turn(self, ticket: int, stop: threading.Event) -> bool | None:
+        while True:
             now = self.clock()
-            if self._failures == 0:
-                self._failing_since = now
+            if self.stopped is not None:
+                raise self.stopped
+            if self._full_speed:
+                return False
+            if stop.is_set():
+                return None
+            timeout = self.poll
+            if not self._probe_out and self._waiting[0] == ticket:
+                if now >= self._next_probe:
+                    self._probe_out = True
+                    return True
+                timeout = min(timeout, self._next_probe - now)
+            self._changed.wait(max(timeout, 0.001))
+
+    def record(self, status: int | None, error: str | None, probe: bool) -> None:
+        """One request's outcome (`probe`: what enter() said for it)."""
+        if self._full_speed and not probe and not self._failures and not is_unavailable(status):
+            return  # nothing changes: read without the lock, as in enter()
+        with self._changed:
+            if probe:
+                self._probe_out = False
+            if not is_unavailable(status):
+                if not self._full_speed and self._failures:
+                    log.info("Iterable answers again; back to full speed")
+                self._full_speed, self._failures, self._failing_since = True, 0, None
+                self._gaps_used = 0
+                self._changed.notify_all()
+                return
+            now = self.clock()
             self._failures += 1
-            self._calls.add(call)
             self._last = error or f"HTTP {status}"
-            if self.verdict is None and self._failures >= self.failures_in_a_row:
-                self.verdict = self._in_a_row()
-            elif self.verdict is None and now - self._failing_since >= self.seconds:
-                self.verdict = f"no answer for {now - self._failing_since:.0f}s; last: {self._last}"
-            return self._streak
+            self._failed_at = now
+            if self._failing_since is None:
+                self._failing_since = now
+            if self._full_speed and self._failures >= self.failures_to_pause:
+                self._full_speed = False
+                log.info(
+                    "%d requests in a row failed (last: %s); one at a time until one succeeds",
+                    self._failures,
+                    self._last,
+                )
+                self._schedule_probe(now)
+            elif probe:
+                self._schedule_probe(now)
+            self._check_outage()
+            self._changed.notify_all()
 
-    def gave_up(self, streak: int) -> None:
-        """A call stops retrying; every attempt it made failed in `streak`."""
-        with self._lock:
-            if self.verdict is None and streak == self._streak and len(self._calls) > 1:
-                self.verdict = self._in_a_row()
+    def release(self, probe: bool) -> None:
+        """enter() let a request through that was not sent after all."""
+        if probe:
+            with self._changed:
+                self._probe_out = False
+                self._changed.notify_all()
 
-    def _in_a_row(self) -> str:
-        return f"{self._failures} requests in a row failed; last: {self._last}"
+    def stop_run(self, exc: StopRun) -> None:
+        """No request can succeed (a rejected key): `exc` stops every caller."""
+        with self._changed:
+            if self.stopped is None:
+                self.stopped = exc
+            self._probe_out = False
+            self._changed.notify_all()
+
+    def _schedule_probe(self, now: float) -> None:
+        gap = self.probe_gaps[min(self._gaps_used, len(self.probe_gaps) - 1)]
+        self._gaps_used += 1
+        # One probe goes out at the deadline: the verdict needs a failure that late.
+        since = now if self._failing_since is None else self._failing_since
+        deadline = since + self.outage_seconds
+        self._next_probe = min(now + gap, deadline) if now < deadline else now + gap
+
+    def _check_outage(self) -> None:
+        """Iterable is down once failures with no success between span outage_seconds."""
+        if self.stopped is not None or self._failing_since is None:
+            return
+        failing = self._failed_at - self._failing_since
+        if failing >= self.outage_seconds:
+            verdict = (
+                f"{self._failures} requests in a row failed over {failing:.0f}s; last: {self._last}"
+            )
+            self.stopped = IterableUnavailable(self.base_url, verdict)
+            self._changed.notify_all()
 
 
 class RequestStats:
@@ -345,7 +572,8 @@ class IterableClient:
         limiters: RateLimiters | None = None,
         stop: threading.Event | None = None,
         stats: RequestStats | None = None,
-        outage: OutageDetector | None = None,
+        outage_seconds: float = OUTAGE_SECONDS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
@@ -353,8 +581,8 @@ class IterableClient:
         self.limiters = limiters or RateLimiters({})
         self.stop = stop or threading.Event()
         self.stats = stats or RequestStats()
-        self.outage = outage or OutageDetector()
-        self._calls = itertools.count(1)
+        self.breaker = breaker or CircuitBreaker(self.base_url, outage_seconds)
+        self.first_updates = FirstUpdatesWatch()
         self._api_key = api_key
         self.headers = {
             "Api-Key": api_key,
@@ -453,6 +681,10 @@ class IterableClient:
         body = {"listId": list_id, "subscribers": subscribers, "channelUnsubscribe": False}
         return self.call(LISTS_UNSUBSCRIBE, body)
 
+    def get_fields(self) -> CallResult:
+        """Every user field of the project with its type: {"fields": {"plan_type": "long"}}."""
+        return self.call(GET_FIELDS, None, method="GET")
+
     def check_key(self, probe_email: str = "iterable-sync-check@example.com") -> CallResult:
         """Reads one (normally absent) user: proves the key works without changing anything."""
         return self.get_user(probe_email)
@@ -469,24 +701,24 @@ class IterableClient:
     ) -> CallResult:
         """Send with retries (this client's policy, unless given one); return a CallResult.
 
-        Raises IterableAuthError on 401/403, and IterableUnavailable once the outage
-        detector has seen Iterable down (then nothing more is sent).
+        Raises IterableAuthError on 401/403, and IterableUnavailable once nothing has
+        succeeded for the breaker's outage_seconds (then nothing more is sent).
         """
         self._pass_gate()
         policy = retry_policy or self.retry
         data = body if body is not None else encode_json(payload) if payload is not None else None
         started = time.monotonic()
-        number = next(self._calls)
-        streak: int | None = None  # the outage streak all attempts so far failed in
         attempt = 0
         while True:
             attempt += 1
-            self._raise_if_unavailable()
-            if not self.limiters.acquire_unless_stopped(
+            probe = self.breaker.enter(self.stop)
+            if probe is None or not self.limiters.acquire_unless_stopped(
                 SHARED_LIMITS.get(endpoint, endpoint), self.stop
             ):
-                # A stopping run does not wait for the limiter (a 429's pause can be a minute).
-                log.debug("%s: stop requested while waiting for the rate limit; not sent", endpoint)
+                # A stopping run waits neither for Iterable to recover nor for the limiter
+                # (a 429's pause can be a minute).
+                self.breaker.release(bool(probe))
+                log.debug("%s: stop requested while waiting to send; not sent", endpoint)
                 unsent = _Response(error="not sent: the run is stopping")
                 return self._result(endpoint, False, unsent, attempt - 1, started, stopped=True)
             self.stats.started(endpoint)
@@ -494,12 +726,14 @@ class IterableClient:
                 response = self._send(method, path or endpoint, data, params)
             except BaseException:
                 self.stats.finished(endpoint, None, 0.0, retry=False)
+                self.breaker.release(probe)
                 raise
             if response.status in AUTH_STATUSES:
                 self.stats.finished(endpoint, response.status, response.seconds, retry=False)
-                raise IterableAuthError(response.status or 0, response.code, response.msg)
-            in_streak = self.outage.record(response.status, response.error, number)
-            streak = in_streak if attempt == 1 or in_streak == streak else None
+                refused = IterableAuthError(response.status or 0, response.code, response.msg)
+                self.breaker.stop_run(refused)
+                raise refused
+            self.breaker.record(response.status, response.error, probe)
             ok = self._is_success(endpoint, response)
             retry = not ok and policy.should_retry(response.status, attempt)
             stopped = retry and self.stop.is_set()
@@ -507,10 +741,11 @@ class IterableClient:
                 retry = False
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
             self.stats.finished(endpoint, response.status, response.seconds, retry)
-            if not retry and not stopped and attempt > 1 and streak is not None:
-                self.outage.gave_up(streak)
-            self._raise_if_unavailable()
+            if not ok and self.breaker.stopped is not None:
+                raise self.breaker.stopped
             if not retry:
+                if endpoint in PROFILE_UPDATES and not self.first_updates.done:
+                    self._watch_first_updates(endpoint, response, data)
                 return self._result(endpoint, ok, response, attempt, started, stopped)
             delay = policy.delay(attempt, response.retry_after, self._rng)
             if response.status == 429:
@@ -530,9 +765,11 @@ class IterableClient:
                 response.error = (response.error or "") + " (not retried: the run is stopping)"
                 return self._result(endpoint, False, response, attempt, started, stopped=True)
 
-    def _raise_if_unavailable(self) -> None:
-        if self.outage.verdict is not None:
-            raise IterableUnavailable(self.base_url, self.outage.verdict)
+    def _watch_first_updates(self, endpoint: str, response: _Response, data: bytes | None) -> None:
+        refused = self.first_updates.answered(endpoint, response, data)
+        if refused is not None:
+            self.breaker.stop_run(refused)
+            raise refused
 
     @staticmethod
     def _result(
@@ -566,6 +803,8 @@ class IterableClient:
             return True
         if endpoint == GET_LISTS:
             return isinstance(response.body.get("lists"), list)
+        if endpoint == GET_FIELDS:
+            return isinstance(response.body.get("fields"), Mapping)
         return response.code == "Success"
 
     def _send(

@@ -179,6 +179,7 @@ def make_client(settings: Settings, stop: threading.Event, stats: RequestStats) 
         base_url=settings.iterable_base_url,
         timeout=settings.request_timeout,
         retry=RetryPolicy(max_attempts=settings.max_attempts),
+        outage_seconds=settings.outage_seconds,
         limiters=RateLimiters(settings.rate_limits),
         stop=stop,
         stats=stats,

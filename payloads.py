@@ -33,6 +33,9 @@ BY_EMAIL = "email"
 BY_USER_ID = "userId"
 # The profile fields a customer who leaves the segment must still have right in Iterable.
 PROFILE_FIELDS = ("first_name", "last_name", "plan_type")
+# The user field the page of the latest view goes to.
+RECENT_PAGE_VIEW = "recent_page_view"
+CANDIDATE = "candidate"
 
 
 # Rows and payloads are read-only once built, but not frozen dataclasses: freezing costs a
@@ -294,13 +297,13 @@ def build_payloads(
     user_fields = profile.copy()
     event_fields: dict[str, Any] = {}
     if page is not None:
-        user_fields["recent_page_view"] = event_fields["page"] = page
+        user_fields[RECENT_PAGE_VIEW] = event_fields["page"] = page
     if device is not None:
         event_fields["device"] = device
     if location is not None:
         event_fields["location"] = location
     if candidate is not None:
-        user_fields["candidate"] = event_fields["candidate"] = candidate
+        user_fields[CANDIDATE] = event_fields[CANDIDATE] = candidate
     event_fields["timestamp"], created_at = event_times(viewed_at)
     # user_identity's rule, written out: this runs once a row.
     if identify_by == BY_USER_ID:
@@ -328,6 +331,13 @@ def _clipped(values: Sequence[str | None], warnings: list[str]) -> tuple[str | N
     return tuple(
         _clip(name, value, warnings) for name, value in zip(CLIPPED_COLUMNS, values, strict=True)
     )
+
+
+def user_fields_sent(candidate: str | None, identify_by: str) -> tuple[str, ...]:
+    """Every user field build_payloads may send (each as a string), email first when it
+    travels in dataFields."""
+    names = (*PROFILE_FIELDS, RECENT_PAGE_VIEW, *((CANDIDATE,) if candidate is not None else ()))
+    return ("email", *names) if identify_by == BY_USER_ID else names
 
 
 def user_identity(customer_id: int, email: str, identify_by: str) -> dict[str, str]:

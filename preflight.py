@@ -1,4 +1,5 @@
-"""The preflight, `main.py --check`: configuration, database, query and API key; sends nothing."""
+"""The preflight, `main.py --check`: configuration, database, query, API key and the types
+Iterable holds for the fields the job sends; sends nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from typing import Any, TextIO
 
 from db_connection import DatabaseConnection, DatabaseError, RowSource
 from exit_codes import EXIT_ABORTED, EXIT_OK
-from iterable_client import IterableClient, OutageDetector, RetryPolicy, StopRun
+from iterable_client import (
+    GET_FIELDS,
+    IterableClient,
+    RetryPolicy,
+    StopRun,
+    is_unavailable,
+    with_article,
+)
 from logger_config import mask_email
+from payloads import user_fields_sent
+from rate_limit import RateLimiters
 from segment import check_list_exists, stale_source
 from settings import Settings
 
@@ -107,28 +117,59 @@ def unknown_plan(plan_type: str, source: RowSource) -> str | None:
     return f"PLAN_TYPE {plan_type!r} matches no customer; the plan types there are: {shown}"
 
 
-def check_api_key(settings: Settings) -> list[str]:
-    """Read one user through the API: proves the key and the data center without a write."""
+# Iterable's published limit for users/getFields, requests per second.
+GET_FIELDS_RATE = 3.0
+# What the job sends every user field as, and how getFields names that type.
+SENT_AS = "string"
+
+
+def check_client(settings: Settings) -> IterableClient:
     # One attempt: a preflight reports what it sees instead of backing off for a minute.
-    client = IterableClient(
+    return IterableClient(
         api_key=settings.iterable_api_key,
         base_url=settings.iterable_base_url,
         timeout=settings.request_timeout,
         retry=RetryPolicy(max_attempts=1),
+        limiters=RateLimiters({GET_FIELDS: GET_FIELDS_RATE}),
     )
-    with client:
+
+
+def check_api_key(settings: Settings) -> list[str]:
+    """Read one user through the API: proves the key and the data center without a write."""
+    with check_client(settings) as client:
         call = client.check_key()
         if not call.ok:
-            # call.error is a short phrase: "connection refused", "timed out after 10s", "HTTP 503".
-            problem = call.error or f"HTTP {call.http_status}"
-            if OutageDetector.is_unavailable(call.http_status):
-                raise CheckFailed(f"cannot reach {settings.iterable_base_url}: {problem}")
-            raise CheckFailed(f"Iterable at {settings.iterable_base_url}: {problem}")
+            raise CheckFailed(call_problem(settings, call.http_status, call.error))
         lines = [f"Iterable at {settings.iterable_base_url} accepts the key"]
         if settings.list_id is not None:
             check_list_exists(client, settings.list_id)
             lines.append(f"list {settings.list_id} exists (ITERABLE_LIST_ID)")
     return lines
+
+
+def call_problem(settings: Settings, status: int | None, error: str | None) -> str:
+    # error is a short phrase: "connection refused", "timed out after 10s", "HTTP 503".
+    problem = error or f"HTTP {status}"
+    if is_unavailable(status):
+        return f"cannot reach {settings.iterable_base_url}: {problem}"
+    return f"Iterable at {settings.iterable_base_url}: {problem}"
+
+
+def check_fields(settings: Settings) -> list[str]:
+    """Iterable fixes a field's type from its first value and refuses other types from then
+    on: each field the job sends must be a string there, or not there yet."""
+    with check_client(settings) as client:
+        call = client.get_fields()
+    if not call.ok or call.body is None:
+        raise CheckFailed(call_problem(settings, call.http_status, call.error))
+    held = call.body["fields"]
+    sent = user_fields_sent(settings.candidate_name, settings.identify_by)
+    clashes = [(name, held[name]) for name in sent if held.get(name, SENT_AS) != SENT_AS]
+    if clashes:
+        described = [f"{name} is {with_article(str(kind))}" for name, kind in clashes]
+        listed = ", ".join(described[:-1]) + " and " if len(described) > 1 else ""
+        raise CheckFailed(f"{listed}{described[-1]} in Iterable; the job sends text")
+    return [f"the fields the job sends are text in Iterable or not there yet ({', '.join(sent)})"]
 
 
 class CheckFailed(Exception):
@@ -139,15 +180,19 @@ def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Print one line per check; 0 only when every check passes."""
     steps: list[tuple[str, Callable[[Settings], list[str]]]] = [("database", check_database)]
     if not settings.dry_run:
-        steps.append(("iterable", check_api_key))
+        steps += [("iterable", check_api_key), ("fields", check_fields)]
     out.write("configuration: ok\n")
-    passed = True
+    failed: set[str] = set()
     for name, step in steps:
+        if name == "fields" and "iterable" in failed:
+            out.write(f"{name}: not checked: Iterable must accept the key first\n")
+            continue
         try:
             for line in step(settings):
                 out.write(f"{name}: ok: {line}\n")
         except (DatabaseError, StopRun, CheckFailed) as exc:
-            passed = False
+            failed.add(name)
             out.write(f"{name}: FAILED: {exc}\n")
+    passed = not failed
     out.write("all checks passed\n" if passed else "some checks failed\n")
     return EXIT_OK if passed else EXIT_ABORTED

@@ -187,6 +187,13 @@ VARIABLES: tuple[Variable, ...] = (
         "attempts per request on 429, 5xx, timeouts and dropped connections (1 = no retry)",
         "5",
     ),
+    Variable(
+        "OUTAGE_SECONDS",
+        ITERABLE,
+        "stop the run (exit 3) when no request to Iterable has succeeded for this many "
+        "seconds (at most 3600); until then, failing requests slow the run to one at a time",
+        "30",
+    ),
     Variable("PLAN_TYPE", WHAT, "customers on this plan ...", "pro", flag="--plan-type"),
     Variable(
         "LOOKBACK_DAYS",
@@ -311,6 +318,7 @@ class Settings:
     lookback_days: int
     request_timeout: float
     max_attempts: int
+    outage_seconds: float
     log_level: str
     log_format: str
     log_file: Path
@@ -651,6 +659,7 @@ class _Validator:
             lookback_days=self.integer("LOOKBACK_DAYS", 1, MAX_LOOKBACK_DAYS),
             request_timeout=self.number("REQUEST_TIMEOUT_SECONDS", 0, 300),
             max_attempts=self.integer("MAX_ATTEMPTS", 1, 20),
+            outage_seconds=self.number("OUTAGE_SECONDS", 0, 3600),
             log_level=self.choice("LOG_LEVEL", LOG_LEVELS),
             log_format=self.choice("LOG_FORMAT", LOG_FORMATS),
             log_file=self.path("LOG_FILE"),

@@ -11,7 +11,8 @@ Endpoints, with the names request_count(), stats(), rate limits and faults use:
 users/update, events/track, users/bulkUpdate, events/trackBulk, users/getByEmail,
 users/get (GET /api/users/{email}), users/getByUserId (GET /api/users/byUserId/{userId}),
 users/updateEmail, users/delete (both DELETE routes), users/forgotten, users/forget,
-lists (GET /api/lists), lists/create (POST /api/lists), lists/subscribe, lists/unsubscribe.
+users/getFields, lists (GET /api/lists), lists/create (POST /api/lists), lists/subscribe,
+lists/unsubscribe.
 
 The store holds profiles: an optional email, an optional userId, dataFields, events; static
 lists hold profiles. The project type (hybrid by default; set in the constructor, configure()
@@ -44,6 +45,10 @@ Where Iterable's documents leave a choice open, the sandbox answers:
 - forget(identifier) removes the profile's data; later writes about its email or userId are
   409 ForgottenUserError alone and forgottenEmails / forgottenUserIds in bulk and list
   answers. GET /api/users/forgotten lists SHA-256 hashes of the forgotten emails.
+- GET /api/users/getFields (not in Iterable's spec; the shape of recorded answers) lists
+  email, userId and every user field with the type its first value fixed: string, long,
+  double, boolean, object, an array by its first item's type. Dates are not told apart from
+  strings.
 - Bulk requests: no item count limit unless max_bulk_items is set; more items, or a body
   over 4 MB, answer BatchTooLarge with batch_too_large_status (400, or 413).
 

@@ -34,6 +34,7 @@ USERS_UPDATE_EMAIL = "users/updateEmail"
 USERS_DELETE = "users/delete"  # DELETE /api/users/{email} and /api/users/byUserId/{userId}
 USERS_FORGOTTEN = "users/forgotten"
 USERS_FORGET = "users/forget"
+USERS_GET_FIELDS = "users/getFields"
 LISTS = "lists"  # GET /api/lists
 LISTS_CREATE = "lists/create"  # POST /api/lists
 LISTS_SUBSCRIBE = "lists/subscribe"
@@ -52,6 +53,7 @@ ENDPOINTS = frozenset(
         USERS_DELETE,
         USERS_FORGOTTEN,
         USERS_FORGET,
+        USERS_GET_FIELDS,
         LISTS,
         LISTS_CREATE,
         LISTS_SUBSCRIBE,
@@ -69,6 +71,7 @@ ITERABLE_RATE_LIMITS: dict[str, float] = {
     USERS_DELETE: 100.0,
     USERS_FORGOTTEN: 3.0,
     USERS_FORGET: 3.0,
+    USERS_GET_FIELDS: 3.0,
     LISTS: 100.0,
 }
 
@@ -179,7 +182,9 @@ class FaultRule:
     endpoint is a path suffix ("users/update", "trackBulk") or "*"; email narrows it to
     requests about that email (any item of a bulk request). times counts matching requests
     down (None: every one); with probability, each matching request is hit with that chance,
-    drawn from a generator seeded with seed so that a storm is repeatable.
+    drawn from a generator seeded with seed so that a storm is repeatable. after lets that
+    many matching requests through before the rule starts; seconds ends the rule that long
+    after it first fired (a storm that lasts a while, then passes).
     """
 
     kind: FaultKind
@@ -194,7 +199,10 @@ class FaultRule:
     retry_after: float | None = None
     delay: float = 0.0
     apply_first: bool = False
+    after: int = 0
+    seconds: float | None = None
     _rng: random.Random = field(init=False, repr=False, compare=False)
+    _first_fired: float | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("status", "delay", "drop"):
@@ -207,6 +215,10 @@ class FaultRule:
             raise ValueError("status must be an HTTP status code")
         if self.delay < 0:
             raise ValueError("delay must not be negative")
+        if self.after < 0:
+            raise ValueError("after must not be negative")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError("seconds must be positive, or None for no end in time")
         self.endpoint = self.endpoint.strip().strip("/")
         self._rng = random.Random(self.seed)
 
@@ -225,7 +237,22 @@ class FaultRule:
         return self.endpoint == "*" or f"/api/{endpoint}".endswith(f"/{self.endpoint}")
 
     def fires(self) -> bool:
+        """Whether this matching request is hit (counting `after` down first)."""
+        if self.after:
+            self.after -= 1
+            return False
         return self.probability is None or self._rng.random() < self.probability
+
+    def started(self, now: float) -> None:
+        """The rule fired at `now`; its `seconds` count from the first time."""
+        if self._first_fired is None:
+            self._first_fired = now
+
+    def over(self, now: float) -> bool:
+        """Whether the rule's time is up."""
+        if self.seconds is None or self._first_fired is None:
+            return False
+        return now - self._first_fired >= self.seconds
 
     def response(self) -> Response:
         headers = retry_after_headers(self.retry_after)

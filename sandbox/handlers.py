@@ -27,6 +27,7 @@ from sandbox.config import (
     USERS_GET,
     USERS_GET_BY_EMAIL,
     USERS_GET_BY_USER_ID,
+    USERS_GET_FIELDS,
     USERS_UPDATE,
     USERS_UPDATE_EMAIL,
     SandboxConfig,
@@ -87,6 +88,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/users/bulkUpdate", USERS_BULK_UPDATE),
     Route("POST", "/api/events/trackBulk", EVENTS_TRACK_BULK),
     Route("GET", "/api/users/getByEmail", USERS_GET_BY_EMAIL),
+    Route("GET", "/api/users/getFields", USERS_GET_FIELDS),
     Route("GET", "/api/users/{email}", USERS_GET),
     Route("GET", "/api/users/byUserId/{userId}", USERS_GET_BY_USER_ID),
     Route("POST", "/api/users/updateEmail", USERS_UPDATE_EMAIL),
@@ -268,6 +270,7 @@ class Handlers:
             USERS_GET_BY_EMAIL: self._get_by_email,
             USERS_GET: self._get_user,
             USERS_GET_BY_USER_ID: self._get_user,
+            USERS_GET_FIELDS: self._get_fields,
             USERS_UPDATE_EMAIL: self._update_email,
             USERS_DELETE: self._delete_user,
             USERS_FORGOTTEN: self._forgotten,
@@ -386,7 +389,7 @@ class Handlers:
                 batch.writes.append(checked)
         if mismatches:
             raise types_mismatched(mismatches)
-        self.store.user_types.update(batch.created)
+        self.store.fix_user_types(batch.created, (write.data for write in batch.writes))
         return batch
 
     def _write_user(self, write: UserWrite, counted: bool = True) -> Profile | Refusal:
@@ -424,7 +427,7 @@ class Handlers:
             raise checked.error()
         if mismatches:
             raise types_mismatched(mismatches)
-        self.store.user_types.update(pending)
+        self.store.fix_user_types(pending, [checked.data])
         written = self._write_user(checked)
         if isinstance(written, Refusal):
             raise written.error()
@@ -577,6 +580,9 @@ class Handlers:
         if profile is None:
             return json_response(200, {})
         return json_response(200, {"user": profile.api_user()})
+
+    def _get_fields(self, request: Request, match: RouteMatch) -> Response:
+        return json_response(200, {"fields": self.store.api_fields()})
 
     def _delete_user(self, request: Request, match: RouteMatch) -> Response:
         identity = path_identity(match)

@@ -426,8 +426,12 @@ class Sandbox:
             return None
         with self._lock:
             emails: set[str] | None = None
-            for rule in self._faults:
+            now = time.monotonic()
+            for rule in list(self._faults):
                 if not rule.matches_endpoint(match.endpoint):
+                    continue
+                if rule.over(now):
+                    self._faults.remove(rule)
                     continue
                 if rule.email is not None:
                     if emails is None:
@@ -436,6 +440,7 @@ class Sandbox:
                         continue
                 if not rule.fires():
                     continue
+                rule.started(now)
                 if rule.times is not None:
                     rule.times -= 1
                     if rule.times == 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -108,6 +108,23 @@ def value_type(value: Any) -> str | None:
     return "array"
 
 
+def api_field_type(value: Any) -> str:
+    """How GET /api/users/getFields names the type a value fixes: string, long, double,
+    boolean, object; an array by its first item (string when it has none)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        first = next((item for item in value if item is not None), None)
+        return "string" if first is None else api_field_type(first)
+    return "string"
+
+
 def merge_fields(target: JsonObject, incoming: Mapping[str, Any], merge_nested: bool) -> None:
     """Merges a dataFields update: fields not sent are kept, objects merged if asked to."""
     for name, value in incoming.items():
@@ -149,6 +166,7 @@ class Store:
         self.events: dict[str, StoredEvent] = {}
         self.event_writes: Counter[str] = Counter()
         self.user_types: dict[str, str] = {}
+        self.user_field_types: dict[str, str] = {}  # as getFields names them
         self.event_types: dict[str, dict[str, str]] = {}
         self.lists: dict[int, StaticList] = {}
         self.forgotten_emails: set[str] = set()  # normalised
@@ -230,6 +248,23 @@ class Store:
 
     def lists_of(self, profile: Profile) -> list[int]:
         return [lst.id for lst in self.lists.values() if profile.key in lst.members]
+
+    # --- field types ---
+
+    def fix_user_types(self, types: Mapping[str, str], data: Iterable[Mapping[str, Any]]) -> None:
+        """Fixes the types a request brought (`types`, from its checked `data`) for good."""
+        new = {name for name in types if name not in self.user_types}
+        self.user_types.update(types)
+        for fields in data:
+            for name in [name for name in new if fields.get(name) is not None]:
+                self.user_field_types[name] = api_field_type(fields[name])
+                new.discard(name)
+            if not new:
+                return
+
+    def api_fields(self) -> dict[str, str]:
+        """Every user field with its type, as GET /api/users/getFields answers."""
+        return {"email": "string", "userId": "string", **self.user_field_types}
 
     # --- GDPR ---
 

@@ -31,7 +31,7 @@ def assert_wrote_nothing(job, sandbox) -> None:
     """A check changes nothing: no profile, no event, no results, no sync state."""
     assert sandbox.users() == {} and sandbox.events() == {}
     endpoints = set(sandbox.stats()["by_endpoint"])
-    assert endpoints <= {"users/getByEmail"}, endpoints
+    assert endpoints <= {"users/getByEmail", "users/getFields"}, endpoints
     assert list(job.results_dir.iterdir()) == []
     assert not job.state_file.exists()
 
@@ -63,9 +63,14 @@ def test_all_checks_pass(job, sandbox, seeded_db):
         r"database: ok: newest page view: \d{4}-\d\d-\d\d \d\d:\d\d UTC",
         line(run, "database: ok: newest page view"),
     )
+    assert line(run, "fields: ok:") == (
+        "fields: ok: the fields the job sends are text in Iterable or not there yet "
+        "(first_name, last_name, plan_type, recent_page_view)"
+    )
     assert lines(run)[-1] == "all checks passed"
-    assert len(lines(run)) == 7  # short
+    assert len(lines(run)) == 8  # short
     assert sandbox.request_count("users/getByEmail") == 1
+    assert sandbox.request_count("users/getFields") == 1
     assert_wrote_nothing(job, sandbox)
 
 
@@ -85,6 +90,7 @@ def test_a_rejected_key_fails_the_check(job, sandbox):
         "iterable: FAILED: Iterable rejected the API key: HTTP 401 BadApiKey Invalid API key"
     )
     assert line(run, "database: ok: connected")  # the other checks still ran
+    assert line(run, "fields:") == "fields: not checked: Iterable must accept the key first"
     assert lines(run)[-1] == "some checks failed"
     assert "not-the-key-42" not in run.stdout + run.stderr + job.log_file.read_text()
     assert_wrote_nothing(job, sandbox)

@@ -1,21 +1,29 @@
 """The Iterable client over real HTTP: retries, Retry-After, no retry on 4xx, odd bodies, auth,
-failures named in a few words, and an outage told apart from a blip."""
+failures named in a few words, and an outage told apart from a storm that passes."""
 
 from __future__ import annotations
 
 import random
+import re
+import threading
+import time
 
 import pytest
 
 from iterable_client import (
+    CircuitBreaker,
+    FieldClash,
+    FirstUpdatesWatch,
     IterableAuthError,
     IterableClient,
     IterableUnavailable,
-    OutageDetector,
     RequestStats,
     RetryPolicy,
+    _Response,
+    field_clashes,
     parse_retry_after,
 )
+from payloads import encode_json
 from rate_limit import RateLimiter
 from tests.support.waiting import wait_until
 
@@ -29,9 +37,17 @@ EVENT = {
 FAST = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05)
 
 
+def quick(base_url: str, outage_seconds: float = 30.0, **options) -> CircuitBreaker:
+    """A breaker that probes every 10 ms, for tests that do not wait on its pacing."""
+    return CircuitBreaker(base_url, outage_seconds, probe_gaps=(0.01,), **options)
+
+
 @pytest.fixture
 def client(sandbox):
-    with IterableClient("sandbox-key", sandbox.base_url, timeout=1.0, retry=FAST) as c:
+    breaker = quick(sandbox.base_url)
+    with IterableClient(
+        "sandbox-key", sandbox.base_url, timeout=1.0, retry=FAST, breaker=breaker
+    ) as c:
         yield c
 
 
@@ -189,14 +205,16 @@ def test_check_key_changes_nothing(client, sandbox):
 
 
 def test_unreachable_server_is_no_response(sandbox):
-    with IterableClient("k", "http://127.0.0.1:9", timeout=0.5, retry=FAST) as client:
+    url = "http://127.0.0.1:9"
+    with IterableClient("k", url, timeout=0.5, retry=FAST, breaker=quick(url)) as client:
         result = client.update_user(USER)
     assert not result.ok and result.http_status is None and result.attempts == 4
     assert result.error == "connection refused"
 
 
 def test_a_host_that_does_not_resolve_is_named_as_such():
-    with IterableClient("k", "https://no-such-host.invalid", retry=FAST) as client:
+    url = "https://no-such-host.invalid"
+    with IterableClient("k", url, retry=FAST, breaker=quick(url)) as client:
         result = client.update_user(USER)
     assert result.http_status is None and result.error == "name resolution failed"
 
@@ -243,100 +261,199 @@ def test_busy_seconds_count_overlapping_requests_once():
     assert snapshot["retries"] == {"users/update": 2}
 
 
-# -- an outage: no answer, or only 5xx, for a sustained stretch ----------------------------
+# -- an outage: nothing succeeds for outage_seconds; until then, one request at a time -----
 
 
-def test_an_unreachable_iterable_stops_the_calls(sandbox):
-    outage = OutageDetector(failures_in_a_row=6)
-    with IterableClient("k", "http://127.0.0.1:9", retry=FAST, outage=outage) as client:
-        assert client.update_user(USER).attempts == 4  # 4 failures: a blip, so far
+def test_an_unreachable_iterable_stops_the_calls():
+    url = "http://127.0.0.1:9"
+    breaker = quick(url, outage_seconds=0.3)
+    with IterableClient("k", url, retry=FAST, breaker=breaker) as client:
+        assert client.update_user(USER).attempts == 4  # failures: no outage, so far
         with pytest.raises(IterableUnavailable) as caught:
-            client.update_user(USER)
-        assert str(caught.value) == (
-            "Iterable at http://127.0.0.1:9: unreachable: 6 requests in a row failed; "
-            "last: connection refused"
-        )
+            while True:
+                client.update_user(USER)
+        assert re.fullmatch(
+            r"Iterable at http://127.0.0.1:9: unreachable: \d+ requests in a row failed "
+            r"over 0s; last: connection refused",
+            str(caught.value),
+        ), caught.value
+        sent = client.stats.total_requests()
         with pytest.raises(IterableUnavailable):
             client.track_event(EVENT)  # nothing more is tried
-    assert client.stats.total_requests() == 6
+    assert client.stats.total_requests() == sent
 
 
-def test_a_second_call_giving_up_in_the_same_streak_is_an_outage(sandbox):
-    """Few requests, each for many users (bulk mode): two calls that retried in vain, with
-    nothing answered in between, are enough."""
-    with IterableClient("k", "http://127.0.0.1:9", retry=FAST) as client:
-        assert client.update_user(USER).error == "connection refused"  # alone: rows fail
-        with pytest.raises(IterableUnavailable) as caught:
+def test_the_first_request_goes_alone_then_the_rest_together(sandbox):
+    sandbox.set_latency(0.3)
+    started = time.time()
+    with IterableClient("sandbox-key", sandbox.base_url, retry=FAST) as client:
+        threads = [threading.Thread(target=client.update_user, args=(USER,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    # (An earlier test's slow request may end now: only this test's answers count.)
+    log = sandbox.request_log()
+    answered = sorted(e["t"] for e in log if e["t"] > started and e["fault"] is None)
+    assert len(answered) == 6
+    assert answered[1] - answered[0] >= 0.25  # the others were sent after the first answer
+    assert answered[-1] - answered[1] < 0.6  # and then together (one by one: 1.2 s)
+
+
+def test_a_key_refused_on_the_first_request_stops_every_caller(sandbox):
+    raised: list[BaseException] = []
+
+    def call(client: IterableClient) -> None:
+        try:
             client.update_user(USER)
-    assert caught.value.verdict == "8 requests in a row failed; last: connection refused"
+        except IterableAuthError as exc:
+            raised.append(exc)
+
+    sandbox.set_latency(0.1)
+    with IterableClient("wrong-key", sandbox.base_url, retry=FAST) as client:
+        threads = [threading.Thread(target=call, args=(client,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(raised) == 8
+    assert sandbox.stats()["total_requests"] == 1
 
 
-def test_calls_that_never_retry_do_not_give_up_into_an_outage():
-    one_try = RetryPolicy(max_attempts=1)
-    with IterableClient("k", "http://127.0.0.1:9", retry=one_try) as client:
-        for _ in range(3):
-            assert client.update_user(USER).error == "connection refused"
-    assert client.outage.verdict is None
-
-
-def test_5xx_for_a_minute_is_an_outage(sandbox):
-    ticks = iter([0.0, 30.0, 61.0])
-    outage = OutageDetector(failures_in_a_row=100, seconds=60, clock=lambda: next(ticks))
-    sandbox.add_fault("status", endpoint="users/update", status=503, times=None)
-    client = IterableClient("sandbox-key", sandbox.base_url, retry=FAST, outage=outage)
-    with client, pytest.raises(IterableUnavailable) as caught:
-        client.update_user(USER)
-    assert caught.value.verdict == "no answer for 61s; last: HTTP 503"
-    assert sandbox.request_count("users/update", 503) == 3
-
-
-def test_any_other_answer_ends_the_streak(sandbox):
-    outage = OutageDetector(failures_in_a_row=4)
-    sandbox.add_fault("status", endpoint="users/update", status=502, times=3)
+def test_a_storm_slows_the_calls_to_one_at_a_time_and_a_success_ends_it(sandbox):
+    sandbox.add_fault("status", endpoint="users/update", status=503, times=3)
     sandbox.add_fault("status", endpoint="events/track", status=503, times=3)
-    with IterableClient("sandbox-key", sandbox.base_url, retry=FAST, outage=outage) as client:
+    breaker = quick(sandbox.base_url, failures_to_pause=2)
+    with IterableClient("sandbox-key", sandbox.base_url, retry=FAST, breaker=breaker) as client:
         assert client.update_user(USER).ok  # 3 failures, then an answer
         assert client.track_event(EVENT).ok  # 3 more, not 6 in a row
-    assert outage.verdict is None
+    assert breaker.stopped is None
 
 
-def test_outage_detector_decisions():
-    now = [0.0]
-    outage = OutageDetector(failures_in_a_row=3, seconds=60, clock=lambda: now[0])
-    for status in (None, 500, 429, 503, 400, None, 502):
-        outage.record(status, None)  # 429 and 400 are answers: Iterable is there
-    assert outage.verdict is None
-    outage.record(None, "connection refused")
-    assert outage.verdict == "3 requests in a row failed; last: connection refused"
-    outage.record(200, None)
-    assert outage.verdict is not None  # once tripped, the run is stopping
-    slow = OutageDetector(failures_in_a_row=100, seconds=60, clock=lambda: now[0])
-    slow.record(504, None)
-    now[0] = 59.0
-    slow.record(None, "timed out after 10s")
-    assert slow.verdict is None
-    now[0] = 60.0
-    slow.record(None, "timed out after 10s")
-    assert slow.verdict == "no answer for 60s; last: timed out after 10s"
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_a_call_giving_up_trips_only_with_others_failing_in_the_same_streak():
-    outage = OutageDetector()
-    streak = outage.record(503, "HTTP 503", call=1)
-    assert streak is not None and outage.record(503, "HTTP 503", call=1) == streak
-    outage.gave_up(streak)
-    assert outage.verdict is None  # one call alone: its rows fail, the run goes on
-    outage.record(None, "connection refused", call=2)
-    outage.gave_up(streak)
-    assert outage.verdict == "3 requests in a row failed; last: connection refused"
-    answered = OutageDetector()
-    first = answered.record(None, "timed out", call=1)
-    assert first is not None
-    answered.record(None, "timed out", call=2)
-    assert answered.record(200, None, call=3) is None
-    answered.record(None, "timed out", call=1)
-    answered.gave_up(first)  # an answer came since this call's first attempt
-    assert answered.verdict is None
+def test_circuit_breaker_decisions():
+    clock = Clock()
+    breaker = CircuitBreaker(
+        "http://iterable", 30.0, failures_to_pause=3, probe_gaps=(1.0, 8.0), clock=clock
+    )
+    go, stopping = threading.Event(), threading.Event()
+    stopping.set()  # enter() gives None instead of waiting
+    assert breaker.enter(go) is True  # the run's first request is a probe...
+    assert breaker.enter(stopping) is None  # ...and goes alone
+    breaker.record(400, None, probe=True)  # any answer: Iterable is there
+    assert breaker.enter(go) is False
+    for status in (None, 503, 429, 502, 504):  # 429 is an answer too
+        breaker.record(status, "HTTP x", probe=False)
+    assert breaker.enter(go) is False  # 2 failures in a row so far
+    breaker.record(None, "connection refused", probe=False)  # started at 100
+    assert breaker.enter(stopping) is None  # paused: the first probe comes after 1 s
+    clock.now = 101.0
+    assert breaker.enter(go) is True
+    breaker.record(503, "HTTP 503", probe=True)
+    clock.now = 108.9
+    assert breaker.enter(stopping) is None  # the next gap is 8 s
+    clock.now = 109.0
+    assert breaker.enter(go) is True
+    breaker.record(503, "HTTP 503", probe=True)
+    clock.now = 129.0
+    assert breaker.enter(go) is True  # the gap ends at the deadline: a probe at 130 s...
+    clock.now = 130.0
+    breaker.record(None, "timed out after 10s", probe=True)
+    assert isinstance(breaker.stopped, IterableUnavailable)  # ...failed: 30 s of failures
+    assert str(breaker.stopped) == (
+        "Iterable at http://iterable: unreachable: 6 requests in a row failed over 30s; "
+        "last: timed out after 10s"
+    )
+    with pytest.raises(IterableUnavailable):
+        breaker.enter(go)
+    breaker.record(200, None, probe=False)
+    assert breaker.stopped is not None  # once stopped, the run is stopping
+
+
+def test_a_probe_at_the_deadline_that_succeeds_is_no_outage():
+    clock = Clock()
+    breaker = CircuitBreaker("http://iterable", 5.0, probe_gaps=(4.0,), clock=clock)
+    go = threading.Event()
+    assert breaker.enter(go) is True
+    breaker.record(None, "connection refused", probe=True)
+    clock.now += 4.0
+    assert breaker.enter(go) is True
+    breaker.record(None, "connection refused", probe=True)
+    clock.now += 1.0  # the deadline, before the gap's end
+    assert breaker.enter(go) is True
+    breaker.record(200, None, probe=True)
+    assert breaker.stopped is None and breaker.enter(go) is False
+
+
+# -- the first profile updates, all refused for a field's type ---------------------------
+
+CLASH_MSG = (
+    "Field 'plan_type' already exists for type 'user' and has a data type of 'long' "
+    "but possible types 'string' in the request."
+)
+CLASH = {
+    "msg": CLASH_MSG,
+    "code": "RequestFieldsTypesMismatched",
+    "params": {
+        "validationErrors": {"plan_type": {"expectedType": "long", "incomingTypes": ["string"]}}
+    },
+}
+
+
+def refusal(body: dict) -> _Response:
+    return _Response(400, body["code"], body["msg"], body)
+
+
+def test_a_type_clash_is_read_from_validation_errors_or_else_from_the_message():
+    assert field_clashes(CLASH, CLASH_MSG) == [FieldClash("plan_type", "long", "string")]
+    assert field_clashes({}, CLASH_MSG) == [FieldClash("plan_type", "long", "string")]
+    assert field_clashes({}, "types differ") == [FieldClash(None)]
+    assert FieldClash("plan_type", "long", "string").describe() == (
+        "plan_type is a long in Iterable; the job sends a string"
+    )
+    assert (
+        FieldClash("first_name", "object", "string")
+        .describe()
+        .startswith("first_name is an object")
+    )
+
+
+def test_a_bulk_batch_refused_for_a_type_counts_by_its_items():
+    watch = FirstUpdatesWatch(first=20)
+    users = encode_json({"users": [{"email": f"u{n}@example.com"} for n in range(25)]})
+    verdict = watch.answered("users/bulkUpdate", refusal(CLASH), users)
+    assert str(verdict) == (
+        "Iterable refused the first 20 profile updates (RequestFieldsTypesMismatched): "
+        "plan_type is a long in Iterable; the job sends a string"
+    )
+
+
+def test_an_update_taken_ends_the_watch_and_releases_the_refused_ones():
+    watch = FirstUpdatesWatch(first=20, settle=30.0)
+    outcomes: list[object] = []
+    waiting = threading.Thread(
+        target=lambda: outcomes.append(watch.answered("users/update", refusal(CLASH), None))
+    )
+    waiting.start()
+    wait_until(lambda: watch._refused == 1, 5, "the refusal to be counted")
+    assert waiting.is_alive()  # it waits for the verdict
+    watch.answered("users/update", _Response(200, "Success", "", {}), None)
+    waiting.join(5)
+    assert outcomes == [None] and watch.done  # its row fails as refused; the run goes on
+
+
+def test_too_few_updates_to_tell_end_the_watch_after_a_while():
+    clock = Clock()
+    watch = FirstUpdatesWatch(first=20, settle=0.0, clock=clock)
+    assert watch.answered("users/update", refusal(CLASH), None) is None
+    assert watch.done
 
 
 # -- the retry policy and the limiter as plain values ------------------------------------

@@ -466,6 +466,36 @@ def test_field_type_is_fixed_by_first_value(api: Api, sandbox: SandboxServer) ->
     assert api.update_user("bob@example.com", {"score": None}).status_code == 200
 
 
+def test_get_fields_names_each_user_field_with_the_type_its_first_value_fixed(
+    api: Api,
+) -> None:
+    api.update_user("ann@example.com", {"plan_type": 5, "first_name": None, "score": 1.5})
+    users = [
+        {"email": "bob@example.com", "dataFields": {"first_name": "Bob", "tags": ["a"]}},
+        {"email": "cid@example.com", "dataFields": {"vip": True, "address": {"city": "Oslo"}}},
+    ]
+    assert api.post("/api/users/bulkUpdate", {"users": users}).status_code == 200
+
+    response = api.get("/api/users/getFields")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "fields": {
+            "email": "string",
+            "userId": "string",
+            "plan_type": "long",
+            "score": "double",
+            "first_name": "string",
+            "tags": "string",
+            "vip": "boolean",
+            "address": "object",
+        }
+    }
+    refused = api.update_user("dan@example.com", {"plan_type": "pro"})
+    assert refused.json()["code"] == "RequestFieldsTypesMismatched"
+    assert api.get("/api/users/getFields").json()["fields"]["plan_type"] == "long"
+
+
 def test_event_field_types_are_per_event_name(api: Api) -> None:
     assert api.track(eventName="buy", email="a@example.com", dataFields={"total": 5}).ok
     assert api.track(eventName="refund", email="a@example.com", dataFields={"total": "5"}).ok
@@ -612,6 +642,7 @@ def test_parse_rate_limits() -> None:
         "users/delete": 100.0,
         "users/forgotten": 3.0,
         "users/forget": 3.0,
+        "users/getFields": 3.0,
         "lists": 100.0,
     }
     assert parse_rate_limits("off") is None
@@ -682,6 +713,19 @@ def test_probability_faults_are_repeatable_with_a_seed(sandbox: SandboxServer) -
     assert 0 < first.count(503) < 40
 
 
+def test_a_timed_storm_starts_after_some_requests_and_passes(
+    api: Api, sandbox: SandboxServer
+) -> None:
+    sandbox.add_fault("status", status=503, times=None, after=2, seconds=0.3)
+
+    before = [api.update_user("a@example.com", {}).status_code for _ in range(4)]
+    time.sleep(0.3)
+    after = [api.update_user("a@example.com", {}).status_code for _ in range(2)]
+
+    assert (before, after) == ([200, 200, 503, 503], [200, 200])
+    assert sandbox.faults() == []
+
+
 def test_delay_fault_beyond_client_timeout_applies_nothing(
     api: Api, sandbox: SandboxServer
 ) -> None:
@@ -750,6 +794,8 @@ def test_bad_fault_rules_are_refused(sandbox: SandboxServer) -> None:
         sandbox.add_fault("status", times=0)
     with pytest.raises(ValueError):
         sandbox.add_fault("status", colour="red")
+    with pytest.raises(ValueError):
+        sandbox.add_fault("status", seconds=0)
 
 
 # --- latency and HTTP handling ---

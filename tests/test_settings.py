@@ -48,6 +48,7 @@ def test_defaults():
     )
     assert s.iterable_base_url == "https://api.iterable.com"
     assert s.request_timeout == 10.0 and s.log_level == "INFO" and s.mode == "single"
+    assert s.outage_seconds == 30.0
     assert s.log_file == Path.cwd() / "iterable_integration.log"
     assert s.results_dir == Path.cwd()
 
@@ -93,6 +94,11 @@ def test_every_problem_is_named_in_one_message():
         ({"LOOKBACK_DAYS": "0"}, "LOOKBACK_DAYS must be a whole number from 1 to 3650 (got '0')"),
         ({"LOOKBACK_DAYS": "7.5"}, "LOOKBACK_DAYS"),
         ({"REQUEST_TIMEOUT_SECONDS": "0"}, "REQUEST_TIMEOUT_SECONDS"),
+        (
+            {"OUTAGE_SECONDS": "0"},
+            "OUTAGE_SECONDS must be a number above 0 and at most 3600 (got '0')",
+        ),
+        ({"OUTAGE_SECONDS": "forever"}, "OUTAGE_SECONDS must be a number above 0"),
         (
             {"ITERABLE_IDENTIFY_BY": "phone"},
             "ITERABLE_IDENTIFY_BY must be one of email, userId (got 'phone')",
