@@ -8,6 +8,7 @@ the calls, and at the end of a run that saw every row, the customers who left th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -634,11 +635,15 @@ class Syncer:
         if self.lists is not None and not self.stop.is_set():
             self.lists.flush()
             for member in self.state.list_members_not_seen():
-                if member.list_identifier is not None:
-                    self.lists.unsubscribe(member.customer_id, member.list_identifier)
+                self._unlist(member)
             self.lists.flush()
 
     def _leaver(self, member: Member, customer: Customer | None, pool: ThreadPoolExecutor) -> None:
+        if member.unsure_move is not None and self.client is not None:
+            settled = self._settle_leavers_move(member)
+            if settled is None:
+                return
+            member = settled
         if customer is None:
             self._unlist(member)
             self._deleted(member, pool)
@@ -668,9 +673,38 @@ class Syncer:
             return
         pool.submit(self._sync_one, work)
 
+    def _settle_leavers_move(self, member: Member) -> Member | None:
+        """A leaver whose last email move got no answer: where the profile is decides what
+        is updated, deleted or unsubscribed. None (the leaver is tried again next run) when
+        Iterable cannot say."""
+        old, maybe = member.email, member.unsure_move
+        assert maybe is not None
+        where = self._where_is(old, maybe) if old is not None else maybe
+        if where is None:
+            result = RowResult(member.customer_id, old, FAILED, "no_response", segment=LEFT_SEGMENT)
+            result.detail = "an earlier email move got no answer; tried again next run"
+            self.outcomes.record(result)
+            return None
+        if self.may_write_state:
+            assert self.state is not None
+            if where == maybe and old is not None:
+                self.state.email_moved(member.customer_id, old, maybe)
+            else:
+                self.state.move_unsure(member.customer_id, None)
+        listed = member.list_identifier
+        if where == maybe and listed == old and self.identify_by == BY_EMAIL:
+            listed = maybe  # Iterable moved the membership with the profile
+        return dataclasses.replace(member, email=where, list_identifier=listed, unsure_move=None)
+
     def _unlist(self, member: Member) -> None:
-        if member.list_identifier is not None and self.lists is not None:
+        if self.lists is None:
+            return
+        if member.list_identifier is not None:
             self.lists.unsubscribe(member.customer_id, member.list_identifier)
+        unsure = member.unsure_move
+        if unsure is not None and self.identify_by == BY_EMAIL and unsure != member.list_identifier:
+            # A move whose answer was lost may have taken the membership there.
+            self.lists.unsubscribe(member.customer_id, unsure)
 
     def _deleted(self, member: Member, pool: ThreadPoolExecutor) -> None:
         """The customer's row is gone from the database."""

@@ -189,6 +189,7 @@ class Member:
     email: str | None
     profile: dict[str, Any] | None
     list_identifier: str | None
+    unsure_move: str | None = None  # see Known.unsure_move
 
 
 class AcceptedUser(NamedTuple):
@@ -388,8 +389,9 @@ class SyncState:
                 "AND customer_id IN (SELECT customer_id FROM temp.seen)"
             )
             rows = self._db.execute(
-                "SELECT u.customer_id, u.email, u.profile, m.identifier FROM users AS u "
+                "SELECT u.customer_id, u.email, u.profile, m.identifier, v.email FROM users AS u "
                 "LEFT JOIN list_members AS m ON m.customer_id = u.customer_id AND m.list_id = ? "
+                "LEFT JOIN unsure_moves AS v ON v.customer_id = u.customer_id "
                 "WHERE u.in_segment = 1 "
                 "AND u.customer_id NOT IN (SELECT customer_id FROM temp.seen) "
                 "ORDER BY u.customer_id",
@@ -409,8 +411,10 @@ class SyncState:
             self._flush_queue()
             self._flush_seen()
             rows = self._db.execute(
-                "SELECT m.customer_id, u.email, u.profile, m.identifier FROM list_members AS m "
+                "SELECT m.customer_id, u.email, u.profile, m.identifier, v.email "
+                "FROM list_members AS m "
                 "LEFT JOIN users AS u ON u.customer_id = m.customer_id "
+                "LEFT JOIN unsure_moves AS v ON v.customer_id = m.customer_id "
                 "WHERE m.list_id = ? AND COALESCE(u.in_segment, 0) = 0 "
                 "AND m.customer_id NOT IN (SELECT customer_id FROM temp.seen)",
                 (self.list_id,),
@@ -597,18 +601,28 @@ class SyncState:
             )
 
     def deleted(self, customer_id: int, in_iterable: bool = False) -> None:
-        """The customer is gone from the database; with `in_iterable`, from Iterable too,
-        with their events, so nothing the state holds for them stands any more."""
+        """The customer is gone from the database. With `in_iterable`, from Iterable too,
+        with their events, so nothing the state holds for them stands any more. Without,
+        their profile stays in Iterable: the state keeps where it is (a customer who comes
+        back, with a new email say, is moved, not sent as a second profile), out of the
+        segment, and on the list until an unsubscribe of it goes through."""
         key = str(customer_id)
-        also = ["DELETE FROM rejections WHERE customer_id = ?"]
-        if in_iterable:
-            also.append("DELETE FROM unsure_moves WHERE customer_id = ?")
-            also.append("DELETE FROM events WHERE customer_id = ?")
-            also.append("DELETE FROM forgotten WHERE customer_id = ?")
-            also.append("DELETE FROM list_members WHERE customer_id = ?")
-        # Otherwise the profile stays in Iterable, on the list until an unsubscribe of it
-        # goes through (unsubscribed() then takes it off the state's list).
-        self._write("DELETE FROM users WHERE customer_id = ?", (key,), *also)
+        if not in_iterable:
+            self._write(
+                "UPDATE users SET in_segment = 0 WHERE customer_id = ?",
+                (key,),
+                "DELETE FROM rejections WHERE customer_id = ?",
+            )
+            return
+        self._write(
+            "DELETE FROM users WHERE customer_id = ?",
+            (key,),
+            "DELETE FROM rejections WHERE customer_id = ?",
+            "DELETE FROM unsure_moves WHERE customer_id = ?",
+            "DELETE FROM events WHERE customer_id = ?",
+            "DELETE FROM forgotten WHERE customer_id = ?",
+            "DELETE FROM list_members WHERE customer_id = ?",
+        )
 
     def subscribed(self, customer_id: int, identifier: str) -> None:
         self._write(
@@ -808,6 +822,7 @@ def _member(row: tuple[Any, ...]) -> Member:
         email=row[1],
         profile=json.loads(row[2]) if row[2] else None,
         list_identifier=row[3],
+        unsure_move=row[4],
     )
 
 
