@@ -88,9 +88,7 @@ class Outcomes:
 
     # -- the profile --------------------------------------------------------------------
 
-    def profile_answered(
-        self, work: Work, call: CallResult | None, failure: str | None = None
-    ) -> bool:
+    def profile_answered(self, work: Work, call: CallResult, failure: str | None = None) -> bool:
         """Record the profile update's outcome; True when the event may follow."""
         if self._profile_accepted(work, call, failure):
             self._store_profiles([work])
@@ -101,11 +99,11 @@ class Outcomes:
         """Iterable already holds the profile: no call was made for it."""
         work.result.user_update = {"skipped": UNCHANGED}
 
-    def _profile_accepted(self, work: Work, call: CallResult | None, failure: str | None) -> bool:
-        """The profile update's outcome, all but the sync state; True if it was accepted."""
-        if call is not None:
-            work.result.user_update = call.summary()
-        if failure is None and call is not None and call.ok:
+    def _profile_accepted(self, work: Work, call: CallResult, failure: str | None) -> bool:
+        """The profile update's outcome, all but the sync state; True if it was accepted.
+        `failure` is what a bulk answer says of this row, when the call itself went well."""
+        work.result.user_update = call.summary()
+        if failure is None and call.ok:
             self.keep_listed(work)
             return True
         self._failed_call(work, call, failure, refusal_key(PROFILE_PART, work.user_fingerprint))
@@ -129,9 +127,7 @@ class Outcomes:
 
     # -- the event, which ends the row ------------------------------------------------------
 
-    def finish_with_event(
-        self, work: Work, call: CallResult | None, failure: str | None = None
-    ) -> None:
+    def finish_with_event(self, work: Work, call: CallResult, failure: str | None = None) -> None:
         """Record the event's outcome, and with it the row."""
         if self._event_accepted(work, call, failure):
             if self.state is not None:
@@ -147,11 +143,10 @@ class Outcomes:
             work.result.event_track = {"skipped": UNCHANGED}
         self.record(work.result)
 
-    def _event_accepted(self, work: Work, call: CallResult | None, failure: str | None) -> bool:
+    def _event_accepted(self, work: Work, call: CallResult, failure: str | None) -> bool:
         """The event's outcome; a failure is recorded here, an accepted event by the caller."""
-        if call is not None:
-            work.result.event_track = call.summary()
-        if failure is None and call is not None and call.ok:
+        work.result.event_track = call.summary()
+        if failure is None and call.ok:
             return True
         key = refusal_key(EVENT_PART, work.payloads.event_fingerprint)
         self._failed_call(work, call, failure, key)
@@ -207,11 +202,9 @@ class Outcomes:
 
     # -- failures -------------------------------------------------------------------------------
 
-    def _failed_call(
-        self, work: Work, call: CallResult | None, failure: str | None, refused: str
-    ) -> None:
+    def _failed_call(self, work: Work, call: CallResult, failure: str | None, refused: str) -> None:
         """A call that failed; `refused` is what the state records if it failed for good."""
-        reason = failure or (call_failure_reason(call) if call else "no_response")
+        reason = failure or call_failure_reason(call)
         if reason == FORGOTTEN_CODE:
             self.forgotten(work)
             return

@@ -317,7 +317,7 @@ def build_payloads(
         user_update = {"email": email, "dataFields": user_fields}
         event = {"email": email}
     event["eventName"] = EVENT_NAME
-    event["id"] = f"{EVENT_ID_PREFIX}{int(row.page_view_id)}"
+    event["id"] = event_id(row.page_view_id)
     event["createdAt"] = created_at
     event["dataFields"] = event_fields
     return Payloads(email, identifier, user_update, event, profile, tuple(warnings))

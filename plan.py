@@ -103,7 +103,7 @@ class Prepared(NamedTuple):
 # -- the outstanding rule ----------------------------------------------------------------------
 
 
-def is_permanent(call: CallResult | None, failure: str | None = None) -> bool:
+def is_permanent(call: CallResult, failure: str | None = None) -> bool:
     """The outstanding rule: whether a failure will come back with the same data, so the
     row waits for its data to change (or --retry-outstanding) instead of being resent.
 
@@ -113,7 +113,7 @@ def is_permanent(call: CallResult | None, failure: str | None = None) -> bool:
     """
     if failure is not None:
         return not (is_no_such_user(failure) or failure == UNMATCHED_FAILURE)
-    if call is None or call.no_such_user:
+    if call.no_such_user:
         return False
     status = call.http_status
     return status is not None and 400 <= status < 500 and status != 429
