@@ -95,7 +95,10 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False)
+        summary = getattr(record, "summary", None)
+        if summary is not None:  # the run's last record (main.summary_record)
+            entry["summary"] = summary
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def make_formatter(log_format: str, run_id: str | None) -> logging.Formatter:

@@ -33,8 +33,8 @@ from logger_config import setup_logging
 from progress import Progress, is_terminal
 from rate_limit import RateLimiters
 from report import report_command
-from results import ResultsWriter, Summary, remove_old_results
-from segment import LeaveGuard, ListMirror, check_list_exists, stale_source
+from results import Changes, ResultsWriter, Summary, remove_old_results
+from segment import LeaveGuard, ListMirror, ListPreview, Lists, check_list_exists, stale_source
 from settings import ConfigError, Settings, load_settings, parse_command_line
 from sync import Outcome, Syncer, check_project
 from sync_state import RESULTS_FILES, StateError, SyncState
@@ -195,9 +195,14 @@ def open_state(settings: Settings) -> SyncState | None:
 
 def open_list(
     settings: Settings, client: IterableClient | None, state: SyncState | None
-) -> ListMirror | None:
-    """The list to mirror the segment into; Iterable must have it before the first call."""
-    if settings.list_id is None or client is None or state is None:
+) -> Lists | None:
+    """The list to mirror the segment into; Iterable must have it before the first call.
+    A dry run decides the same list changes and sends none."""
+    if settings.list_id is None:
+        return None
+    if client is None:
+        return ListPreview(settings.list_id, settings.identify_by)
+    if state is None:
         return None
     list_id = settings.list_id
     client.set_gate(lambda: check_list_exists(client, list_id))
@@ -213,7 +218,7 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
     client = None if settings.dry_run else make_client(settings, stop, stats)
     writer = ResultsWriter(settings.results_dir)
     files = RunFiles(settings, run_id, started_at, stats, state, writer)
-    lists: ListMirror | None = None
+    lists: Lists | None = None
     outcome = Outcome()
     progress: Progress | None = None
     syncer: Syncer | None = None
@@ -253,6 +258,7 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
                 files.warnings.append(stale)
             progress = start_progress(settings, source)
             syncer.on_rows = progress.advance
+            syncer.on_leavers = progress.leavers
             guard = LeaveGuard(settings.leave_guard_percent, settings.allow_mass_leave, newest_view)
             outcome = sync_rows(settings, source, syncer, progress, guard)
     except DatabaseError as exc:
@@ -400,7 +406,63 @@ def exit_code(run_report: RunReport) -> int:
     return run_exit_code(cut_short, run_report.summary.new_failures)
 
 
-def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) -> None:
+def change_lines(changes: Changes, list_id: int | None) -> list[str]:
+    """The console's "changes" block: a line for each kind of change that happened."""
+    lines = []
+    not_moved = [
+        (changes.email_conflicts, "conflict, left alone", "conflicts, left alone"),
+        (changes.email_old_missing, "old profile missing, created new", None),
+        (changes.email_old_forgotten, "old email forgotten, created new", None),
+    ]
+    notes = [f"{n} {many if n > 1 and many else one}" for n, one, many in not_moved if n]
+    if changes.emails_moved or notes:
+        lines.append(
+            f"emails moved: {changes.emails_moved:,}" + (f" ({', '.join(notes)})" if notes else "")
+        )
+    if changes.left:
+        parts = [
+            (changes.left_updated, "profile updated", "profiles updated"),
+            (changes.left_deleted, "deleted", "deleted"),
+            (changes.left_unchanged, "unchanged", "unchanged"),
+            (changes.left_held_back, "held back", "held back"),
+        ]
+        done = ", ".join(f"{n:,} {one if n == 1 else many}" for n, one, many in parts if n)
+        lines.append(f"left the segment: {changes.left:,}" + (f" ({done})" if done else ""))
+    if changes.deleted_in_iterable:
+        lines.append(f"deleted in Iterable: {changes.deleted_in_iterable:,}")
+    if changes.forgotten:
+        lines.append(f"forgotten in Iterable: {changes.forgotten:,}")
+    if list_id is not None and (changes.list_subscribed or changes.list_unsubscribed):
+        listed = [
+            f"{sign}{n:,} {word}"
+            for sign, n, word in (
+                ("+", changes.list_subscribed, "subscribed"),
+                ("-", changes.list_unsubscribed, "unsubscribed"),
+            )
+            if n
+        ]
+        lines.append(f"list {list_id}: {', '.join(listed)}")
+    return lines
+
+
+def summary_record(code: int, report: RunReport | None) -> dict[str, Any]:
+    """The run's last log record's fields (LOG_FORMAT=json): enough to alert on alone."""
+    fields: dict[str, Any] = {"exit_code": code}
+    if report is not None:
+        fields.update(report.summary.to_dict())
+        # Flags, not the messages: the fields do not go through the log's redaction.
+        fields.update(
+            rows_read=report.outcome.rows_read,
+            held_back=bool(report.outcome.held_back),
+            aborted=bool(report.outcome.aborted),
+            stopped=report.outcome.stopped,
+        )
+    return fields
+
+
+def print_summary(
+    report: RunReport, dry_run: bool, out: TextIO = sys.stdout, list_id: int | None = None
+) -> None:
     s = report.summary
     label = "dry run" if dry_run else "sync"
     interrupted = f"{s.interrupted} interrupted (sent again next run), " if s.interrupted else ""
@@ -418,6 +480,10 @@ def print_summary(report: RunReport, dry_run: bool, out: TextIO = sys.stdout) ->
         out.write(f"  {s.left} left the segment\n")
     for reason, count in sorted(s.reasons.items()):
         out.write(f"  {reason}: {count}\n")
+    changes = change_lines(s.changes, list_id)
+    if changes:
+        out.write("changes:\n" if not dry_run else "changes (would be made):\n")
+        out.writelines(f"  {line}\n" for line in changes)
     if report.outcome.aborted:
         out.write(f"  run aborted: {report.outcome.aborted}\n")
     elif report.outcome.held_back:
@@ -459,16 +525,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     collect_garbage_rarely()
     reuse_freed_memory()
-    code, report = sync_and_report(settings, run_id)
+    code, report, problem = sync_and_report(settings, run_id)
     monitoring.ping(settings.healthcheck_url, str(code))
     if settings.metrics_file is not None:
         publish_metrics(settings.metrics_file, code, time.monotonic() - started, report)
-    log.debug("finished with exit code %d", code)
+    # The last record; with LOG_FORMAT=json it carries the summary as fields.
+    log.info("run finished: exit code %d", code, extra={"summary": summary_record(code, report)})
+    if problem is not None:
+        fail(problem, code)  # the last line on stderr
     return code
 
 
-def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | None]:
-    """Run under the lock and map every outcome to an exit code."""
+def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | None, str | None]:
+    """Run under the lock and map every outcome to an exit code; the third item is the
+    one-line problem that ended the run early, if any."""
     stop = threading.Event()
     stop_now = StopNow()
     try:
@@ -476,22 +546,18 @@ def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | N
             report = run(settings, stop, stop_now, run_id)
             remove_expired_results(settings)
     except LockHeld as exc:
-        return fail(str(exc), EXIT_LOCKED), None
+        return EXIT_LOCKED, None, str(exc)
     except StateError as exc:
-        return fail(str(exc), EXIT_CONFIG), None
+        return EXIT_CONFIG, None, str(exc)
     except DatabaseError as exc:
-        return fail(str(exc), EXIT_ABORTED), None
+        return EXIT_ABORTED, None, str(exc)
     except KeyboardInterrupt:
-        return fail("interrupted", EXIT_ABORTED), None
+        return EXIT_ABORTED, None, "interrupted"
     except Exception:
         log.exception("unexpected error; the run was aborted")
-        return fail("unexpected error, see the log for the traceback", EXIT_ABORTED), None
-    print_summary(report, settings.dry_run)
-    if report.outcome.aborted:
-        fail(report.outcome.aborted, EXIT_ABORTED)
-    elif report.outcome.held_back:
-        fail(report.outcome.held_back, EXIT_ABORTED)
-    return exit_code(report), report
+        return EXIT_ABORTED, None, "unexpected error, see the log for the traceback"
+    print_summary(report, settings.dry_run, list_id=settings.list_id)
+    return exit_code(report), report, report.outcome.aborted or report.outcome.held_back
 
 
 def remove_expired_results(settings: Settings) -> None:

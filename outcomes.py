@@ -24,7 +24,7 @@ from plan import (
     still_outstanding,
 )
 from results import FAILED, IN_SEGMENT, INTERRUPTED, UNCHANGED, ResultsWriter, RowResult
-from segment import ListMirror
+from segment import Lists
 from sync_state import AcceptedUser, SyncState
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Outcomes:
         *,
         writer: ResultsWriter,
         state: SyncState | None,
-        lists: ListMirror | None,
+        lists: Lists | None,
         may_write_state: bool,
         on_rows: Callable[[int], object] = lambda _count: None,
     ) -> None:
@@ -236,9 +236,11 @@ class Outcomes:
         if work.result.segment == IN_SEGMENT:
             if work.listed_as != work.payloads.identifier:
                 payloads = work.payloads
-                self.lists.subscribe(work.row.customer_id, payloads.identifier, payloads.email)
+                self.lists.subscribe(
+                    work.row.customer_id, payloads.identifier, payloads.email, work.result
+                )
         elif work.listed_as is not None:
-            self.lists.unsubscribe(work.row.customer_id, work.payloads.identifier)
+            self.lists.unsubscribe(work.row.customer_id, work.payloads.identifier, work.result)
 
 
 def _answered(answer: Answer) -> tuple[Sequence[Work], CallResult, Mapping[int, str]]:

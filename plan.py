@@ -370,6 +370,7 @@ class Planner:
         if self.dry_run:
             work.result.status, work.result.reason = SKIPPED, DRY_RUN
             work.result.payloads = {
+                **(work.result.payloads or {}),  # a list call planned already
                 "user_update": work.payloads.user_update if work.send_user else None,
                 "event_track": work.payloads.event if work.send_event else None,
             }
@@ -378,6 +379,11 @@ class Planner:
                     "currentEmail": work.previous_email,
                     "newEmail": work.payloads.email,
                 }
+                if work.listed_as == work.previous_email:
+                    work.listed_as = work.payloads.email  # the membership moves with it
+            if work.send_user:
+                # As a real run does once Iterable has accepted the profile.
+                self.keep_listed(work)
             return work.result
         if work.send_user and self.state is not None and work.had_profile:
             self.state.user_sending(work.row.customer_id, work.user_fingerprint)

@@ -23,8 +23,8 @@ LOG_EVERY_SECONDS = 10.0
 DRAW_EVERY_SECONDS = 0.2
 # The rate, and so the ETA, means something only after a few seconds of rows.
 ETA_AFTER_SECONDS = 3.0
-BAR_FORMAT = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} users [{elapsed}, {rate_fmt}{postfix}]"
-COUNT_FORMAT = "{n_fmt} users [{elapsed}, {rate_fmt}]"
+BAR_FORMAT = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} NOUN [{elapsed}, {rate_fmt}{postfix}]"
+COUNT_FORMAT = "{n_fmt} NOUN [{elapsed}, {rate_fmt}]"
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -45,22 +45,37 @@ class Progress:
         self.interactive = is_terminal(self.stream)
         self.clock = clock
         self.done = 0
+        self.noun = "users"
         self.started = clock()
         self._last_output = self.started
         self._lock = threading.Lock()
         self._bar: tqdm[Never] | None = None
         self._logging = contextlib.ExitStack()
         if self.interactive:
-            self._bar = tqdm(
-                total=total,
-                file=self.stream,
-                unit=" users",
-                bar_format=BAR_FORMAT if total else COUNT_FORMAT,
-                dynamic_ncols=True,
-                mininterval=DRAW_EVERY_SECONDS,
-                smoothing=0,  # the average rate since the start, as the ETA uses
-            )
+            self._bar = self._new_bar()
             self._logging.enter_context(console_logging_beside_the_bar())
+
+    def _new_bar(self) -> tqdm[Never]:
+        # Without a total there is no share to show: a count, never "0%".
+        return tqdm(
+            total=self.total or None,
+            file=self.stream,
+            unit=f" {self.noun}",
+            bar_format=(BAR_FORMAT if self.total else COUNT_FORMAT).replace("NOUN", self.noun),
+            dynamic_ncols=True,
+            mininterval=DRAW_EVERY_SECONDS,
+            smoothing=0,  # the average rate since the start, as the ETA uses
+        )
+
+    def leavers(self, count: int) -> None:
+        """The customers who left the segment: a line, and a bar of their own with its total."""
+        log.info("%s customers left the segment: updating …", f"{count:,}")
+        with self._lock:
+            self.total, self.done, self.noun = count, 0, "customers"
+            self.started = self._last_output = self.clock()
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = self._new_bar()
 
     def advance(self, count: int = 1) -> None:
         with self._lock:
@@ -84,11 +99,14 @@ class Progress:
             self._logging.close()
 
     def eta(self, now: float) -> str:
-        """'ETA 12s' once the rate is measured and there is a total; '' before."""
+        """'ETA 12s' once the rate is measured and there is a total; '' before, and once
+        the total is reached (an 'ETA 0s' that stands still says nothing)."""
         elapsed = now - self.started
         if not self.total or elapsed < ETA_AFTER_SECONDS or self.done == 0:
             return ""
-        remaining = max(self.total - self.done, 0)
+        remaining = self.total - self.done
+        if remaining <= 0:
+            return ""
         return f"ETA {remaining / (self.done / elapsed):.0f}s"
 
     def line(self, now: float) -> str:
@@ -96,7 +114,7 @@ class Progress:
         rate = self.done / elapsed
         eta = self.eta(now)
         counted = f"{self.done}/{self.total}" if self.total else f"{self.done}"
-        return f"{counted} users, {rate:.0f}/s" + (f", {eta}" if eta else "")
+        return f"{counted} {self.noun}, {rate:.0f}/s" + (f", {eta}" if eta else "")
 
 
 @contextlib.contextmanager

@@ -29,18 +29,44 @@ from typing import Any, NamedTuple, TextIO
 
 from exit_codes import EXIT_ABORTED, EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED, run_exit_code
 from logger_config import mask_email, mask_emails
-from results import FAILED, LEFT_SEGMENT, SKIPPED, Summary, write_atomically
+from results import (
+    DRY_RUN,
+    EMAIL_CHANGE_CONFLICT,
+    EMAIL_CHANGE_FORGOTTEN,
+    EMAIL_CHANGE_OLD_MISSING,
+    FAILED,
+    FORGOTTEN,
+    LEAVE_GUARD,
+    LEFT_DELETED,
+    LEFT_SEGMENT,
+    SKIPPED,
+    SUBSCRIBED,
+    SUCCESS,
+    UNCHANGED,
+    UNSUBSCRIBED,
+    Summary,
+    write_atomically,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 MAX_WARNINGS = 5  # warnings are advice, not work to do: a few examples are enough
 OPEN_LIMIT = 10  # a list this short is shown open; a longer one is folded under <details>
 MAX_TEXT = 160  # a long Iterable msg is cut so a table cell stays one or two lines
+MAX_CAUSE = 1000  # a cause a group of failures shares is said once, whole unless absurd
+MAX_CHANGES = 500  # rows listed per change section; the counts cover every row
 # A row's calls, in the order they are made.
 STEPS = (
     ("update_email", "email move"),
     ("user_update", "user update"),
     ("event_track", "event track"),
+    ("delete_user", "delete"),
 )
+# What an email change that did not move the profile came to.
+NOT_MOVED = {
+    EMAIL_CHANGE_CONFLICT: "the new email has another profile: both left as they are",
+    EMAIL_CHANGE_OLD_MISSING: "no profile under the old email: created under the new one",
+    EMAIL_CHANGE_FORGOTTEN: "the old email was forgotten: created under the new one",
+}
 NO_REASON = "(no reason)"
 DASH = "\u2014"
 CSV_COLUMNS = ("customer_id", "email", "reason", "detail", "failing_since", "outstanding")
@@ -137,6 +163,19 @@ class FailedRow:
     previous_email: str | None = None
 
 
+@dataclass(frozen=True)
+class ChangedRow:
+    """A row that changed something beyond its own profile: an email move, a leaver, a list
+    change. Unmasked, as the file has it; the page masks."""
+
+    customer_id: str
+    email: str | None
+    done: str  # what was done, in a few words
+    previous_email: str | None = None
+    list_action: str | None = None
+    failed: bool = False
+
+
 @dataclass
 class RowStats:
     """What the per-row results add up to: the Summary's counts, every failed row, and
@@ -149,6 +188,10 @@ class RowStats:
     warnings: int = 0
     rows_with_warnings: int = 0
     warning_examples: list[tuple[str, str]] = field(default_factory=list)
+    moves: list[ChangedRow] = field(default_factory=list)
+    leavers: list[ChangedRow] = field(default_factory=list)
+    deletions: list[ChangedRow] = field(default_factory=list)
+    listed: list[ChangedRow] = field(default_factory=list)
 
     @property
     def new_failures(self) -> list[FailedRow]:
@@ -227,6 +270,61 @@ def _add_warnings(stats: RowStats, row: Mapping[str, Any]) -> None:
         stats.warning_examples.append((DASH if customer is None else str(customer), str(warning)))
 
 
+def _move_done(row: Mapping[str, Any]) -> str:
+    warnings = [str(w) for w in row.get("warnings") or () if isinstance(w, str)]
+    for prefix, said in NOT_MOVED.items():
+        if any(w.startswith(prefix) for w in warnings):
+            return said
+    if row.get("status") == FAILED:
+        return f"failed: {row.get('reason')}"
+    if row.get("reason") == DRY_RUN:
+        return "would be moved"
+    return "moved, with its history" if row.get("status") == SUCCESS else "not moved"
+
+
+def _leaver_done(row: Mapping[str, Any]) -> str:
+    status, reason = row.get("status"), row.get("reason")
+    if reason == LEFT_DELETED:
+        deleted = row.get("delete_user") is not None and status == SUCCESS
+        planned = bool(_dict(row.get("payloads")).get("delete_user"))
+        if status == FAILED:
+            return f"gone from the database; deleting it in Iterable failed: {reason}"
+        if deleted or planned:
+            return "gone from the database; " + (
+                "would be deleted in Iterable" if planned else "deleted in Iterable"
+            )
+        return "gone from the database; kept in Iterable"
+    done = {
+        UNCHANGED: "nothing to send: Iterable holds the current fields",
+        LEAVE_GUARD: "held back by the mass-leave guard: nothing sent",
+        DRY_RUN: "profile would be updated",
+        FORGOTTEN: "forgotten in Iterable: nothing sent",
+    }
+    if status == FAILED:
+        return f"failed: {reason}"
+    return done.get(str(reason), "profile updated" if status == SUCCESS else str(reason))
+
+
+def _add_changes(stats: RowStats, row: Mapping[str, Any]) -> None:
+    """Keep the first rows of each change section (the Summary counts them all)."""
+    customer = row.get("customer_id")
+    cid = DASH if customer is None else str(customer)
+    email = _optional_text(row.get("email"))
+    action = row.get("list") if row.get("list") in (SUBSCRIBED, UNSUBSCRIBED) else None
+    failed = row.get("status") == FAILED
+    previous = _optional_text(row.get("previous_email"))
+    if previous and len(stats.moves) < MAX_CHANGES:
+        stats.moves.append(ChangedRow(cid, email, _move_done(row), previous, action, failed))
+    if row.get("segment") == LEFT_SEGMENT:
+        leaver = ChangedRow(cid, email, _leaver_done(row), previous, action, failed)
+        if len(stats.leavers) < MAX_CHANGES:
+            stats.leavers.append(leaver)
+        if row.get("reason") == LEFT_DELETED and len(stats.deletions) < MAX_CHANGES:
+            stats.deletions.append(leaver)
+    if action and len(stats.listed) < MAX_CHANGES:
+        stats.listed.append(ChangedRow(cid, email, str(action), previous, action, failed))
+
+
 def _countable(row: Mapping[str, Any]) -> Mapping[str, Any]:
     """The row for Summary.add_row; a failing_since that is not text (a damaged file) is
     dropped, since failing times are compared with each other."""
@@ -247,6 +345,7 @@ def collect_rows(rows: object) -> RowStats:
         stats.summary.add_row(_countable(row))
         if row.get("status") == FAILED:
             stats.failed.append(_failed_row(row))
+        _add_changes(stats, row)
         retried = _step_attempts(row)
         if retried:
             stats.retried_rows += 1
@@ -332,6 +431,8 @@ def _header(run: Mapping[str, Any], status: RunStatus) -> str:
         ("Full refresh", _fmt_flag(run.get("full_refresh"))),
         ("Rows read", _text(run.get("rows_read"))),
         ("Plan type", _text(run.get("plan_type"))),
+        ("Identify by", _text(run.get("identify_by"))),
+        ("List", _text(run.get("list_id")) if run.get("list_id") is not None else "none"),
         ("Lookback", DASH if lookback is None else f"{_text(lookback)} days"),
         ("Database", _text(run.get("database"))),
         ("Iterable", _text(run.get("iterable_base_url"))),
@@ -420,11 +521,22 @@ def _tags(row: FailedRow) -> str:
     return tags
 
 
-def _failed_item(row: FailedRow) -> str:
+def _common_cause(rows: list[FailedRow]) -> str | None:
+    """The message every row of a group shares, said once and in full (a type clash names
+    its field and both types at the end); None when the rows say different things."""
+    details = {row.detail for row in rows}
+    if len(details) != 1:
+        return None
+    return details.pop()
+
+
+def _failed_item(row: FailedRow, with_detail: bool = True) -> str:
     """One failed row: id, masked email, and what Iterable said."""
     said = " ".join(f"<code>{_text(part)}</code>" for part in (row.http_status, row.code) if part)
     where = f'<span class="step">{_text(row.step)}</span>' if row.step else ""
-    detail = f'<span class="msg">{_text(row.detail, MAX_TEXT)}</span>' if row.detail else ""
+    detail = ""
+    if row.detail and with_detail:
+        detail = f'<span class="msg">{_text(row.detail, MAX_TEXT)}</span>'
     return (
         f'<li><span class="cid">#{_text(row.customer_id)}</span>'
         f'<span class="email">{_text(masked(row.email))}</span>{_tags(row)}{where}{said}'
@@ -448,13 +560,15 @@ def _failures(stats: RowStats) -> str:
     total = stats.summary.total
     rows = []
     for reason, members in groups:
-        items = "".join(_failed_item(row) for row in members)
+        cause = _common_cause(members)
+        items = "".join(_failed_item(row, with_detail=cause is None) for row in members)
+        said = f'<p class="cause">{_text(cause, MAX_CAUSE)}</p>' if cause else ""
         listing = _folded(len(members), "row", f'<ul class="examples">{items}</ul>')
         rows.append(
             f'<tr><td><code class="reason">{_text(reason)}</code></td>'
             f'<td class="num">{_fmt_int(len(members))}</td>'
             f'<td class="num muted">{_share(len(members), total)}</td>'
-            f"<td>{listing}</td></tr>"
+            f"<td>{said}{listing}</td></tr>"
         )
     head = '<tr><th>Reason</th><th class="num">Rows</th><th class="num">Share</th>'
     head += "<th>Rows (customer, email, Iterable response)</th></tr>"
@@ -616,6 +730,90 @@ def _warnings(stats: RowStats) -> str:
     return _panel("Warnings", summary + examples, "warnings")
 
 
+def _run_warnings(run: Mapping[str, Any]) -> str:
+    """Warnings about the run as a whole (a stale page_views, a lost state) and the
+    mass-leave guard's verdict: shown first, since each may mean the run did too little."""
+    warnings = [str(w) for w in run.get("warnings") or () if w]
+    held_back = _optional_text(run.get("held_back"))
+    if held_back:
+        warnings.insert(0, held_back)
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_text(warning)}</li>" for warning in warnings)
+    return (
+        '<section class="panel panel-outstanding" id="run-warnings">'
+        f'<h2>Run warnings</h2><ul class="run-warnings">{items}</ul></section>'
+    )
+
+
+def _change_item(row: ChangedRow, show_list: bool = True) -> str:
+    tags = ""
+    if show_list and row.list_action:
+        tags = f'<span class="tag">{_text(row.list_action)}</span>'
+    kind = "msg failed" if row.failed else "msg"
+    return (
+        f'<li><span class="cid">#{_text(row.customer_id)}</span>'
+        f'<span class="email">{_text(masked(row.email))}</span>{tags}'
+        f'<span class="{kind}">{_text(row.done)}</span></li>'
+    )
+
+
+def _changes(stats: RowStats, run: Mapping[str, Any]) -> str:
+    """Email moves, leavers, deletions and list changes: what the run changed in Iterable
+    beyond the profiles and events of the segment."""
+    changes = stats.summary.changes
+    panels = []
+    if stats.moves:
+        items = "".join(
+            f'<li><span class="cid">#{_text(row.customer_id)}</span>'
+            f'<span class="email">{_text(masked(row.previous_email))}</span> &rarr; '
+            f'<span class="email">{_text(masked(row.email))}</span>'
+            f'<span class="{"msg failed" if row.failed else "msg"}">{_text(row.done)}</span></li>'
+            for row in stats.moves
+        )
+        note = (
+            f'<p class="note"><strong id="emails-moved">{_fmt_int(changes.emails_moved)}</strong> '
+            f"{_plural(changes.emails_moved, 'profile')} moved to a new email; "
+            f"{_fmt_int(changes.email_conflicts)} left alone for a conflict.</p>"
+        )
+        listing = _folded(len(stats.moves), "email change", f'<ul class="examples">{items}</ul>')
+        panels.append(_panel("Email moves", note + listing, "email-moves"))
+    if stats.leavers:
+        note = (
+            f'<p class="note"><strong id="leavers-count">{_fmt_int(changes.left)}</strong> '
+            f"left the segment: {_fmt_int(changes.left_updated)} "
+            f"{_plural(changes.left_updated, 'profile')} updated, "
+            f"{_fmt_int(changes.left_unchanged)} unchanged, "
+            f"{_fmt_int(changes.left_deleted)} gone from the database"
+            + (f", {_fmt_int(changes.left_held_back)} held back" if changes.left_held_back else "")
+            + ".</p>"
+        )
+        items = "".join(_change_item(row) for row in stats.leavers)
+        listing = _folded(len(stats.leavers), "leaver", f'<ul class="examples">{items}</ul>')
+        panels.append(_panel("Left the segment", note + listing, "leavers"))
+    if stats.deletions:
+        note = (
+            f'<p class="note"><strong id="deleted-count">{_fmt_int(changes.left_deleted)}</strong>'
+            f" {_plural(changes.left_deleted, 'customer')} gone from the customers table; "
+            f"{_fmt_int(changes.deleted_in_iterable)} deleted in Iterable "
+            "(ON_DELETED_CUSTOMER=delete).</p>"
+        )
+        items = "".join(_change_item(row) for row in stats.deletions)
+        listing = _folded(len(stats.deletions), "deletion", f'<ul class="examples">{items}</ul>')
+        panels.append(_panel("Deleted customers", note + listing, "deletions"))
+    if stats.listed:
+        note = (
+            f'<p class="note">List <code id="list-id">{_text(run.get("list_id"))}</code>: '
+            f'<strong id="list-subscribed">+{_fmt_int(changes.list_subscribed)}</strong> '
+            f'subscribed, <strong id="list-unsubscribed">-{_fmt_int(changes.list_unsubscribed)}'
+            "</strong> unsubscribed.</p>"
+        )
+        items = "".join(_change_item(row, show_list=False) for row in stats.listed)
+        listing = _folded(len(stats.listed), "list change", f'<ul class="examples">{items}</ul>')
+        panels.append(_panel("List changes", note + listing, "list-changes"))
+    return "".join(panels)
+
+
 def _table(head: str, rows: Iterable[str], table_id: str) -> str:
     """A plain table with a header row."""
     return f'<table id="{table_id}"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
@@ -658,10 +856,12 @@ def render_page(results: Mapping[str, Any], stats: RowStats, source: str | None 
     body = "".join(
         [
             _header(run, run_status(run, summary)),
+            _run_warnings(run),
             _cards(summary, run.get("rows_read")),
             _split_bar(summary),
             _failures(stats),
             _outstanding(stats),
+            _changes(stats, run),
             _skipped(summary),
             _timing(api),
             '<div class="pair">',

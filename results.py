@@ -53,6 +53,15 @@ FORGOTTEN = "forgotten"
 LEFT_DELETED = "left_deleted"
 LEAVE_GUARD = "leave_guard"  # a leaver the mass-leave guard held back
 
+# What a row's customer had done on the list (ITERABLE_LIST_ID), in its `list` field.
+SUBSCRIBED = "subscribed"
+UNSUBSCRIBED = "unsubscribed"
+
+# The warnings of an email change that did not move the profile (see sync.py).
+EMAIL_CHANGE_CONFLICT = "email_change_conflict"
+EMAIL_CHANGE_OLD_MISSING = "email_change_old_missing"
+EMAIL_CHANGE_FORGOTTEN = "email_change_forgotten"
+
 
 IN_SEGMENT = "in"  # a row of this run's Query 2
 LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now
@@ -69,6 +78,8 @@ class RowResult:
     user_update: dict[str, Any] | None = None
     event_track: dict[str, Any] | None = None
     update_email: dict[str, Any] | None = None  # the users/updateEmail call, when made
+    delete_user: dict[str, Any] | None = None  # the users/delete call, when made
+    list_action: str | None = None  # "list": SUBSCRIBED or UNSUBSCRIBED, when the run did so
     payloads: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     detail: str | None = None
@@ -87,11 +98,14 @@ class RowResult:
             "reason": self.reason,
             "user_update": self.user_update,
             "event_track": self.event_track,
+            "list": self.list_action,
         }
         if self.previous_email is not None:
             data["previous_email"] = self.previous_email
         if self.update_email is not None:
             data["update_email"] = self.update_email
+        if self.delete_user is not None:
+            data["delete_user"] = self.delete_user
         if self.outstanding:
             data["outstanding"] = True
             data["failing_since"] = self.failing_since
@@ -102,6 +116,68 @@ class RowResult:
         if self.payloads is not None:
             data["payloads"] = self.payloads
         return data
+
+
+@dataclass
+class Changes:
+    """What the run changed in Iterable beyond the rows' own updates: the console's
+    "changes" block, the summary's `changes`, the report's sections. Counted from the rows,
+    so a dry run counts what a real run would do."""
+
+    emails_moved: int = 0
+    email_conflicts: int = 0  # the new email belongs to another profile: left alone
+    email_old_missing: int = 0  # no profile under the old email: created under the new one
+    email_old_forgotten: int = 0  # the old email was forgotten: created under the new one
+    left: int = 0
+    left_updated: int = 0  # a leaver's profile was (or, in a dry run, would be) updated
+    left_unchanged: int = 0
+    left_deleted: int = 0  # gone from the customers table
+    left_held_back: int = 0  # held back by the mass-leave guard
+    deleted_in_iterable: int = 0  # ON_DELETED_CUSTOMER=delete
+    forgotten: int = 0
+    list_subscribed: int = 0
+    list_unsubscribed: int = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Count one row, in its results file form."""
+        status, reason = row.get("status"), row.get("reason")
+        warnings = row.get("warnings") or ()
+        not_moved = {
+            EMAIL_CHANGE_CONFLICT: "email_conflicts",
+            EMAIL_CHANGE_OLD_MISSING: "email_old_missing",
+            EMAIL_CHANGE_FORGOTTEN: "email_old_forgotten",
+        }
+        warned = [
+            name
+            for prefix, name in not_moved.items()
+            if any(str(w).startswith(prefix) for w in warnings)
+        ]
+        for name in warned:
+            setattr(self, name, getattr(self, name) + 1)
+        done = status == SUCCESS or reason == DRY_RUN
+        if row.get("previous_email") and done and not warned:
+            self.emails_moved += 1
+        if row.get("segment") == LEFT_SEGMENT:
+            self.left += 1
+            if reason == LEFT_DELETED:
+                self.left_deleted += 1
+                call = row.get("delete_user")
+                planned = (row.get("payloads") or {}).get("delete_user")
+                self.deleted_in_iterable += (status == SUCCESS and call is not None) or bool(
+                    planned
+                )
+            elif reason == UNCHANGED:
+                self.left_unchanged += 1
+            elif reason == LEAVE_GUARD:
+                self.left_held_back += 1
+            elif done:
+                self.left_updated += 1
+        self.forgotten += reason == FORGOTTEN
+        self.list_subscribed += row.get("list") == SUBSCRIBED
+        self.list_unsubscribed += row.get("list") == UNSUBSCRIBED
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(vars(self))
 
 
 @dataclass
@@ -118,14 +194,15 @@ class Summary:
     left: int = 0  # rows of customers who left the segment (in the counts above)
     failing_since: str | None = None  # the oldest outstanding failure's first time
     reasons: Counter[str] = field(default_factory=Counter)
+    changes: Changes = field(default_factory=Changes)
 
     def add_many(self, results: Sequence[RowResult]) -> None:
         for result in results:
-            self.count(result.status, result.reason, result.outstanding, result.segment)
-            self._since(result.failing_since if result.outstanding else None)
+            self.add_row(result.to_dict())
 
     def add_row(self, row: Mapping[str, Any]) -> None:
-        """Count a row as read back from a results file."""
+        """Count a row in its results file form."""
+        self.changes.add(row)
         self.count(
             str(row.get("status")),
             row.get("reason"),
@@ -169,6 +246,7 @@ class Summary:
             "failing_since": self.failing_since,
             "left": self.left,
             "by_reason": dict(sorted(self.reasons.items())),
+            "changes": self.changes.to_dict(),
         }
 
 
@@ -239,19 +317,18 @@ class ResultsWriter:
         self.add_many([result])
 
     def add_many(self, results: Sequence[RowResult]) -> None:
+        rows = [result.to_dict() for result in results]
         # One compact line a row; orjson writes UTF-8 as it is, like ensure_ascii=False.
         lines = b"".join(
-            [
-                orjson.dumps(result.to_dict(), default=str, option=orjson.OPT_APPEND_NEWLINE)
-                for result in results
-            ]
+            [orjson.dumps(row, default=str, option=orjson.OPT_APPEND_NEWLINE) for row in rows]
         )
         with self._lock:
             if self._spool.closed:
                 # A run stopped at once by a second signal has written its file; rows that
                 # finish after that are left out of it, as if never attempted.
                 return
-            self.summary.add_many(results)
+            for row in rows:
+                self.summary.add_row(row)
             self._spool.write(lines)
 
     def finish(self, run: dict[str, Any], started_at: datetime) -> Path:

@@ -30,7 +30,7 @@ from payloads import (
     normalize_email,
 )
 from plan import Work
-from results import LEFT_SEGMENT
+from results import LEFT_SEGMENT, SUBSCRIBED, UNSUBSCRIBED, RowResult
 from sync_state import Member, SyncState
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,56 @@ def check_list_exists(client: IterableClient, list_id: int) -> None:
         )
 
 
+def _noted(
+    result: RowResult | None,
+    action: str,
+    lists: ListPreview | ListMirror,
+    identifier: str,
+) -> None:
+    """The row says what the run did to its customer's membership; a dry run's row also
+    holds the call it would send."""
+    if result is None:
+        return
+    result.list_action = action
+    if lists.dry_run:
+        call = "list_subscribe" if action == SUBSCRIBED else "list_unsubscribe"
+        result.payloads = {
+            **(result.payloads or {}),
+            call: {
+                "listId": lists.list_id,
+                "subscribers": [dict(named(identifier, lists.identify_by))],
+            },
+        }
+
+
+class ListPreview:
+    """The dry run's list: decides the same subscriptions and unsubscriptions as ListMirror,
+    records them in the rows (with the calls' bodies) and sends nothing."""
+
+    dry_run = True
+
+    def __init__(self, list_id: int, identify_by: str) -> None:
+        self.list_id = list_id
+        self.identify_by = identify_by
+        self.on_stop: Callable[[StopRun], object] = lambda _exc: None
+
+    def subscribe(
+        self, customer_id: int, identifier: str, email: str, result: RowResult | None = None
+    ) -> None:
+        _noted(result, SUBSCRIBED, self, identifier)
+
+    def unsubscribe(
+        self, customer_id: int, identifier: str, result: RowResult | None = None
+    ) -> None:
+        _noted(result, UNSUBSCRIBED, self, identifier)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class ListMirror:
     """Batched list subscriptions and unsubscriptions on a worker thread of their own.
 
@@ -176,6 +226,8 @@ class ListMirror:
     A call that finds the key rejected, the list missing or Iterable down stops the run
     through `on_stop`, as any other call would.
     """
+
+    dry_run = False
 
     def __init__(
         self, client: IterableClient, state: SyncState, list_id: int, identify_by: str
@@ -193,12 +245,19 @@ class ListMirror:
         self.calls = 0
         self.on_stop: Callable[[StopRun], object] = lambda _exc: None
 
-    def subscribe(self, customer_id: int, identifier: str, email: str) -> None:
+    def subscribe(
+        self, customer_id: int, identifier: str, email: str, result: RowResult | None = None
+    ) -> None:
+        """Subscribe the customer (in a batch); `result`, their row, records it."""
+        _noted(result, SUBSCRIBED, self, identifier)
         with self._lock:
             self._emails[customer_id] = email
         self._add(self._subscribe, customer_id, identifier)
 
-    def unsubscribe(self, customer_id: int, identifier: str) -> None:
+    def unsubscribe(
+        self, customer_id: int, identifier: str, result: RowResult | None = None
+    ) -> None:
+        _noted(result, UNSUBSCRIBED, self, identifier)
         self._add(self._unsubscribe, customer_id, identifier)
 
     def _add(self, pending: list[tuple[int, str]], customer_id: int, identifier: str) -> None:
@@ -296,6 +355,10 @@ class ListMirror:
             for name in names
             for value in failed.get(name) or ()
         }
+
+
+# The list a run keeps equal to the segment: the real one, or the dry run's preview.
+Lists = ListMirror | ListPreview
 
 
 def _failed_updates(call: CallResult) -> Mapping[str, list[object]]:

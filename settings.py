@@ -385,8 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         usage="%(prog)s [options]\n       %(prog)s report RESULTS.json [--output HTML] [--csv CSV]",
         description=(
-            "Send recently active customers of one plan from MySQL to Iterable: "
-            "a users/update and a page_view event per customer."
+            "Send recently active customers of one plan from MySQL to Iterable:\n"
+            "a users/update and a page_view event per customer.\n"
+            "A customer whose email changed has their Iterable profile moved to the new\n"
+            "email; one who leaves the segment has their changed fields sent once (and,\n"
+            "with ITERABLE_LIST_ID, leaves the list); one deleted from the database is\n"
+            "deleted in Iterable only with ON_DELETED_CUSTOMER=delete."
         ),
         epilog=COMMANDS_HELP + "\n\n" + _exit_code_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -56,6 +56,9 @@ from plan import (
 )
 from results import (
     DRY_RUN,
+    EMAIL_CHANGE_CONFLICT,
+    EMAIL_CHANGE_FORGOTTEN,
+    EMAIL_CHANGE_OLD_MISSING,
     FAILED,
     IN_SEGMENT,
     INTERRUPTED,
@@ -68,14 +71,10 @@ from results import (
     ResultsWriter,
     RowResult,
 )
-from segment import LeaveGuard, ListMirror, ReadCustomers, leaver_work, plan_leaver
+from segment import LeaveGuard, Lists, ReadCustomers, leaver_work, plan_leaver
 from sync_state import Member, StateError, SyncState
 
 log = logging.getLogger(__name__)
-
-EMAIL_CHANGE_CONFLICT = "email_change_conflict"
-EMAIL_CHANGE_OLD_MISSING = "email_change_old_missing"
-EMAIL_CHANGE_FORGOTTEN = "email_change_forgotten"
 
 # Bulk mode looks for answers that have come every this many rows (a few milliseconds),
 # rather than after every row.
@@ -199,7 +198,7 @@ class Syncer:
         stop: threading.Event | None = None,
         on_rows: Callable[[int], object] = lambda _count: None,
         identify_by: str = BY_EMAIL,
-        lists: ListMirror | None = None,
+        lists: Lists | None = None,
         delete_deleted: bool = False,
         retry_outstanding: bool = False,
     ) -> None:
@@ -233,6 +232,8 @@ class Syncer:
         )
         self.outcome = Outcome()
         self._abort_lock = threading.Lock()
+        # Told how many customers left the segment, before they are done.
+        self.on_leavers: Callable[[int], object] = lambda _count: None
 
     @property
     def on_rows(self) -> Callable[[int], object]:
@@ -426,7 +427,7 @@ class Syncer:
                 if work.result.segment == LEFT_SEGMENT:
                     self.state.left(work.row.customer_id, None)
             if work.listed_as is not None and self.lists is not None:
-                self.lists.unsubscribe(work.row.customer_id, work.listed_as)
+                self.lists.unsubscribe(work.row.customer_id, work.listed_as, work.result)
             self.outcomes.record(forgotten_result(work.result))
             return False
         # Iterable forgot the old address: the profile goes in under the new email as a new
@@ -481,12 +482,20 @@ class Syncer:
     def _email_not_moved(self, work: Work, warning: str, detail: str) -> None:
         """The old profile stays as it is; the row's update goes to the new email."""
         work.result.warnings.append(f"{warning}: {detail}")
+        log.warning(
+            "customer %s: email change from %s to %s: %s: %s",
+            work.row.customer_id,
+            mask_email(work.previous_email),
+            mask_email(work.payloads.email),
+            warning,
+            detail,
+        )
         if warning != EMAIL_CHANGE_CONFLICT and work.result.segment == IN_SEGMENT:
             # The old profile is gone with its events: the new one gets the latest again.
             work.send_event = True
         listed, old = work.listed_as is not None, work.previous_email
         if listed and old is not None and work.listed_as == old and self.lists:
-            self.lists.unsubscribe(work.row.customer_id, old)
+            self.lists.unsubscribe(work.row.customer_id, old, work.result)
         # A member of the segment is subscribed under the new email. A leaver who was on the
         # list is unsubscribed under it too: an earlier move whose answer was lost may have
         # taken the membership there.
@@ -619,6 +628,8 @@ class Syncer:
         if self.state is None or self.stop.is_set() or self.outcome.aborted:
             return
         leaving, chunks = self.state.left_segment()
+        if leaving:
+            self.on_leavers(leaving)
         verdict = guard.verdict(leaving, self.state.segment_at_start) if guard else None
         if verdict is not None:
             self.outcome.held_back = verdict
@@ -645,7 +656,6 @@ class Syncer:
                 return
             member = settled
         if customer is None:
-            self._unlist(member)
             self._deleted(member, pool)
             return
         update = plan_leaver(member, customer, self.identify_by)
@@ -653,8 +663,8 @@ class Syncer:
             member.customer_id, member.email, SKIPPED, UNCHANGED, segment=LEFT_SEGMENT
         )
         if update is None:
-            self._unlist(member)
             result.detail = "left the segment; Iterable already holds the current fields"
+            self._unlist(member, result)
             if self.may_write_state:
                 assert self.state is not None
                 self.state.left(member.customer_id, None)
@@ -669,6 +679,12 @@ class Syncer:
         if self.client is None:
             work.result.status, work.result.reason = SKIPPED, DRY_RUN
             work.result.payloads = {"user_update": update.user_update, "event_track": None}
+            if update.previous_email is not None and self.identify_by == BY_EMAIL:
+                work.result.payloads["update_email"] = {
+                    "currentEmail": update.previous_email,
+                    "newEmail": update.email,
+                }
+            self.outcomes.keep_listed(work)
             self.outcomes.record(work.result)
             return
         pool.submit(self._sync_one, work)
@@ -696,11 +712,13 @@ class Syncer:
             listed = maybe  # Iterable moved the membership with the profile
         return dataclasses.replace(member, email=where, list_identifier=listed, unsure_move=None)
 
-    def _unlist(self, member: Member) -> None:
+    def _unlist(self, member: Member, result: RowResult | None = None) -> None:
+        """Off the list, under the identifier the state has; `result`, the leaver's row,
+        records it."""
         if self.lists is None:
             return
         if member.list_identifier is not None:
-            self.lists.unsubscribe(member.customer_id, member.list_identifier)
+            self.lists.unsubscribe(member.customer_id, member.list_identifier, result)
         unsure = member.unsure_move
         if unsure is not None and self.identify_by == BY_EMAIL and unsure != member.list_identifier:
             # A move whose answer was lost may have taken the membership there.
@@ -711,15 +729,20 @@ class Syncer:
         result = RowResult(
             member.customer_id, member.email, SKIPPED, LEFT_DELETED, segment=LEFT_SEGMENT
         )
+        self._unlist(member, result)
         identity = _identity(member, self.identify_by)
         if self.delete_deleted and identity is not None and self.client is not None:
             if not self._refused_before(result, member.customer_id, DELETE_PART, "-"):
                 pool.submit(self._delete_user, member.customer_id, identity, result)
             return
-        result.detail = "no longer in the customers table; nothing sent"
-        if self.delete_deleted and self.client is None:
-            result.reason = DRY_RUN
-            result.payloads = {"delete_user": identity}
+        gone = "no longer in the customers table"
+        if self.delete_deleted and self.client is None and identity is not None:
+            result.payloads = {**(result.payloads or {}), "delete_user": identity}
+            result.detail = self._with_list(result, f"{gone}; would be deleted in Iterable")
+        elif result.list_action is None:
+            result.detail = f"{gone}; nothing sent"
+        else:
+            result.detail = self._with_list(result, gone) + ", nothing else sent"
         if self.may_write_state:
             assert self.state is not None
             self.state.deleted(member.customer_id)
@@ -734,13 +757,14 @@ class Syncer:
             self.outcomes.record(result)
             self.abort(exc)
             return
-        result.user_update = call.summary()
+        result.delete_user = call.summary()
         if call.ok or call.no_such_user:
             result.status = SUCCESS
-            result.detail = (
+            result.detail = self._with_list(
+                result,
                 "deleted in Iterable (ON_DELETED_CUSTOMER=delete)"
                 if call.ok
-                else "Iterable had no such user any more; nothing left to delete"
+                else "Iterable had no such user any more; nothing left to delete",
             )
             self.state.deleted(customer_id, in_iterable=True)
         else:
@@ -748,6 +772,13 @@ class Syncer:
             if is_permanent(call):
                 self.state.refused(customer_id, refusal_key(DELETE_PART, "-"), result.reason)
         self.outcomes.record(result)
+
+    def _with_list(self, result: RowResult, detail: str) -> str:
+        """A leaver's detail, and the list unsubscribe sent for them."""
+        if result.list_action is None or self.lists is None:
+            return detail
+        done = "would be unsubscribed" if self.lists.dry_run else "unsubscribed"
+        return f"{detail}; {done} from list {self.lists.list_id}"
 
     def _refused_before(self, result: RowResult, customer_id: int, part: str, digest: str) -> bool:
         """A leaver's call Iterable refused for good, for the same data: recorded as still

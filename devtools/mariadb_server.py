@@ -313,10 +313,13 @@ class ThrowawayMariaDB:
         self,
         extra_args: Sequence[str] = (),
         startup_timeout: float = STARTUP_TIMEOUT_S,
+        port: int = 0,
     ) -> None:
-        """Configure the server; nothing runs until ``start()``."""
+        """Configure the server (on `port`, or a free one when 0); nothing runs until
+        ``start()``."""
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.wanted_port = port
         self.port = 0
         self.tmpdir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -464,7 +467,7 @@ class ThrowawayMariaDB:
     def _start_server(self, server: str) -> None:
         """Start the server, retrying on another port if the chosen one was taken meanwhile."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.port = free_port(self.host)
+            self.port = self.wanted_port or free_port(self.host)
             self._spawn(server)
             try:
                 self._wait_until_ready()
@@ -472,7 +475,8 @@ class ThrowawayMariaDB:
             except MariaDBStartError:
                 port_taken = _PORT_IN_USE.search(self.error_log_tail(50)) is not None
                 self._kill_process()
-                if not port_taken or attempt == PORT_ATTEMPTS:
+                # A port asked for is not swapped for another.
+                if not port_taken or attempt == PORT_ATTEMPTS or self.wanted_port:
                     raise
 
     def _spawn(self, server: str) -> None:
@@ -533,6 +537,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--print-env", action="store_true", help="print MYSQL_HOST=... lines for scripts"
     )
     parser.add_argument(
+        "--port", type=int, default=0, help="the TCP port to listen on (default: a free one)"
+    )
+    parser.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -548,14 +555,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_requested = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop_requested.set())
-    with ThrowawayMariaDB(extra_args=args.server_arg) as server:
+    with ThrowawayMariaDB(extra_args=args.server_arg, port=args.port) as server:
         if args.print_env:
             print(f"MYSQL_HOST={server.host}")
             print(f"MYSQL_PORT={server.port}")
             print(f"MYSQL_USER={server.root_user}")
             print(f"MYSQL_PASSWORD={server.root_password}")
         else:
-            print(f"MariaDB on {server.host}:{server.port} (user root, no password)")
+            print(
+                f"MariaDB on {server.host}:{server.port} (user root, no password): "
+                f"mysql -h {server.host} -P {server.port} -u root"
+            )
         sys.stdout.flush()
         while not stop_requested.wait(1.0):
             if not server.is_running():

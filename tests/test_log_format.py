@@ -34,8 +34,12 @@ def test_json_lines_on_console_and_in_the_file_carry_the_run_id(job, sandbox):
 
     console, logged = json_lines(run.stderr), json_lines(job.log_file.read_text())
     assert console and len(logged) > len(console)  # the file also has the DEBUG lines
-    for record in console + logged:
+    for record in console[:-1] + logged[:-1]:
         assert set(record) == FIELDS, record
+    for last in (console[-1], logged[-1]):  # the summary record
+        assert set(last) == FIELDS | {"summary"}, last
+        assert (last["summary"]["exit_code"], last["summary"]["failed"]) == (1, 1)
+    for record in console + logged:
         assert TIME.fullmatch(record["time"]) and record["run_id"] == run_id
     written = [r for r in console if r["message"].startswith("results written to")]
     assert len(written) == 1 and written[0]["level"] == "INFO"

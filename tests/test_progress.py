@@ -66,6 +66,30 @@ def test_line_without_a_total():
     assert Progress(total=None, stream=io.StringIO()).line(0.0).startswith("0 users")
 
 
+def test_leavers_get_a_line_and_a_bar_with_their_total(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "DRAW_EVERY_SECONDS", 0.0)
+    now = [0.0]
+    screen = Terminal()
+    bar = Progress(total=None, stream=screen, clock=lambda: now[0])
+    bar.advance(5)
+    with caplog.at_level(logging.INFO, logger="progress"):
+        bar.leavers(3000)
+    now[0] = progress.ETA_AFTER_SECONDS
+    bar.advance(1500)
+    bar.finish()
+    drawn = frames(screen.getvalue())
+    assert "3,000 customers left the segment: updating …" in caplog.messages
+    assert not [frame for frame in drawn if "users" in frame and "%" in frame]  # no total
+    assert drawn[-1].startswith("50%|") and "1500/3000 customers" in drawn[-1]
+    assert drawn[-1].endswith("ETA 3s]")
+
+
+def test_no_eta_once_the_total_is_reached():
+    counter = Progress(total=10, stream=io.StringIO(), clock=lambda: 0.0)
+    counter.advance(12)  # more rows than counted: the table grew during the run
+    assert counter.eta(progress.ETA_AFTER_SECONDS + 1) == ""
+
+
 # -- the real job on a pseudo-terminal -----------------------------------------------------
 
 
@@ -136,6 +160,7 @@ def test_log_lines_never_land_on_the_bar(job, sandbox, mariadb, seeded_db):
             r"\S+Z WARNING outcomes: customer \d+ \(b\*\*\*@example\.com\): failed BadParams",
             warning,
         ), warning
-    assert lines[-2].startswith("100%|") and "207/207 users" in lines[-2]
-    assert "results written to" in lines[-1]
+    assert lines[-3].startswith("100%|") and "207/207 users" in lines[-3]
+    assert "results written to" in lines[-2]
+    assert "run finished: exit code 1" in lines[-1]
     assert "Traceback" not in output

@@ -30,8 +30,9 @@ def code_blocks(section: str, language: str) -> list[str]:
 
 def sandbox_settings() -> dict[str, str]:
     """The .env lines the README gives for trying the job against the local sandbox."""
-    for block in code_blocks("## Two commands", "sh"):
-        pairs = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    for block in code_blocks("## Trying it without an Iterable account", "sh"):
+        lines = [line for line in block.splitlines() if re.fullmatch(r"[A-Z_]+=\S*", line)]
+        pairs = dict(line.split("=", 1) for line in lines)
         if "ITERABLE_API_KEY" in pairs:
             return pairs
     raise AssertionError("the README shows no sandbox settings")

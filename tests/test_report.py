@@ -358,10 +358,22 @@ def test_reasons_sorted_by_count():
 
 def test_long_messages_are_cut_after_masking():
     results = sample()
-    results["results"] = [failed_row(1, "Bad", "a@example.com", "x" * 150 + " gina@example.com")]
+    results["results"] = [
+        failed_row(1, "Bad", "a@example.com", "x" * 150 + " gina@example.com"),
+        failed_row(2, "Bad", "b@example.com", "y" * 150 + " hal@example.com"),
+    ]
     page = render_report(results)
-    assert "gina" not in page
-    assert "\u2026" in page
+    assert "gina" not in page and "hal@" not in page
+    assert page.count("\u2026") == 2
+
+
+def test_a_cause_shared_by_a_group_of_failures_is_said_once_in_full():
+    results = day_thirty()
+    page = render_report(results)
+    [group] = [row for row in table_rows(page, "failures-table") if "TypesMismatched" in row]
+    assert group.count("already exists for type") == 1
+    assert "has a data type of &#x27;string&#x27; but possible types &#x27;long&#x27;" in group
+    assert "#41" in group and "#42" in group
 
 
 # --- outstanding rows and leavers --------------------------------------------------------------
@@ -893,6 +905,72 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert png.exists()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 10_000
+
+
+DAY_THIRTY = REPO / "tests" / "support" / "day_thirty_results.json"
+
+
+def day_thirty() -> dict:
+    """A real day-thirty results file (an email move and a conflict, a downgrade, an inactive
+    and a deleted customer, a newcomer, a forgotten one, a list), with a stale page_views
+    warning and two rows that clash with a field's type."""
+    return json.loads(DAY_THIRTY.read_text(encoding="utf-8"))
+
+
+def framed(page: Path, width: int, height: int) -> Path:
+    """A page that shows `page` in a frame `width` pixels wide (headless Chromium lays out
+    no window narrower than 500) and writes down whether it had to scroll sideways."""
+    host = page.with_name(f"framed-{width}.html")
+    measure = (
+        "var d = this.contentDocument.documentElement;"
+        "document.body.dataset.overflow = d.scrollWidth > d.clientWidth;"
+    )
+    host.write_text(
+        f'<!DOCTYPE html><html><body style="margin:0"><iframe src="{page.name}" '
+        f'style="width:{width}px;height:{height}px;border:0" onload="{measure}"></iframe>'
+        "</body></html>",
+        encoding="utf-8",
+    )
+    return host
+
+
+def test_day_thirty_report_in_headless_chromium(tmp_path):
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        prerequisite_missing(
+            f"Chromium not installed at {CHROMIUM}; devtools/ensure_chromium.sh installs it"
+        )
+    proc = run_cli(write_json(tmp_path / "day30.json", day_thirty()))
+    assert proc.returncode == 0, proc.stderr
+    page = tmp_path / "day30.html"
+    ARTIFACTS.mkdir(exist_ok=True)
+    # At a laptop's width and at a phone's, the page never scrolls sideways.
+    for width, height, name in ((1300, 2600, "1300"), (390, 4200, "phone")):
+        host = framed(page, width, height)
+        files = "--allow-file-access-from-files"
+        size = f"--window-size={max(width, 500)},{height}"
+        dom = chromium(host, tmp_path / f"dom-{name}", files, size, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert 'data-overflow="false"' in dom.stdout, name
+        png = ARTIFACTS / f"report_day_thirty_{name}.png"
+        png.unlink(missing_ok=True)
+        shot = chromium(host, tmp_path / f"shot-{name}", files, size, f"--screenshot={png}")
+        assert shot.returncode == 0, shot.stderr[-2000:]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dom = chromium(page, tmp_path / "dom", "--dump-dom")
+    text = dom.stdout
+    assert FULL_EMAIL.findall(text) == []
+    assert "<dt>List</dt><dd>4242</dd>" in text and "<dt>Identify by</dt><dd>email</dd>" in text
+    assert "is the pipeline that loads page_views stopped?" in section(text, "run-warnings")
+    moves = section(text, "email-moves")
+    assert "a***@example.com</span> → <span" in moves and "moved, with its history" in moves
+    assert "both left as they are" in moves
+    leavers = section(text, "leavers")
+    assert "#2" in leavers and "profile updated" in leavers
+    assert "nothing to send" in leavers and "kept in Iterable" in leavers
+    assert "gone from the database" in section(text, "deletions")
+    listed = section(text, "list-changes")
+    assert 'id="list-subscribed">+2<' in listed and 'id="list-unsubscribed">-3<' in listed
 
 
 def test_a_failed_email_move_shows_its_step_code_and_message():
