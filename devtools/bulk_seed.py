@@ -1,11 +1,18 @@
 """Synthetic pro customers on top of the demo seed, for tests and runs that need many rows.
 
+`python -m devtools.bulk_seed --port 3307 --database demo --customers 5000` adds them to a
+database (the throwaway server's, say) for trying the progress display and bulk mode.
+
 Each synthetic customer has one page view inside the 7-day window, so every one of
 them is a Query 2 row; rows are generated in the server with INSERT ... SELECT over a
 digits cross join (portable to MySQL 8 and MariaDB, no recursion limits).
 """
 
 from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
 
 from devtools.mariadb_server import ServerHandle
 
@@ -56,3 +63,28 @@ def add_pro_customers(server: ServerHandle, database: str, count: int) -> None:
 
 
 # -- what Iterable must hold once every qualifying row is delivered -------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.bulk_seed",
+        description="Add synthetic pro customers, each with a recent page view, to a database "
+        "loaded with sql/database_setup.sql.",
+    )
+    parser.add_argument("--customers", type=int, default=5000, help=f"how many (1 to {MAX_COUNT})")
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3306)
+    parser.add_argument("--user", default="root")
+    parser.add_argument("--password", default="")
+    args = parser.parse_args(argv)
+    if not 0 < args.customers <= MAX_COUNT:
+        parser.error(f"--customers must be from 1 to {MAX_COUNT}")
+    server = ServerHandle(args.host, args.port, args.user, args.password)
+    add_pro_customers(server, args.database, args.customers)
+    print(f"added {args.customers:,} pro customers with a page view each to {args.database}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

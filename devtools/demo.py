@@ -20,6 +20,7 @@ from pathlib import Path
 from devtools.job_env import clean_environment, write_env_file
 from devtools.mariadb_server import Database, ThrowawayMariaDB
 from sandbox import DEFAULT_API_KEY, SandboxServer
+from sync_state import RESULTS_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "demo-output"
@@ -54,8 +55,11 @@ def job_invocation(
 
 def main() -> int:
     OUTPUT.mkdir(exist_ok=True)
-    # Each demo starts from scratch, like a first run against a new Iterable project.
-    (OUTPUT / "iterable_sync_state.sqlite3").unlink(missing_ok=True)
+    # Each demo starts from scratch, like a first run against a new Iterable project: no
+    # state, and no results of an earlier demo (beside a new state, those would make the
+    # job warn that its state was lost).
+    for earlier in [OUTPUT / "iterable_sync_state.sqlite3", *OUTPUT.glob(RESULTS_FILES)]:
+        earlier.unlink(missing_ok=True)
     password = secrets.token_hex(12)
     print("starting a throwaway MariaDB and the local Iterable sandbox ...", flush=True)
     with ThrowawayMariaDB() as server, SandboxServer(latency=0.02) as sandbox:

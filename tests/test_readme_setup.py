@@ -9,6 +9,8 @@ the README's sandbox settings. Only the database and user names are made unique.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 import uuid
 
@@ -96,3 +98,38 @@ def test_the_setup_steps_work_as_written(mariadb, sandbox, tmp_path):
 
 def test_the_readme_gives_the_key_the_sandbox_takes():
     assert sandbox_settings()["ITERABLE_API_KEY"] == DEFAULT_API_KEY
+
+
+def test_bulk_seed_adds_a_synthetic_base_from_the_command_line(mariadb, seeded_db):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devtools.bulk_seed",
+            "--host",
+            mariadb.host,
+            "--port",
+            str(mariadb.port),
+            "--user",
+            mariadb.user,
+            "--password",
+            mariadb.password,
+            "--database",
+            seeded_db.name,
+            "--customers",
+            "250",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "added 250 pro customers" in done.stdout
+    conn = mariadb.connect(seeded_db.name)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT COUNT(*) FROM customers WHERE email LIKE 'bulk.%'")
+        assert cursor.fetchone()[0] == 250
+    finally:
+        conn.close()
