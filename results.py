@@ -52,6 +52,7 @@ INTERRUPTED = "interrupted"
 FORGOTTEN = "forgotten"
 LEFT_DELETED = "left_deleted"
 LEAVE_GUARD = "leave_guard"  # a leaver the mass-leave guard held back
+OFF_LIST = "off_list"  # out of the segment, taken off the list
 
 # What a row's customer had done on the list (ITERABLE_LIST_ID), in its `list` field.
 SUBSCRIBED = "subscribed"
@@ -65,6 +66,9 @@ EMAIL_CHANGE_FORGOTTEN = "email_change_forgotten"
 
 IN_SEGMENT = "in"  # a row of this run's Query 2
 LEFT_SEGMENT = "left"  # a customer who was in the segment after the last run and is not now
+# A customer out of the segment since an earlier run, still on the list (an unsubscribe that
+# failed then, or a list turned on since): their row says they came off it.
+OUT_OF_SEGMENT = "out"
 
 
 @dataclass(slots=True)

@@ -65,6 +65,8 @@ from results import (
     LEAVE_GUARD,
     LEFT_DELETED,
     LEFT_SEGMENT,
+    OFF_LIST,
+    OUT_OF_SEGMENT,
     SKIPPED,
     SUCCESS,
     UNCHANGED,
@@ -628,14 +630,14 @@ class Syncer:
         if self.state is None or self.stop.is_set() or self.outcome.aborted:
             return
         leaving, chunks = self.state.left_segment()
-        if leaving:
-            self.on_leavers(leaving)
         verdict = guard.verdict(leaving, self.state.segment_at_start) if guard else None
         if verdict is not None:
             self.outcome.held_back = verdict
             for chunk in chunks:
                 self.outcomes.record_many([_held_back(member) for member in chunk])
             return
+        if leaving:
+            self.on_leavers(leaving)
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leavers") as pool:
             for chunk in chunks:
                 customers = read_customers([member.customer_id for member in chunk])
@@ -646,7 +648,12 @@ class Syncer:
         if self.lists is not None and not self.stop.is_set():
             self.lists.flush()
             for member in self.state.list_members_not_seen():
-                self._unlist(member)
+                result = RowResult(
+                    member.customer_id, member.email, SKIPPED, OFF_LIST, segment=OUT_OF_SEGMENT
+                )
+                result.detail = "out of the segment since an earlier run, still on the list"
+                self._unlist(member, result)
+                self.outcomes.record(result)
             self.lists.flush()
 
     def _leaver(self, member: Member, customer: Customer | None, pool: ThreadPoolExecutor) -> None:

@@ -449,3 +449,22 @@ def test_an_upgrade_without_results_files_says_which_emails_it_does_not_know(
     assert "no results file" in warning and "of 7 of its customers" in warning
     assert "second profile" in run.stderr + run.stdout
     assert job.run().results["run"]["warnings"] == []  # said once
+
+
+def test_a_failed_unsubscribe_is_made_up_and_shown_next_run(job, sandbox, mariadb, clean_seed):
+    """A leaver whose unsubscribe failed comes off the list next run, with a row saying so."""
+    list_id = sandbox.create_list("Active pro customers")
+    env = {"ITERABLE_LIST_ID": str(list_id)}
+    job.run(**env)
+    sql(mariadb, clean_seed, "UPDATE customers SET plan_type = 'free' WHERE id = %s", XIAOMING)
+    sandbox.add_fault("status", endpoint="lists/unsubscribe", status=400, times=None)
+    job.run(**env)
+    assert "xiaoming.wang@example.com" in member_emails(sandbox, list_id)
+    sandbox.clear_faults()
+    run = job.run(**env)
+    row = run.by_customer()[XIAOMING]
+    assert (row["segment"], row["reason"], row["list"]) == ("out", "off_list", "unsubscribed")
+    assert run.results["summary"]["changes"]["list_unsubscribed"] == 1
+    assert run.results["summary"]["left"] == 0
+    assert "xiaoming.wang@example.com" not in member_emails(sandbox, list_id)
+    assert f"list {list_id}: -1 unsubscribed" in run.stdout
