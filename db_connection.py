@@ -165,6 +165,11 @@ class DatabaseConnection:
             raise DatabaseError(plaintext_refused(self.settings.where()))
         return tls
 
+    @property
+    def connection(self) -> Any:
+        """The connector's own connection, for a caller that manages transactions."""
+        return self._connection
+
     def close(self) -> None:
         if self._connection is not None:
             try:

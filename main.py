@@ -19,10 +19,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+
+import orjson
 
 import monitoring
 import preflight
@@ -36,8 +38,9 @@ from report import report_command
 from results import Changes, ResultsWriter, Summary, remove_old_results
 from segment import LeaveGuard, ListMirror, ListPreview, Lists, check_list_exists, stale_source
 from settings import ConfigError, Settings, load_settings, parse_command_line
+from state_mysql import LockTaken, MySQLState, StoreLock, copy_state
 from sync import Outcome, Syncer, check_project
-from sync_state import RESULTS_FILES, StateError, SyncState
+from sync_state import RESULTS_FILES, StateError, StateStore, SyncState
 from version import VERSION
 
 log = logging.getLogger("iterable_sync")
@@ -132,7 +135,7 @@ class RunFiles:
         run_id: str,
         started_at: datetime,
         stats: RequestStats,
-        state: SyncState | None,
+        state: StateStore | None,
         writer: ResultsWriter,
     ) -> None:
         self.settings = settings
@@ -148,10 +151,8 @@ class RunFiles:
     def close(self, outcome: Outcome, error: str | None, at_once: bool = False) -> Path:
         with self._lock:
             if self.path is None:
-                if self.state is not None and at_once:
+                if self.state is not None:
                     self.state.flush()
-                elif self.state is not None:
-                    self.state.close()
                 run_info = run_details(
                     self.settings, self.run_id, self.started_at, outcome, self.stats, error
                 )
@@ -161,6 +162,13 @@ class RunFiles:
                 ]
                 self.path = self.writer.finish(run_info, self.started_at)
                 log.info("results written to %s", self.path)
+                if self.state is not None:
+                    code = (
+                        EXIT_ABORTED if error else outcome_exit_code(outcome, self.writer.summary)
+                    )
+                    record_history(self.settings, self.state, self.path, code)
+                    if not at_once:
+                        self.state.close()
             return self.path
 
 
@@ -186,15 +194,37 @@ def make_client(settings: Settings, stop: threading.Event, stats: RequestStats) 
     )
 
 
-def open_state(settings: Settings) -> SyncState | None:
-    """The sync state; a dry run reads it when present but never creates one."""
+def open_state(settings: Settings) -> StateStore | None:
+    """The sync state; a dry run reads a state file when present but never creates one."""
+    if settings.state_database is not None:
+        return MySQLState(settings.state_database, settings.list_id, settings.results_dir)
     if settings.dry_run and not settings.sync_state_path.exists():
         return None
     return SyncState(settings.sync_state_path, settings.list_id, settings.results_dir)
 
 
+def outcome_exit_code(outcome: Outcome, summary: Summary) -> int:
+    cut_short = bool(outcome.aborted or outcome.stopped or outcome.held_back)
+    return run_exit_code(cut_short, summary.new_failures)
+
+
+def record_history(settings: Settings, state: StateStore, path: Path, code: int) -> None:
+    """The run and its results file's rows into sync_runs and sync_results, and runs
+    older than RESULTS_KEEP_DAYS out of them."""
+    state.record_run(orjson.loads(path.read_bytes()), code)
+    if settings.results_keep_days:
+        cutoff = datetime.now(UTC) - timedelta(days=settings.results_keep_days)
+        removed = state.remove_runs_before(cutoff)
+        if removed:
+            log.info(
+                "removed %d runs older than %d days from the run history",
+                removed,
+                settings.results_keep_days,
+            )
+
+
 def open_list(
-    settings: Settings, client: IterableClient | None, state: SyncState | None
+    settings: Settings, client: IterableClient | None, state: StateStore | None
 ) -> Lists | None:
     """The list to mirror the segment into; Iterable must have it before the first call.
     A dry run decides the same list changes and sends none."""
@@ -276,14 +306,14 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
     return RunReport(path, writer.summary, outcome, time.monotonic() - clock, stats.snapshot())
 
 
-def lost_state_warnings(settings: Settings, state: SyncState) -> list[str]:
+def lost_state_warnings(settings: Settings, state: StateStore) -> list[str]:
     """A new (or empty) state beside results of earlier runs: the state was lost, and the
     run cannot see email changes or leavers since. Said once, on the console and in the
     results file."""
     if not state.is_new or not any(settings.results_dir.glob(RESULTS_FILES)):
         return []
     warning = (
-        f"the sync state at {state.path} is new, but earlier runs wrote results here "
+        f"the sync state at {state.where} is new, but earlier runs wrote results here "
         f"({settings.results_dir}): email changes since then create second profiles in "
         "Iterable, and customers who left the segment are not seen; check SYNC_STATE_PATH"
     )
@@ -401,9 +431,7 @@ def run_details(
 
 
 def exit_code(run_report: RunReport) -> int:
-    outcome = run_report.outcome
-    cut_short = bool(outcome.aborted or outcome.stopped or outcome.held_back)
-    return run_exit_code(cut_short, run_report.summary.new_failures)
+    return outcome_exit_code(run_report.outcome, run_report.summary)
 
 
 def change_lines(changes: Changes, list_id: int | None) -> list[str]:
@@ -508,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return report_command(args)
         settings = load_settings(args)
+        if args.command == "state copy":
+            return state_copy_command(settings, args.source, args.force)
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     # Ties the log lines of one run (LOG_FORMAT=json) to its results file.
@@ -541,11 +571,16 @@ def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | N
     one-line problem that ended the run early, if any."""
     stop = threading.Event()
     stop_now = StopNow()
+    store_lock: StoreLock | None = None
     try:
-        with run_lock(settings.lock_file), graceful_stop(stop, stop_now):
+        with contextlib.ExitStack() as held:
+            held.enter_context(run_lock(settings.lock_file))
+            if settings.state_database is not None:
+                store_lock = held.enter_context(StoreLock(settings.state_database, stop.set))
+            held.enter_context(graceful_stop(stop, stop_now))
             report = run(settings, stop, stop_now, run_id)
             remove_expired_results(settings)
-    except LockHeld as exc:
+    except (LockHeld, LockTaken) as exc:
         return EXIT_LOCKED, None, str(exc)
     except StateError as exc:
         return EXIT_CONFIG, None, str(exc)
@@ -557,7 +592,29 @@ def sync_and_report(settings: Settings, run_id: str) -> tuple[int, RunReport | N
         log.exception("unexpected error; the run was aborted")
         return EXIT_ABORTED, None, "unexpected error, see the log for the traceback"
     print_summary(report, settings.dry_run, list_id=settings.list_id)
+    if store_lock is not None and store_lock.lost:
+        return EXIT_ABORTED, report, store_lock.lost
     return exit_code(report), report, report.outcome.aborted or report.outcome.held_back
+
+
+def state_copy_command(settings: Settings, source: Path, force: bool) -> int:
+    """`main.py state copy SQLITE_FILE`: the SQLite state into the configured MySQL store."""
+    if settings.state_database is None:
+        return fail("state copy: set STATE_STORE=mysql and STATE_MYSQL_DATABASE", EXIT_CONFIG)
+    try:
+        with StoreLock(settings.state_database, lambda: None):
+            copied = copy_state(source, settings.state_database, force)
+    except LockTaken as exc:
+        return fail(str(exc), EXIT_LOCKED)
+    except StateError as exc:
+        return fail(str(exc), EXIT_CONFIG)
+    except DatabaseError as exc:
+        return fail(str(exc), EXIT_ABORTED)
+    counts = ", ".join(f"{count} {table}" for table, count in copied.items())
+    sys.stdout.write(
+        f"copied {source} into MySQL database {settings.state_database.database}: {counts}\n"
+    )
+    return EXIT_OK
 
 
 def remove_expired_results(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from plan import (
 )
 from results import FAILED, IN_SEGMENT, INTERRUPTED, UNCHANGED, ResultsWriter, RowResult
 from segment import Lists
-from sync_state import AcceptedUser, SyncState
+from sync_state import AcceptedUser, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Outcomes:
         self,
         *,
         writer: ResultsWriter,
-        state: SyncState | None,
+        state: StateStore | None,
         lists: Lists | None,
         may_write_state: bool,
         on_rows: Callable[[int], object] = lambda _count: None,

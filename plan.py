@@ -38,7 +38,7 @@ from results import (
     UNCHANGED,
     RowResult,
 )
-from sync_state import NOTHING_KNOWN, Known, RecordedRefusal, RowInsert, SyncState
+from sync_state import NOTHING_KNOWN, Known, RecordedRefusal, RowInsert, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Planner:
     def __init__(
         self,
         *,
-        state: SyncState | None,
+        state: StateStore | None,
         may_write_state: bool,
         dry_run: bool,
         keep_listed: Callable[[Work], None],

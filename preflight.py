@@ -24,6 +24,7 @@ from payloads import user_fields_sent
 from rate_limit import RateLimiters
 from segment import check_list_exists, stale_source
 from settings import Settings
+from state_mysql import check_store
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,18 @@ class CheckFailed(Exception):
     """A check did not pass; the message says why in one line."""
 
 
+def check_state(settings: Settings) -> list[str]:
+    """The MySQL store: it connects, its tables exist (or may be created), it takes a
+    write, and its lock is free."""
+    assert settings.state_database is not None
+    return list(check_store(settings.state_database))
+
+
 def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Print one line per check; 0 only when every check passes."""
     steps: list[tuple[str, Callable[[Settings], list[str]]]] = [("database", check_database)]
+    if settings.state_database is not None:
+        steps.append(("state", check_state))
     if not settings.dry_run:
         steps += [("iterable", check_api_key), ("fields", check_fields)]
     out.write("configuration: ok\n")

@@ -31,7 +31,7 @@ from payloads import (
 )
 from plan import Work
 from results import LEFT_SEGMENT, SUBSCRIBED, UNSUBSCRIBED, RowResult
-from sync_state import Member, SyncState
+from sync_state import Member, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class ListMirror:
     dry_run = False
 
     def __init__(
-        self, client: IterableClient, state: SyncState, list_id: int, identify_by: str
+        self, client: IterableClient, state: StateStore, list_id: int, identify_by: str
     ) -> None:
         self.client = client
         self.state = state

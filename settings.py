@@ -19,7 +19,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ ENV_FILE = ".env"
 DEFAULT_BASE_URL = "https://api.iterable.com"
 MODES = ("single", "bulk")
 IDENTIFY_BY = ("email", "userId")
+STATE_STORES = ("sqlite", "mysql")
 ON_DELETED = ("keep", "delete")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -68,12 +69,13 @@ class Variable:
     path: bool = False  # a file or directory: relative to the project directory
 
 
-MYSQL, ITERABLE, WHAT, HOW, FILES, MONITORING = (
+MYSQL, ITERABLE, WHAT, HOW, FILES, STATE, MONITORING = (
     "MySQL (a read-only user is enough: SELECT on customers and page_views)",
     "Iterable",
     "What to sync",
     "How to sync",
     "Files",
+    "Sync state in MySQL (for hosts that keep no disk between runs)",
     "Monitoring (optional)",
 )
 
@@ -284,6 +286,32 @@ VARIABLES: tuple[Variable, ...] = (
         path=True,
     ),
     Variable(
+        "STATE_STORE",
+        STATE,
+        "sqlite: the state in SYNC_STATE_PATH; mysql: in STATE_MYSQL_DATABASE, with its run "
+        "history and one lock for every host (a container, a CI runner, several hosts)",
+        "sqlite",
+    ),
+    Variable(
+        "STATE_MYSQL_DATABASE",
+        STATE,
+        "database holding the state and history tables (sql/state_schema.sql)",
+        example="iterable_sync_state",
+        required="with STATE_STORE=mysql",
+    ),
+    Variable("STATE_MYSQL_HOST", STATE, "state server host; empty: MYSQL_HOST"),
+    Variable("STATE_MYSQL_PORT", STATE, "state server port; empty: MYSQL_PORT"),
+    Variable("STATE_MYSQL_USER", STATE, "user for the state; empty: MYSQL_USER"),
+    Variable(
+        "STATE_MYSQL_PASSWORD", STATE, "that user's password; empty: MYSQL_PASSWORD", secret=True
+    ),
+    Variable(
+        "STATE_MYSQL_UNIX_SOCKET",
+        STATE,
+        "state server's Unix socket; empty: MYSQL_UNIX_SOCKET",
+        path=True,
+    ),
+    Variable(
         "HEALTHCHECK_URL",
         MONITORING,
         "healthchecks-style URL: pinged at <url>/start and at <url>/<exit code>",
@@ -333,6 +361,8 @@ class Settings:
     sync_state_path: Path
     healthcheck_url: str | None
     metrics_file: Path | None
+    # The MySQL store's connection (STATE_STORE=mysql), None for the SQLite file.
+    state_database: ConnectionSettings | None = None
     dry_run: bool = False
     full_refresh: bool = False
     retry_outstanding: bool = False
@@ -341,7 +371,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Values that must never be written to a log, a message or a file."""
-        return [s for s in (self.iterable_api_key, self.database.password) if s]
+        state = self.state_database.password if self.state_database else ""
+        return [s for s in (self.iterable_api_key, self.database.password, state) if s]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -376,7 +407,10 @@ def _exit_code_epilog() -> str:
 
 COMMANDS_HELP = """commands:
   (none)                run the sync with the options above
-  report RESULTS.json   write an HTML report of a results file (main.py report --help)"""
+  report RESULTS.json   write an HTML report of a results file (main.py report --help)
+  state copy SQLITE_FILE [--force]
+                        copy a SQLite sync state into the MySQL store (STATE_STORE=mysql);
+                        reads the same settings as a run (--env-file too)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,8 +488,21 @@ def build_report_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_state_copy_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="main.py state copy",
+        description="Copy a SQLite sync state into the MySQL store the settings name.",
+    )
+    parser.add_argument("source", type=Path, metavar="SQLITE_FILE", help="a sync state file")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a state the MySQL store already holds"
+    )
+    parser.add_argument("--env-file", metavar="PATH", help="read settings from PATH")
+    return parser
+
+
 def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
-    """The parsed command line; `command` is "report" or None (the sync).
+    """The parsed command line; `command` is "report", "state copy" or None (the sync).
 
     Not argparse subparsers: they would take a stray value (a key passed as a flag's
     value) for a command name and echo it in the error.
@@ -463,6 +510,12 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
     if argv[:1] == ["report"]:
         return build_report_parser().parse_args(argv[1:])
+    if argv[:2] == ["state", "copy"]:
+        copy = build_state_copy_parser().parse_args(argv[2:])
+        # The settings of a run, read as a run reads them.
+        args = build_parser().parse_args(["--env-file", copy.env_file] if copy.env_file else [])
+        args.command, args.source, args.force = "state copy", copy.source, copy.force
+        return args
     return build_parser().parse_args(argv)
 
 
@@ -490,7 +543,7 @@ def load_settings(
 
 
 # A MySQL password may begin or end with a space; every other value is trimmed.
-VERBATIM_VARIABLES = frozenset({"MYSQL_PASSWORD"})
+VERBATIM_VARIABLES = frozenset({"MYSQL_PASSWORD", "STATE_MYSQL_PASSWORD"})
 
 
 def _from_environment(name: str, value: str) -> str:
@@ -647,10 +700,28 @@ class _Validator:
             ssl_verify_identity=self.boolean("MYSQL_SSL_VERIFY_IDENTITY"),
         )
 
+    def state_database(self, source: ConnectionSettings) -> ConnectionSettings | None:
+        """The MySQL store's connection: the source's, with the STATE_MYSQL_* set."""
+        if self.choice("STATE_STORE", STATE_STORES) != "mysql":
+            return None
+        socket = self.optional_path("STATE_MYSQL_UNIX_SOCKET")
+        port = self.optional_integer("STATE_MYSQL_PORT", 1, 65535)
+        password = self.values.get("STATE_MYSQL_PASSWORD", "")
+        return replace(
+            source,
+            host=self.text("STATE_MYSQL_HOST") or source.host,
+            port=source.port if port is None else port,
+            user=self.text("STATE_MYSQL_USER") or source.user,
+            password=password or source.password,
+            unix_socket=socket or source.unix_socket,
+            database=self.text("STATE_MYSQL_DATABASE", required=True),
+        )
+
     def build(self) -> Settings:
         dry_run = bool(self.args.dry_run)
+        database = self.database()
         settings = Settings(
-            database=self.database(),
+            database=database,
             # A dry run and a check of the database alone need no key; everything else does.
             iterable_api_key=self.text("ITERABLE_API_KEY", required=not dry_run),
             iterable_base_url=self.base_url(),
@@ -678,6 +749,7 @@ class _Validator:
             sync_state_path=self.path("SYNC_STATE_PATH"),
             healthcheck_url=self.optional_url("HEALTHCHECK_URL"),
             metrics_file=self.optional_path("METRICS_FILE"),
+            state_database=self.state_database(database),
             dry_run=dry_run,
             full_refresh=bool(self.args.full_refresh),
             retry_outstanding=bool(self.args.retry_outstanding),

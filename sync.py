@@ -74,7 +74,7 @@ from results import (
     RowResult,
 )
 from segment import LeaveGuard, Lists, ReadCustomers, leaver_work, plan_leaver
-from sync_state import Member, StateError, SyncState
+from sync_state import Member, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ PROJECT_SAMPLE = 5
 
 
 def check_project(
-    state: SyncState, client: IterableClient, identify_by: str, full_refresh: bool
+    state: StateStore, client: IterableClient, identify_by: str, full_refresh: bool
 ) -> None:
     """Before the first send: whether the state was written for the Iterable project the
     job now talks to. Raises StateError when none of a few customers the state says
@@ -170,7 +170,7 @@ def check_project(
     sample = [] if full_refresh else state.some_profiles(PROJECT_SAMPLE)
     if sample and not any(_found(client, cid, email, identify_by) for cid, email in sample):
         raise StateError(
-            f"the sync state {state.path} was written for another Iterable project "
+            f"the sync state {state.where} was written for another Iterable project "
             f"({recorded[0] or 'unknown'}): none of {len(sample)} customers it says Iterable "
             f"holds are at {client.base_url}, so nothing was sent. Use a new SYNC_STATE_PATH "
             "for this project, or run with --full-refresh to send everything to it"
@@ -194,7 +194,7 @@ class Syncer:
         *,
         client: IterableClient | None,
         writer: ResultsWriter,
-        state: SyncState | None = None,
+        state: StateStore | None = None,
         candidate: str | None = None,
         full_refresh: bool = False,
         stop: threading.Event | None = None,

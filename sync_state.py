@@ -35,7 +35,7 @@ from payloads import canonical_json
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Commit at least this often, so a kill loses little acknowledged work.
 COMMIT_EVERY_SECONDS = 1.0
 COMMIT_EVERY_CHANGES = 500
@@ -55,11 +55,10 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE INDEX IF NOT EXISTS users_in_segment ON users (in_segment);
 CREATE TABLE IF NOT EXISTS events (
-    event_id TEXT PRIMARY KEY,
-    customer_id TEXT NOT NULL,
+    customer_id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
     accepted_at TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_customer ON events (customer_id);
 CREATE TABLE IF NOT EXISTS rejections (
     customer_id TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -83,30 +82,64 @@ CREATE TABLE IF NOT EXISTS list_members (
     identifier TEXT NOT NULL,
     PRIMARY KEY (list_id, customer_id)
 );
+CREATE TABLE IF NOT EXISTS sync_runs (
+    run_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    exit_code INTEGER,
+    mode TEXT,
+    dry_run INTEGER NOT NULL DEFAULT 0,
+    total INTEGER,
+    succeeded INTEGER,
+    failed INTEGER,
+    skipped INTEGER,
+    outstanding INTEGER,
+    left_segment INTEGER,
+    aborted TEXT,
+    version TEXT
+);
+CREATE INDEX IF NOT EXISTS sync_runs_started_at ON sync_runs (started_at);
+CREATE TABLE IF NOT EXISTS sync_results (
+    run_id TEXT NOT NULL,
+    result_index INTEGER NOT NULL,
+    customer_id TEXT,
+    email TEXT,
+    segment TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    outstanding INTEGER NOT NULL DEFAULT 0,
+    failing_since TEXT,
+    user_update_status INTEGER,
+    event_track_status INTEGER,
+    update_email_status INTEGER,
+    PRIMARY KEY (run_id, result_index)
+);
+CREATE INDEX IF NOT EXISTS sync_results_customer ON sync_results (customer_id);
 """
 
 # Only customers the state holds something about come back: on a first run, none do.
-_KNOWN_SQL = (
-    "WITH k (id, event_id) AS (VALUES {values}) "
+# `k` is the chunk's (customer id, event id) pairs, which each store spells its own way.
+KNOWN_SELECT = (
     "SELECT k.id, u.fingerprint, u.email, e.event_id IS NOT NULL, "
     "r.fingerprint, r.reason, r.first_rejected_at, f.email, m.identifier, v.email "
     "FROM k "
     "LEFT JOIN users AS u ON u.customer_id = k.id "
-    "LEFT JOIN events AS e ON e.event_id = k.event_id "
+    "LEFT JOIN events AS e ON e.customer_id = k.id AND e.event_id = k.event_id "
     "LEFT JOIN rejections AS r ON r.customer_id = k.id "
     "LEFT JOIN forgotten AS f ON f.customer_id = k.id "
-    "LEFT JOIN list_members AS m ON m.customer_id = k.id AND m.list_id = ?1 "
+    "LEFT JOIN list_members AS m ON m.customer_id = k.id AND m.list_id = {list_id} "
     "LEFT JOIN unsure_moves AS v ON v.customer_id = k.id "
-    "WHERE u.customer_id IS NOT NULL OR e.event_id IS NOT NULL OR r.customer_id IS NOT NULL "
+    "WHERE u.customer_id IS NOT NULL OR e.customer_id IS NOT NULL OR r.customer_id IS NOT NULL "
     "OR f.customer_id IS NOT NULL OR m.customer_id IS NOT NULL"
 )
 
 
 @functools.cache
 def _known_sql(rows: int) -> str:
-    """_KNOWN_SQL for this many rows: "(?2, ?3), (?4, ?5), ...", after ?1 (the list id)."""
+    """KNOWN_SELECT for this many rows: "(?2, ?3), (?4, ?5), ...", after ?1 (the list id)."""
     values = ", ".join(f"(?{2 * i + 2}, ?{2 * i + 3})" for i in range(rows))
-    return _KNOWN_SQL.format(values=values)
+    return f"WITH k (id, event_id) AS (VALUES {values}) " + KNOWN_SELECT.format(list_id="?1")
 
 
 # Version 1 kept integer ids and no emails, profiles, segment, forgotten users or lists.
@@ -120,14 +153,27 @@ ALTER TABLE rejections RENAME TO rejections_v1;
 {schema}
 INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at)
     SELECT CAST(customer_id AS TEXT), fingerprint, NULL, NULL, 1, accepted_at FROM users_v1;
-INSERT INTO events (event_id, customer_id, accepted_at)
-    SELECT event_id, CAST(customer_id AS TEXT), accepted_at FROM events_v1;
+INSERT OR REPLACE INTO events (customer_id, event_id, accepted_at)
+    SELECT CAST(customer_id AS TEXT), event_id, accepted_at FROM events_v1
+    ORDER BY accepted_at, rowid;
 INSERT INTO rejections (customer_id, fingerprint, reason, rejected_at, first_rejected_at)
     SELECT CAST(customer_id AS TEXT), fingerprint, reason, rejected_at, rejected_at
     FROM rejections_v1;
 DROP TABLE users_v1;
 DROP TABLE events_v1;
 DROP TABLE rejections_v1;
+"""
+
+
+# Version 2 kept every event ever accepted (73 bytes a customer a day); what decides the
+# next run is each customer's newest, which a later one replaces as it is accepted.
+_MIGRATE_FROM_2 = """
+ALTER TABLE events RENAME TO events_v2;
+DROP INDEX IF EXISTS events_customer;
+{schema}
+INSERT OR REPLACE INTO events (customer_id, event_id, accepted_at)
+    SELECT customer_id, event_id, accepted_at FROM events_v2 ORDER BY accepted_at, rowid;
+DROP TABLE events_v2;
 """
 
 
@@ -231,6 +277,8 @@ def _insert_sql(insert: RowInsert, rows: int) -> str:
     return " ".join([insert.head, ", ".join([row] * rows), insert.tail]).strip()
 
 
+# Every store runs the same statements, written here in SQLite's spelling; a store that
+# speaks another dialect translates them once each (MySQLState.sql).
 _UPSERT_USERS = RowInsert(
     "INSERT INTO users (customer_id, fingerprint, email, profile, in_segment, accepted_at) VALUES",
     6,
@@ -238,8 +286,9 @@ _UPSERT_USERS = RowInsert(
     "email = excluded.email, profile = excluded.profile, "
     "in_segment = excluded.in_segment, accepted_at = excluded.accepted_at",
 )
+# One event a customer, the newest accepted: a row's event is sent unless it is that one.
 _INSERT_EVENTS = RowInsert(
-    "INSERT OR REPLACE INTO events (event_id, customer_id, accepted_at) VALUES", 3
+    "INSERT OR REPLACE INTO events (customer_id, event_id, accepted_at) VALUES", 3
 )
 _HELD_ANYTHING = (
     "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM events) "
@@ -250,16 +299,49 @@ _HELD_ANYTHING = (
 # Customers who could leave (in the segment after the last run, or on a list) or come back
 # (a profile Iterable holds, out of the segment).
 _HELD_MEMBERS = "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM list_members)"
-_INSERT_SEEN = RowInsert("INSERT OR IGNORE INTO temp.seen (customer_id) VALUES", 1)
+_INSERT_SEEN = RowInsert("INSERT OR IGNORE INTO seen (customer_id) VALUES", 1)
+_INSERT_RUN = RowInsert(
+    "INSERT OR REPLACE INTO sync_runs (run_id, started_at, finished_at, exit_code, mode, "
+    "dry_run, total, succeeded, failed, skipped, outstanding, left_segment, aborted, version) "
+    "VALUES",
+    14,
+)
+_INSERT_RESULTS = RowInsert(
+    "INSERT OR REPLACE INTO sync_results (run_id, result_index, customer_id, email, segment, "
+    "status, reason, detail, outstanding, failing_since, user_update_status, "
+    "event_track_status, update_email_status) VALUES",
+    13,
+)
+# The tables a state is made of, in the order a copy writes them.
+STATE_TABLES = (
+    "meta",
+    "users",
+    "events",
+    "rejections",
+    "forgotten",
+    "unsure_moves",
+    "list_members",
+    "sync_runs",
+    "sync_results",
+)
+
+Statement = str | RowInsert
 
 
-class SyncState:
-    """A thread-safe view of the state file; writes are batched into short transactions."""
+class StateStore:
+    """The state a run reads and writes, whatever keeps it; thread-safe, with writes
+    batched into short transactions.
 
-    def __init__(
-        self, path: Path, list_id: int | None = None, results_dir: Path | None = None
-    ) -> None:
-        self.path = path
+    This class holds every rule; a store (SyncState: a SQLite file, MySQLState: tables in
+    MySQL) only runs statements, commits and opens. Writes wait in a queue until the next
+    commit, as runs of the same statement that go to the database together, in order (a
+    statement per row cost more than the row).
+    """
+
+    # What the state is called in messages: a file's path, a database's name.
+    where: str = ""
+
+    def __init__(self, list_id: int | None = None, results_dir: Path | None = None) -> None:
         self.list_id = str(list_id) if list_id is not None else ""
         self.results_dir = results_dir
         # Run-level warnings (an upgrade that could not recover everything), for the results.
@@ -268,10 +350,8 @@ class SyncState:
         self._pending = 0
         self._last_commit = time.monotonic()
         self._seen: list[tuple[str]] = []
-        # Writes wait here until the next commit, as runs of the same statement that go to
-        # SQLite together, in order (a statement per row cost more than the row).
-        self._queue: list[tuple[str | RowInsert, list[tuple[object, ...]]]] = []
-        self._db = self._open(path)
+        self._queue: list[tuple[Statement, list[tuple[object, ...]]]] = []
+        self._open()
         # A state that held nothing when the run began (a first run) has nothing to look
         # up; one with nobody in the segment or on the list has nobody who can leave, so
         # this run's customers need not be recorded as seen. Together, 915 -> 698 ms of
@@ -282,48 +362,58 @@ class SyncState:
         # the leavers against.
         self.segment_at_start = self._count("SELECT COUNT(*) FROM users WHERE in_segment = 1")
 
-    def _open(self, path: Path) -> sqlite3.Connection:
-        fresh = not path.exists()
-        if fresh:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
-        try:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self.warnings += _upgrade(db, path, self.results_dir)
-            # This run's Query 2 customers: who is still in the segment.
-            db.execute("CREATE TEMP TABLE seen (customer_id TEXT PRIMARY KEY) WITHOUT ROWID")
-            db.execute("BEGIN")
-        except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"sync state {path} is unreadable ({exc}); move it away to start over "
-                "(the next run will then send every qualifying user again)"
-            ) from None
-        return db
+    # -- what a store provides ------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Connect, create or upgrade the tables, empty `seen`, begin a transaction."""
+        raise NotImplementedError
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        raise NotImplementedError
+
+    def _run(self, statement: Statement, rows: Sequence[tuple[object, ...]]) -> None:
+        """Run a queued statement for each of its rows."""
+        raise NotImplementedError
+
+    def _known_rows(self, chunk: Sequence[tuple[int, str]]) -> list[tuple[Any, ...]]:
+        """KNOWN_SELECT's rows for these (customer id, event id) pairs."""
+        raise NotImplementedError
+
+    def _commit_transaction(self) -> None:
+        """Commit, and begin the next transaction."""
+        raise NotImplementedError
+
+    def _disconnect(self, commit: bool) -> None:
+        raise NotImplementedError
+
+    # -- the run's start ------------------------------------------------------------------
 
     def _exists(self, sql: str) -> bool:
         return bool(self._count(sql))
 
     def _count(self, sql: str) -> int:
         with self._lock:
-            return int(self._db.execute(sql).fetchone()[0])
+            return int(self._query(sql)[0][0])
 
     def project(self) -> tuple[str | None, str | None]:
         """The Iterable base URL and the API key's SHA-256 this state was written for."""
         with self._lock:
             rows = dict(
-                self._db.execute(
-                    "SELECT key, value FROM meta "
-                    "WHERE key IN ('iterable_base_url', 'api_key_sha256')"
-                ).fetchall()
+                self._query(
+                    "SELECT `key`, value FROM meta "
+                    "WHERE `key` IN ('iterable_base_url', 'api_key_sha256')"
+                )
             )
         return rows.get("iterable_base_url"), rows.get("api_key_sha256")
 
     def record_project(self, base_url: str, key_sha256: str) -> None:
         with self._lock:
             self._enqueue(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                "INSERT OR REPLACE INTO meta (`key`, value) VALUES (?, ?)",
                 [("iterable_base_url", base_url), ("api_key_sha256", key_sha256)],
             )
             self._commit()
@@ -331,11 +421,11 @@ class SyncState:
     def some_profiles(self, count: int) -> list[tuple[int, str | None]]:
         """(customer id, email) of a few customers whose profile Iterable accepted."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._query(
                 "SELECT customer_id, email FROM users WHERE fingerprint IS NOT NULL "
                 "ORDER BY in_segment DESC, accepted_at DESC LIMIT ?",
                 (count,),
-            ).fetchall()
+            )
         return [(int(customer_id), email) for customer_id, email in rows]
 
     @property
@@ -354,22 +444,19 @@ class SyncState:
             return found
         for start in range(0, len(keys), KNOWN_BATCH):
             chunk = keys[start : start + KNOWN_BATCH]
-            params: list[str] = [self.list_id]
-            for customer_id, event_id in chunk:
-                params += (str(customer_id), event_id)
             with self._lock:
-                rows = self._db.execute(_known_sql(len(chunk)), params).fetchall()
+                rows = self._known_rows(chunk)
             found.update((int(row[0]), _known(row)) for row in rows)
         return found
 
     def refusal(self, customer_id: int) -> RecordedRefusal | None:
         with self._lock:
-            row = self._db.execute(
+            rows = self._query(
                 "SELECT fingerprint, reason, first_rejected_at FROM rejections "
                 "WHERE customer_id = ?",
                 (str(customer_id),),
-            ).fetchone()
-        return RecordedRefusal(*row) if row else None
+            )
+        return RecordedRefusal(*rows[0]) if rows else None
 
     def left_segment(self) -> tuple[int, Iterator[list[Member]]]:
         """How many customers were in the segment after the last run and are not in this
@@ -384,19 +471,19 @@ class SyncState:
             self._flush_seen()
             # Whoever this run's Query 2 returned is in the segment, sent or not: a customer
             # who went quiet and came back unchanged can leave again.
-            self._db.execute(
+            self._execute(
                 "UPDATE users SET in_segment = 1 WHERE in_segment = 0 "
-                "AND customer_id IN (SELECT customer_id FROM temp.seen)"
+                "AND customer_id IN (SELECT customer_id FROM seen)"
             )
-            rows = self._db.execute(
+            rows = self._query(
                 "SELECT u.customer_id, u.email, u.profile, m.identifier, v.email FROM users AS u "
                 "LEFT JOIN list_members AS m ON m.customer_id = u.customer_id AND m.list_id = ? "
                 "LEFT JOIN unsure_moves AS v ON v.customer_id = u.customer_id "
                 "WHERE u.in_segment = 1 "
-                "AND u.customer_id NOT IN (SELECT customer_id FROM temp.seen) "
+                "AND u.customer_id NOT IN (SELECT customer_id FROM seen) "
                 "ORDER BY u.customer_id",
                 (self.list_id,),
-            ).fetchall()
+            )
         chunks = (
             [_member(row) for row in rows[start : start + SEEN_BATCH]]
             for start in range(0, len(rows), SEEN_BATCH)
@@ -410,15 +497,15 @@ class SyncState:
         with self._lock:
             self._flush_queue()
             self._flush_seen()
-            rows = self._db.execute(
+            rows = self._query(
                 "SELECT m.customer_id, u.email, u.profile, m.identifier, v.email "
                 "FROM list_members AS m "
                 "LEFT JOIN users AS u ON u.customer_id = m.customer_id "
                 "LEFT JOIN unsure_moves AS v ON v.customer_id = m.customer_id "
                 "WHERE m.list_id = ? AND COALESCE(u.in_segment, 0) = 0 "
-                "AND m.customer_id NOT IN (SELECT customer_id FROM temp.seen)",
+                "AND m.customer_id NOT IN (SELECT customer_id FROM seen)",
                 (self.list_id,),
-            ).fetchall()
+            )
         return [_member(row) for row in rows]
 
     # -- this run's rows ----------------------------------------------------------------
@@ -434,7 +521,7 @@ class SyncState:
 
     def _flush_seen(self) -> None:
         if self._seen:
-            _INSERT_SEEN.run(self._db, self._seen)
+            self._run(_INSERT_SEEN, self._seen)
             self._seen = []
 
     # -- what Iterable accepted ---------------------------------------------------------
@@ -522,11 +609,12 @@ class SyncState:
         self.events_accepted([(event_id, customer_id)])
 
     def events_accepted(self, events: Sequence[tuple[str, int]]) -> None:
-        """(event id, customer id) of events Iterable accepted."""
+        """(event id, customer id) of events Iterable accepted; each replaces the customer's
+        earlier one, so the state does not grow with time."""
         now = _now()
         self._write_many(
             _INSERT_EVENTS,
-            [(event_id, str(customer_id), now) for event_id, customer_id in events],
+            [(str(customer_id), event_id, now) for event_id, customer_id in events],
         )
 
     def user_sending(self, customer_id: int, fingerprint: str) -> None:
@@ -540,11 +628,11 @@ class SyncState:
         """
         with self._lock:
             self._flush_queue()
-            forgot = self._db.execute(
+            forgot = self._execute(
                 "UPDATE users SET fingerprint = NULL, profile = NULL "
                 "WHERE customer_id = ? AND fingerprint IS NOT NULL AND fingerprint <> ?",
                 (str(customer_id), fingerprint),
-            ).rowcount
+            )
             if forgot:
                 self._commit()
 
@@ -552,11 +640,11 @@ class SyncState:
         """Record a permanent refusal; the first time is kept while the data is the same."""
         key, now = str(customer_id), _now()
         with self._lock:
-            row = self._db.execute(
+            rows = self._query(
                 "SELECT fingerprint, first_rejected_at FROM rejections WHERE customer_id = ?",
                 (key,),
-            ).fetchone()
-        first = row[1] if row and row[0] == fingerprint else now
+            )
+        first = rows[0][1] if rows and rows[0][0] == fingerprint else now
         self._write(
             "INSERT OR REPLACE INTO rejections "
             "(customer_id, fingerprint, reason, rejected_at, first_rejected_at) "
@@ -637,6 +725,54 @@ class SyncState:
             (self.list_id, str(customer_id)),
         )
 
+    # -- run history ----------------------------------------------------------------------
+
+    def record_run(self, results: Mapping[str, Any], exit_code: int) -> None:
+        """A run's results file as rows of sync_runs and sync_results, committed at once."""
+        run = results.get("run") or {}
+        summary = results.get("summary") or {}
+        run_id = str(run.get("run_id"))
+        rows = [_history_row(run_id, number, row) for number, row in enumerate(results["results"])]
+        with self._lock:
+            self._enqueue("DELETE FROM sync_results WHERE run_id = ?", [(run_id,)])
+            self._enqueue(_INSERT_RESULTS, rows)
+            self._enqueue(
+                _INSERT_RUN,
+                [
+                    (
+                        run_id,
+                        _history_time(run.get("started_at")),
+                        _history_time(run.get("finished_at")),
+                        exit_code,
+                        run.get("mode"),
+                        int(bool(run.get("dry_run"))),
+                        summary.get("total"),
+                        summary.get("succeeded"),
+                        summary.get("failed"),
+                        summary.get("skipped"),
+                        summary.get("outstanding"),
+                        summary.get("left"),
+                        run.get("aborted") or None,
+                        run.get("version"),
+                    )
+                ],
+            )
+            self._commit()
+
+    def remove_runs_before(self, cutoff: datetime) -> int:
+        """Remove the history of runs that started before `cutoff`; how many runs went."""
+        before = cutoff.astimezone(UTC).strftime(HISTORY_TIME)
+        with self._lock:
+            self._flush_queue()
+            self._execute(
+                "DELETE FROM sync_results WHERE run_id IN "
+                "(SELECT run_id FROM sync_runs WHERE started_at < ?)",
+                (before,),
+            )
+            removed = self._execute("DELETE FROM sync_runs WHERE started_at < ?", (before,))
+            self._commit()
+        return removed
+
     # -- transactions -------------------------------------------------------------------
 
     def _write(self, sql: str, params: tuple[object, ...], *same_customer: str) -> None:
@@ -648,7 +784,7 @@ class SyncState:
             self._changed(1)
 
     def _write_many(
-        self, sql: str | RowInsert, rows: Sequence[tuple[object, ...]], count: bool = True
+        self, sql: Statement, rows: Sequence[tuple[object, ...]], count: bool = True
     ) -> None:
         """The same statement for many rows; counted as that many changes unless `count` is
         off (a statement that goes with changes already counted)."""
@@ -658,7 +794,7 @@ class SyncState:
             self._enqueue(sql, rows)
             self._changed(len(rows) if count else 0)
 
-    def _enqueue(self, sql: str | RowInsert, rows: Iterable[tuple[object, ...]]) -> None:
+    def _enqueue(self, sql: Statement, rows: Iterable[tuple[object, ...]]) -> None:
         """Queue a statement's rows, joining the run of the same statement queued last."""
         if self._queue and self._queue[-1][0] == sql:
             self._queue[-1][1].extend(rows)
@@ -675,16 +811,12 @@ class SyncState:
 
     def _flush_queue(self) -> None:
         for statement, rows in self._queue:
-            if isinstance(statement, RowInsert):
-                statement.run(self._db, rows)
-            else:
-                self._db.executemany(statement, rows)
+            self._run(statement, rows)
         self._queue = []
 
     def _commit(self) -> None:
         self._flush_queue()
-        self._db.execute("COMMIT")
-        self._db.execute("BEGIN")
+        self._commit_transaction()
         self._pending = 0
         self._last_commit = time.monotonic()
 
@@ -695,14 +827,72 @@ class SyncState:
     def close(self) -> None:
         with self._lock:
             self._flush_queue()
-            self._db.execute("COMMIT")
-            self._db.close()
+            self._disconnect(commit=True)
 
     def abandon(self) -> None:
         """Close without committing, as a crash would: acknowledgements since the last
         commit are lost. For tests that simulate a killed run in process."""
         with self._lock:
-            self._db.close()
+            self._disconnect(commit=False)
+
+
+class SyncState(StateStore):
+    """The state in a SQLite file: the embedded store, for a host that keeps its disk."""
+
+    def __init__(
+        self, path: Path, list_id: int | None = None, results_dir: Path | None = None
+    ) -> None:
+        self.path = path
+        self.where = str(path)
+        super().__init__(list_id, results_dir)
+
+    def _open(self) -> None:
+        path = self.path
+        fresh = not path.exists()
+        if fresh:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self.warnings += _upgrade(db, path, self.results_dir)
+            # This run's Query 2 customers: who is still in the segment.
+            db.execute("CREATE TEMP TABLE seen (customer_id TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"sync state {path} is unreadable ({exc}); move it away to start over "
+                "(the next run will then send every qualifying user again)"
+            ) from None
+        self._db = db
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self._db.execute(sql, params).rowcount
+
+    def _run(self, statement: Statement, rows: Sequence[tuple[object, ...]]) -> None:
+        if isinstance(statement, RowInsert):
+            statement.run(self._db, rows)
+        else:
+            self._db.executemany(statement, rows)
+
+    def _known_rows(self, chunk: Sequence[tuple[int, str]]) -> list[tuple[Any, ...]]:
+        params: list[str] = [self.list_id]
+        for customer_id, event_id in chunk:
+            params += (str(customer_id), event_id)
+        return self._db.execute(_known_sql(len(chunk)), params).fetchall()
+
+    def _commit_transaction(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+
+    def _disconnect(self, commit: bool) -> None:
+        if commit:
+            self._db.execute("COMMIT")
+        self._db.close()
 
 
 def _upgrade(db: sqlite3.Connection, path: Path, results_dir: Path | None) -> list[str]:
@@ -712,23 +902,17 @@ def _upgrade(db: sqlite3.Connection, path: Path, results_dir: Path | None) -> li
     version = _schema_version(db)
     if version > SCHEMA_VERSION:
         db.close()
-        raise StateError(
-            f"sync state {path} was written by a newer version (schema {version}, "
-            f"this one knows {SCHEMA_VERSION}); upgrade, or move the file away "
-            "to start over"
-        )
+        raise StateError(newer_schema(str(path), version))
     warnings: list[str] = []
     db.execute("BEGIN IMMEDIATE")
     try:
         if version == 1:
-            for statement in _MIGRATE_FROM_1.format(schema=_SCHEMA).split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            _script(db, _MIGRATE_FROM_1.format(schema=_SCHEMA))
             warnings += _recover_emails(db, results_dir)
+        elif version == 2:
+            _script(db, _MIGRATE_FROM_2.format(schema=_SCHEMA))
         else:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            _script(db, _SCHEMA)
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
@@ -738,6 +922,61 @@ def _upgrade(db: sqlite3.Connection, path: Path, results_dir: Path | None) -> li
         raise
     db.execute("COMMIT")
     return warnings
+
+
+def newer_schema(where: str, version: int) -> str:
+    return (
+        f"sync state {where} was written by a newer version (schema {version}, "
+        f"this one knows {SCHEMA_VERSION}); upgrade, or move the state away to start over"
+    )
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    """Statements one at a time: executescript would commit the migration's transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# Times in the history tables: UTC, in a form both SQLite's and MySQL's date functions read.
+HISTORY_TIME = "%Y-%m-%d %H:%M:%S"
+
+
+def _history_time(value: object) -> str | None:
+    """An ISO 8601 time from a results file ("...T...+00:00" or "...Z") as HISTORY_TIME."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime(HISTORY_TIME)
+
+
+def _http_status(call: object) -> int | None:
+    status = call.get("http_status") if isinstance(call, dict) else None
+    return status if isinstance(status, int) else None
+
+
+def _history_row(run_id: str, number: int, row: Mapping[str, Any]) -> tuple[object, ...]:
+    customer_id = row.get("customer_id")
+    return (
+        run_id,
+        number,
+        None if customer_id is None else str(customer_id),
+        row.get("email"),
+        row.get("segment"),
+        row.get("status"),
+        row.get("reason"),
+        row.get("detail"),
+        int(bool(row.get("outstanding"))),
+        _history_time(row.get("failing_since")),
+        _http_status(row.get("user_update")),
+        _http_status(row.get("event_track")),
+        _http_status(row.get("update_email")),
+    )
 
 
 def _recover_emails(db: sqlite3.Connection, results_dir: Path | None) -> list[str]:

@@ -81,7 +81,18 @@ MARIADB_ARGS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M")
 # events/trackBulk (10/s) is not the tighter limit.
 BIG_BATCH = 5_000
 BIG_BATCH_ENV = (("BULK_BATCH_SIZE", str(BIG_BATCH)), ("EVENTS_BATCH_SIZE", str(BIG_BATCH)))
-RUNS = ("baseline", "single", "bulk", "bulk-b5000", "bulk-v30", "sandbox", "memory")
+RUNS = (
+    "baseline",
+    "single",
+    "bulk",
+    "bulk-mysql-state",
+    "bulk-b5000",
+    "bulk-v30",
+    "sandbox",
+    "memory",
+)
+# The bulk run with its state in MySQL (STATE_STORE=mysql), in a database of its own.
+MYSQL_STATE_ENV = (("STATE_STORE", "mysql"),)
 TRANSPORTS = ("own", "http.client")
 LOADS = ("quiet", "busy")
 # Profiling slows the job down several times; give it room before the timeout kills it.
@@ -141,6 +152,8 @@ class Bench:
         with tempfile.TemporaryDirectory(prefix=f"bench-{plan.name}-") as tmp:
             workdir = Path(tmp)
             env = self.environment(dataset, workdir) | dict(plan.env)
+            if env.get("STATE_STORE") == "mysql":
+                env["STATE_MYSQL_DATABASE"] = self.state_database(dataset)
             settings = load_settings([*plan.args, "--env-file", str(workdir / "bench.env")], env)
             expected = expected_seconds(plan, settings, self.latency)
             # A floor for runs bound by the job's own CPU rather than by the ceiling.
@@ -226,6 +239,14 @@ class Bench:
             "profiled_cpu_seconds": profiled["cpu_seconds"],
             "unprofiled_cpu_seconds": unprofiled["cpu_seconds"],
         }
+
+    def state_database(self, dataset: data.Dataset) -> str:
+        """An empty MySQL store beside the dataset, which the job's account may fill."""
+        name = f"{dataset.database}_state"
+        self.admin.drop_database(name)
+        self.admin.create_database(name)
+        self.admin.execute(f"GRANT ALL ON `{name}`.* TO 'bench_app'@'%'")
+        return name
 
     def environment(self, dataset: data.Dataset, workdir: Path) -> dict[str, str]:
         (workdir / "results").mkdir()
@@ -744,6 +765,10 @@ def mode_plans(args: argparse.Namespace) -> list[Plan]:
                     )
         elif name == "bulk":
             plans.append(Plan("bulk", args.bulk_users, ("--mode", "bulk")))
+        elif name == "bulk-mysql-state":
+            plans.append(
+                Plan("bulk-mysql-state", args.bulk_users, ("--mode", "bulk"), env=MYSQL_STATE_ENV)
+            )
         elif name == "bulk-b5000":
             big = ("--mode", "bulk")
             plans.append(Plan("bulk-b5000", args.bulk_b5000_users, big, env=BIG_BATCH_ENV))

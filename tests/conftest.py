@@ -132,8 +132,32 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
 
 
 @pytest.fixture
+def state_store(request: pytest.FixtureRequest) -> str:
+    """The store the job keeps its state in: sqlite unless a test asks for both
+    (tests.support.job.BOTH_STORES)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
 def job(
-    seeded_db: Database, app_user: AppUserFactory, sandbox: SandboxServer, tmp_path: Path
-) -> Job:
-    """main.py as a SELECT-only user against a freshly seeded database and an empty sandbox."""
-    return Job(tmp_path, job_environment(app_user(seeded_db), sandbox.base_url, tmp_path))
+    seeded_db: Database,
+    app_user: AppUserFactory,
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    mariadb: ServerHandle,
+    state_store: str,
+) -> Iterator[Job]:
+    """main.py as a SELECT-only user against a freshly seeded database and an empty sandbox;
+    with the MySQL store, its state in a database of its own, on which it may do anything."""
+    user = app_user(seeded_db)
+    job = Job(tmp_path, job_environment(user, sandbox.base_url, tmp_path))
+    if state_store != "mysql":
+        yield job
+        return
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    job.use_mysql_state(mariadb.create_database(name))
+    mariadb.execute(f"GRANT ALL ON `{name}`.* TO '{user.user}'@'%'")
+    try:
+        yield job
+    finally:
+        mariadb.drop_database(name)

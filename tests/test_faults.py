@@ -29,8 +29,11 @@ from devtools.bulk_seed import (
 )
 from devtools.seed import SEED_QUALIFYING
 from sandbox import RATE_LIMIT_JSON, RATE_LIMIT_TEXT
+from tests.support.job import BOTH_STORES
 from tests.support.oracle import Expected, audit, expected_store, unbacked_state_claims
 from tests.support.waiting import wait_until
+
+pytestmark = BOTH_STORES
 
 ARTIFACT = Path(__file__).resolve().parent.parent / "test-artifacts" / "fault_suite.json"
 
@@ -130,7 +133,7 @@ def settle(job, sandbox, mode: str, expected: Expected, scenario: str, max_runs:
     assert run.code == 0, run.stdout + run.stderr[-2000:]
     assert result.lost == [], result.lost[:5]
     assert result.duplicated == [], result.duplicated[:5]
-    assert unbacked_state_claims(job.state_file, sandbox) == []
+    assert unbacked_state_claims(job.state, sandbox) == []
     calls = sandbox.stats()["total_requests"]
     again = run_job(job, mode)
     assert again.code == 0
@@ -225,7 +228,7 @@ def test_faults_lose_and_double_nothing(job, sandbox, fleet, scenario, mode):
         # Iterable applied writes whose answers were lost, and the resends were absorbed.
         assert audit(sandbox, fleet).rewrites > 0
     # What the faulty run says it delivered is in the store already.
-    assert unbacked_state_claims(job.state_file, sandbox) == []
+    assert unbacked_state_claims(job.state, sandbox) == []
     succeeded = {cid for cid, row in first.by_customer().items() if row["status"] == "success"}
     users = sandbox.users()
     assert all(fleet.emails[cid] in users for cid in succeeded)
@@ -319,7 +322,7 @@ def test_kill_9_mid_run_then_rerun_delivers_exactly_once(
     assert cut.lost, "the kill landed after the run had finished"
     assert cut.duplicated == []
     # The state a killed run leaves claims only what the sandbox holds.
-    assert unbacked_state_claims(job.state_file, sandbox) == []
+    assert unbacked_state_claims(job.state, sandbox) == []
     sandbox.set_latency(0.0)
     settle(job, sandbox, mode, expected, f"kill_9/{mode}-{seed}")
 

@@ -16,6 +16,9 @@ import requests
 
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from sync_state import SCHEMA_VERSION
+from tests.support.job import BOTH_STORES
+
+pytestmark = BOTH_STORES
 
 MOVED, DOWNGRADED, INACTIVE, DELETED, FORGOTTEN, NEWCOMER = 1, 2, 3, 6, 5, 50
 NEW_EMAIL = "alice.moved@example.com"
@@ -232,6 +235,7 @@ def test_a_list_that_does_not_exist_stops_the_run_before_anything_is_sent(job, s
 
 
 def test_a_state_file_from_the_previous_version_is_migrated_not_discarded(job, sandbox):
+    job.sqlite_only()
     job.run()
     downgrade_to_schema_1(job.state_file)
     writes = sandbox.request_count("users/update") + sandbox.request_count("events/track")

@@ -15,6 +15,9 @@ import requests
 
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from sandbox import DEFAULT_API_KEY
+from tests.support.job import BOTH_STORES
+
+pytestmark = BOTH_STORES
 
 ALICE, JOSE, XIAOMING, SAM = 1, 2, 3, 5
 ALICE_EMAIL = "alice.anderson@example.com"
@@ -396,6 +399,7 @@ PREVIOUS_RELEASE = "e092acc"  # the last commit with the schema 1 sync state
 @pytest.fixture
 def previous_release(job, tmp_path):
     """The previous release's main.py, unpacked from this repository's history."""
+    job.sqlite_only()
     import subprocess
 
     from tests.support.job import PROJECT_ROOT, Job

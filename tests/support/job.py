@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mysql.connector
+import pytest
+
 from devtools.job_env import clean_environment, write_env_file
 from devtools.mariadb_server import Database
 from sandbox import DEFAULT_API_KEY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# A test (or a module, as pytestmark) that runs once on each state store; the `job`
+# fixture then keeps its state in a SQLite file, or in a MySQL database of its own.
+STORES = ("sqlite", "mysql")
+BOTH_STORES = pytest.mark.parametrize("state_store", STORES, indirect=True)
 
 
 @dataclass
@@ -49,11 +57,33 @@ class Job:
         self.results_dir = workdir / "results"
         self.results_dir.mkdir(exist_ok=True)
         self.env_file = write_env_file(workdir / "job.env", {})
+        # The MySQL store's database (as the admin), None while the state is a file.
+        self.state_database: Database | None = None
+
+    def use_mysql_state(self, database: Database) -> None:
+        self.state_database = database
+        self.env.update(STATE_STORE="mysql", STATE_MYSQL_DATABASE=database.name)
+
+    @property
+    def state(self) -> Path | Database:
+        """Where the state is, for the oracle: the file, or the MySQL database."""
+        return self.state_database or self.state_file
+
+    def sqlite_only(self) -> None:
+        """Skip a test of the SQLite file itself (its upgrades) on the MySQL store."""
+        if self.state_database is not None:
+            pytest.skip("a test of the SQLite state file")
+
+    def state_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a query on the state, whichever store holds it."""
+        return state_rows(self.state, sql)
 
     def command(self, *args: str) -> list[str]:
         main = [sys.executable, str(self.project / "main.py")]
         if args[:1] == ("report",):  # reads no settings
             return [*main, *args]
+        if args[:1] == ("state",):  # a command, then its options
+            return [*main, *args, "--env-file", str(self.env_file)]
         return [*main, "--env-file", str(self.env_file), *args]
 
     def environment(self, **overrides: str | None) -> dict[str, str]:
@@ -113,3 +143,22 @@ def job_environment(database: Database, base_url: str, workdir: Path) -> dict[st
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def state_rows(state: Path | Database, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on a state file (opened read-only) or a MySQL state database."""
+    if isinstance(state, Path):
+        db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+    connection = mysql.connector.connect(**state.connect_args())
+    try:
+        cursor = connection.cursor()
+        cursor.execute(sql)
+        rows = [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+        connection.commit()
+        return rows
+    finally:
+        connection.close()

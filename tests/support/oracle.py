@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from db_connection import SYNC_QUERY, load_query
-from devtools.mariadb_server import ServerHandle
+from devtools.mariadb_server import Database, ServerHandle
+from tests.support.job import state_rows
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+$")
 
@@ -108,29 +108,25 @@ def audit(sandbox: Any, expected: Expected) -> Audit:
     return result
 
 
-def unbacked_state_claims(state_path: Path, sandbox: Any) -> list[str]:
-    """Claims in a sync state file that the sandbox does not back.
+def unbacked_state_claims(state: Path | Database, sandbox: Any) -> list[str]:
+    """Claims in a sync state (a file, or a MySQL state database) the sandbox does not back.
 
     Every user fingerprint must be the fingerprint of the profile the sandbox holds,
     and every accepted event id must be stored there, for the same customer's email.
-    Opened read-only, so it can inspect the file a killed run left behind.
+    A file is opened read-only, so it can inspect the file a killed run left behind.
     """
-    if not state_path.exists():
+    if isinstance(state, Path) and not state.exists():
         return []
     users, events = sandbox.users(), sandbox.events()
     fingerprints = {
         _fingerprint({"email": email, "dataFields": fields}): email
         for email, fields in users.items()
     }
-    db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
-    try:
-        # A NULL fingerprint claims nothing: the profile is to be sent again.
-        user_rows = db.execute(
-            "SELECT customer_id, fingerprint FROM users WHERE fingerprint IS NOT NULL"
-        ).fetchall()
-        event_rows = db.execute("SELECT event_id, customer_id FROM events").fetchall()
-    finally:
-        db.close()
+    # A NULL fingerprint claims nothing: the profile is to be sent again.
+    user_rows = state_rows(
+        state, "SELECT customer_id, fingerprint FROM users WHERE fingerprint IS NOT NULL"
+    )
+    event_rows = state_rows(state, "SELECT event_id, customer_id FROM events")
     problems = [
         f"state has customer {cid}'s profile as {fp[:12]}, the sandbox holds no such profile"
         for cid, fp in user_rows
