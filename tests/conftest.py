@@ -24,6 +24,7 @@ from devtools.mariadb_server import (  # noqa: E402
     ThrowawayMariaDB,
     server_binaries_available,
 )
+from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER  # noqa: E402
 from tests.support.prerequisites import prerequisite_missing  # noqa: E402
 
 SETUP_SQL = PROJECT_ROOT / "sql" / "database_setup.sql"
@@ -161,3 +162,14 @@ def job(
         yield job
     finally:
         mariadb.drop_database(name)
+
+
+@pytest.fixture
+def clean_seed(mariadb: ServerHandle, seeded_db: Database) -> Database:
+    """The seed without its malformed email, so a run that goes well exits 0."""
+    mariadb.execute(
+        "UPDATE customers SET email = 'eight@example.com' WHERE id = %s",
+        (SEED_MALFORMED_EMAIL_CUSTOMER,),
+        database=seeded_db.name,
+    )
+    return seeded_db

@@ -7,29 +7,12 @@ exit code, the line the user sees and what the sandbox holds.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from sandbox import SandboxServer
+from tests.support.data import sql
 
 GUARD_PLAN = "guard"
-
-
-def sql(mariadb, database, statement: str, *params: Any) -> None:
-    mariadb.execute(statement, params or None, database=database.name)
-
-
-@pytest.fixture
-def clean_seed(mariadb, seeded_db):
-    sql(
-        mariadb,
-        seeded_db,
-        "UPDATE customers SET email = 'eight@example.com' WHERE id = %s",
-        SEED_MALFORMED_EMAIL_CUSTOMER,
-    )
-    return seeded_db
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from sandbox import DEFAULT_API_KEY
+from tests.support.data import sql
 from tests.support.job import BOTH_STORES
 
 pytestmark = BOTH_STORES
@@ -24,22 +24,6 @@ ALICE_EMAIL = "alice.anderson@example.com"
 JOSE_EMAIL = "jose.muller@example.com"
 NEW_EMAIL = "alice.moved@example.com"
 HEADERS = {"Api-Key": DEFAULT_API_KEY}
-
-
-def sql(mariadb, seeded_db, statement: str, *params: Any) -> None:
-    mariadb.execute(statement, params or None, database=seeded_db.name)
-
-
-@pytest.fixture
-def clean_seed(mariadb, seeded_db):
-    """The seed without its malformed email, so a run that goes well exits 0."""
-    sql(
-        mariadb,
-        seeded_db,
-        "UPDATE customers SET email = 'eight@example.com' WHERE id = %s",
-        SEED_MALFORMED_EMAIL_CUSTOMER,
-    )
-    return seeded_db
 
 
 # Alice's latest page in the seed: a new view of it changes the event, not the profile.
