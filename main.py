@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import gc
 import logging
 import os
@@ -23,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
-
-import orjson
 
 import monitoring
 import preflight
@@ -166,7 +165,7 @@ class RunFiles:
                     code = (
                         EXIT_ABORTED if error else outcome_exit_code(outcome, self.writer.summary)
                     )
-                    record_history(self.settings, self.state, self.path, code)
+                    record_history(self.settings, self.state, run_info, self.writer.summary, code)
                     if not at_once:
                         self.state.close()
             return self.path
@@ -208,10 +207,12 @@ def outcome_exit_code(outcome: Outcome, summary: Summary) -> int:
     return run_exit_code(cut_short, summary.new_failures)
 
 
-def record_history(settings: Settings, state: StateStore, path: Path, code: int) -> None:
-    """The run and its results file's rows into sync_runs and sync_results, and runs
-    older than RESULTS_KEEP_DAYS out of them."""
-    state.record_run(orjson.loads(path.read_bytes()), code)
+def record_history(
+    settings: Settings, state: StateStore, run: dict[str, Any], summary: Summary, code: int
+) -> None:
+    """The run into sync_runs (its rows went to sync_results as they were written), and
+    runs older than RESULTS_KEEP_DAYS out of the history."""
+    state.record_run(run, summary.to_dict(), code)
     if settings.results_keep_days:
         cutoff = datetime.now(UTC) - timedelta(days=settings.results_keep_days)
         removed = state.remove_runs_before(cutoff)
@@ -246,7 +247,8 @@ def run(settings: Settings, stop: threading.Event, stop_now: StopNow, run_id: st
     stats = RequestStats()
     state = open_state(settings)
     client = None if settings.dry_run else make_client(settings, stop, stats)
-    writer = ResultsWriter(settings.results_dir)
+    history = None if state is None else functools.partial(state.record_results, run_id)
+    writer = ResultsWriter(settings.results_dir, also=history)
     files = RunFiles(settings, run_id, started_at, stats, state, writer)
     lists: Lists | None = None
     outcome = Outcome()

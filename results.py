@@ -122,6 +122,14 @@ class RowResult:
         return data
 
 
+# Warnings of an email change that did not move the profile, and what each counts as.
+_NOT_MOVED = (
+    (EMAIL_CHANGE_CONFLICT, "email_conflicts"),
+    (EMAIL_CHANGE_OLD_MISSING, "email_old_missing"),
+    (EMAIL_CHANGE_FORGOTTEN, "email_old_forgotten"),
+)
+
+
 @dataclass
 class Changes:
     """What the run changed in Iterable beyond the rows' own updates: the console's
@@ -144,24 +152,26 @@ class Changes:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Count one row, in its results file form."""
+        listed, segment = row.get("list"), row.get("segment")
+        if listed is not None:
+            self.list_subscribed += listed == SUBSCRIBED
+            self.list_unsubscribed += listed == UNSUBSCRIBED
         status, reason = row.get("status"), row.get("reason")
-        warnings = row.get("warnings") or ()
-        not_moved = {
-            EMAIL_CHANGE_CONFLICT: "email_conflicts",
-            EMAIL_CHANGE_OLD_MISSING: "email_old_missing",
-            EMAIL_CHANGE_FORGOTTEN: "email_old_forgotten",
-        }
+        self.forgotten += reason == FORGOTTEN
+        warnings, moved_from = row.get("warnings"), row.get("previous_email")
+        if not (warnings or moved_from or segment == LEFT_SEGMENT):
+            return  # the usual row: nothing more to count, and this runs once a row
         warned = [
             name
-            for prefix, name in not_moved.items()
-            if any(str(w).startswith(prefix) for w in warnings)
+            for prefix, name in _NOT_MOVED
+            if any(str(warning).startswith(prefix) for warning in warnings or ())
         ]
         for name in warned:
             setattr(self, name, getattr(self, name) + 1)
         done = status == SUCCESS or reason == DRY_RUN
-        if row.get("previous_email") and done and not warned:
+        if moved_from and done and not warned:
             self.emails_moved += 1
-        if row.get("segment") == LEFT_SEGMENT:
+        if segment == LEFT_SEGMENT:
             self.left += 1
             if reason == LEFT_DELETED:
                 self.left_deleted += 1
@@ -176,9 +186,6 @@ class Changes:
                 self.left_held_back += 1
             elif done:
                 self.left_updated += 1
-        self.forgotten += reason == FORGOTTEN
-        self.list_subscribed += row.get("list") == SUBSCRIBED
-        self.list_unsubscribed += row.get("list") == UNSUBSCRIBED
 
     def to_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -308,9 +315,15 @@ class ResultsWriter:
     sees half a file, and a crash leaves at most a stray temporary file.
     """
 
-    def __init__(self, results_dir: Path) -> None:
+    def __init__(
+        self,
+        results_dir: Path,
+        also: Callable[[Sequence[Mapping[str, Any]]], object] | None = None,
+    ) -> None:
         self.results_dir = results_dir
         self.summary = Summary()
+        # Told each batch of rows as written, in the file's order (the run history).
+        self.also = also
         self._lock = threading.Lock()
         fd, spool = tempfile.mkstemp(prefix=".results-", suffix=".jsonl", dir=results_dir)
         os.fchmod(fd, 0o600)
@@ -334,6 +347,8 @@ class ResultsWriter:
             for row in rows:
                 self.summary.add_row(row)
             self._spool.write(lines)
+            if self.also is not None:
+                self.also(rows)
 
     def finish(self, run: dict[str, Any], started_at: datetime) -> Path:
         """Write {"run", "summary", "results"} to a new timestamped file; return its path."""

@@ -351,6 +351,7 @@ class StateStore:
         self._last_commit = time.monotonic()
         self._seen: list[tuple[str]] = []
         self._queue: list[tuple[Statement, list[tuple[object, ...]]]] = []
+        self._history_rows = 0  # result rows of this run recorded for sync_results
         self._open()
         # A state that held nothing when the run began (a first run) has nothing to look
         # up; one with nobody in the segment or on the list has nobody who can leave, so
@@ -727,15 +728,25 @@ class StateStore:
 
     # -- run history ----------------------------------------------------------------------
 
-    def record_run(self, results: Mapping[str, Any], exit_code: int) -> None:
-        """A run's results file as rows of sync_runs and sync_results, committed at once."""
-        run = results.get("run") or {}
-        summary = results.get("summary") or {}
-        run_id = str(run.get("run_id"))
-        rows = [_history_row(run_id, number, row) for number, row in enumerate(results["results"])]
+    def record_results(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rows of this run's results file, in its order, for sync_results: written with the
+        state's next commit, as the run goes, so the end of a big run has no history to
+        write and no results file to read back."""
         with self._lock:
-            self._enqueue("DELETE FROM sync_results WHERE run_id = ?", [(run_id,)])
-            self._enqueue(_INSERT_RESULTS, rows)
+            first = self._history_rows
+            self._history_rows += len(rows)
+            self._enqueue(
+                _INSERT_RESULTS,
+                [_history_row(run_id, first + n, row) for n, row in enumerate(rows)],
+            )
+            self._changed(0)  # a commit a second, even when nothing else changes
+
+    def record_run(
+        self, run: Mapping[str, Any], summary: Mapping[str, Any], exit_code: int
+    ) -> None:
+        """The run's row of sync_runs, committed at once (its results rows went before)."""
+        run_id = str(run.get("run_id"))
+        with self._lock:
             self._enqueue(
                 _INSERT_RUN,
                 [
