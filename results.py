@@ -308,6 +308,10 @@ def _started_at(name: str) -> datetime | None:
 SPOOL_BLOCK = 1 << 20
 
 
+# Rows counted together (see ResultsWriter._count).
+COUNT_EVERY = 256
+
+
 class ResultsWriter:
     """Spools results as JSON lines in a private file, then writes the final file atomically.
 
@@ -324,7 +328,13 @@ class ResultsWriter:
         self.summary = Summary()
         # Told each batch of rows as written, in the file's order (the run history).
         self.also = also
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the spool and the rows not yet counted
+        # Rows are counted (and handed to `also`) COUNT_EVERY at a time, by one thread at a
+        # time, outside the spool's lock: with 128 threads recording rows, the work done
+        # under that lock was paid for again in waits and wake-ups (single mode, 20,000
+        # users: 0.394 s of CPU per 1,000 users with it there, 0.355 without it).
+        self._count_lock = threading.Lock()
+        self._uncounted: list[dict[str, Any]] = []
         fd, spool = tempfile.mkstemp(prefix=".results-", suffix=".jsonl", dir=results_dir)
         os.fchmod(fd, 0o600)
         self._spool_path = Path(spool)
@@ -344,16 +354,28 @@ class ResultsWriter:
                 # A run stopped at once by a second signal has written its file; rows that
                 # finish after that are left out of it, as if never attempted.
                 return
+            self._spool.write(lines)
+            self._uncounted.extend(rows)
+            due = len(self._uncounted) >= COUNT_EVERY
+        if due:
+            self._count(close_spool=False)
+
+    def _count(self, close_spool: bool) -> None:
+        """Count the rows written so far, in their order; with close_spool, take no more."""
+        with self._count_lock:
+            with self._lock:
+                if close_spool:
+                    self._spool.close()
+                rows, self._uncounted = self._uncounted, []
             for row in rows:
                 self.summary.add_row(row)
-            self._spool.write(lines)
-            if self.also is not None:
+            if rows and self.also is not None:
                 self.also(rows)
 
     def finish(self, run: dict[str, Any], started_at: datetime) -> Path:
         """Write {"run", "summary", "results"} to a new timestamped file; return its path."""
+        self._count(close_spool=True)
         with self._lock:
-            self._spool.close()
             target = self._free_target(started_at)
 
             def write(out: TextIO) -> None:
@@ -397,7 +419,8 @@ class ResultsWriter:
         binary.flush()
 
     def discard(self) -> None:
+        """Drop the spool without writing a results file (the rows are still counted)."""
+        if not self._spool.closed:
+            self._count(close_spool=True)
         with self._lock:
-            if not self._spool.closed:
-                self._spool.close()
             self._spool_path.unlink(missing_ok=True)
