@@ -49,11 +49,14 @@ def test_all_checks_pass(job, sandbox, seeded_db):
     assert line(run, "database: ok: Query 2 runs") == (
         "database: ok: Query 2 runs; first row: customer 1 (a***@example.com)"
     )
-    assert line(run, "database: ok: plan:") == (
-        "database: ok: plan: customers: read whole, about 15 rows (a full scan, as expected "
-        "on a small table or when most customers are on the plan); page views: each "
-        "customer's newest view in the window by one dive into "
-        "idx_page_views_customer_viewed_id; each newest view read by primary key"
+    # The row count is the optimizer's estimate of the 15-row table, which InnoDB's
+    # sampled statistics give as 15 or 16.
+    assert re.fullmatch(
+        r"database: ok: plan: customers: read whole, about 1[56] rows \(a full scan, as "
+        r"expected on a small table or when most customers are on the plan\); page views: "
+        r"each customer's newest view in the window by one dive into "
+        r"idx_page_views_customer_viewed_id; each newest view read by primary key",
+        line(run, "database: ok: plan:"),
     )
     assert (
         line(run, "iterable: ok:")
