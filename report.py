@@ -764,20 +764,19 @@ def _changes(stats: RowStats, run: Mapping[str, Any]) -> str:
     changes = stats.summary.changes
     panels = []
     if stats.moves:
-        items = "".join(
+        items = [
             f'<li><span class="cid">#{_text(row.customer_id)}</span>'
             f'<span class="email">{_text(masked(row.previous_email))}</span> &rarr; '
             f'<span class="email">{_text(masked(row.email))}</span>'
             f'<span class="{"msg failed" if row.failed else "msg"}">{_text(row.done)}</span></li>'
             for row in stats.moves
-        )
+        ]
         note = (
             f'<p class="note"><strong id="emails-moved">{_fmt_int(changes.emails_moved)}</strong> '
             f"{_plural(changes.emails_moved, 'profile')} moved to a new email; "
             f"{_fmt_int(changes.email_conflicts)} left alone for a conflict.</p>"
         )
-        listing = _folded(len(stats.moves), "email change", f'<ul class="examples">{items}</ul>')
-        panels.append(_panel("Email moves", note + listing, "email-moves"))
+        panels.append(_change_panel("Email moves", "email-moves", note, items, "email change"))
     if stats.leavers:
         note = (
             f'<p class="note"><strong id="leavers-count">{_fmt_int(changes.left)}</strong> '
@@ -788,9 +787,8 @@ def _changes(stats: RowStats, run: Mapping[str, Any]) -> str:
             + (f", {_fmt_int(changes.left_held_back)} held back" if changes.left_held_back else "")
             + ".</p>"
         )
-        items = "".join(_change_item(row) for row in stats.leavers)
-        listing = _folded(len(stats.leavers), "leaver", f'<ul class="examples">{items}</ul>')
-        panels.append(_panel("Left the segment", note + listing, "leavers"))
+        items = [_change_item(row) for row in stats.leavers]
+        panels.append(_change_panel("Left the segment", "leavers", note, items, "leaver"))
     if stats.deletions:
         note = (
             f'<p class="note"><strong id="deleted-count">{_fmt_int(changes.left_deleted)}</strong>'
@@ -798,9 +796,8 @@ def _changes(stats: RowStats, run: Mapping[str, Any]) -> str:
             f"{_fmt_int(changes.deleted_in_iterable)} deleted in Iterable "
             "(ON_DELETED_CUSTOMER=delete).</p>"
         )
-        items = "".join(_change_item(row) for row in stats.deletions)
-        listing = _folded(len(stats.deletions), "deletion", f'<ul class="examples">{items}</ul>')
-        panels.append(_panel("Deleted customers", note + listing, "deletions"))
+        items = [_change_item(row) for row in stats.deletions]
+        panels.append(_change_panel("Deleted customers", "deletions", note, items, "deletion"))
     if stats.listed:
         note = (
             f'<p class="note">List <code id="list-id">{_text(run.get("list_id"))}</code>: '
@@ -808,10 +805,15 @@ def _changes(stats: RowStats, run: Mapping[str, Any]) -> str:
             f'subscribed, <strong id="list-unsubscribed">-{_fmt_int(changes.list_unsubscribed)}'
             "</strong> unsubscribed.</p>"
         )
-        items = "".join(_change_item(row, show_list=False) for row in stats.listed)
-        listing = _folded(len(stats.listed), "list change", f'<ul class="examples">{items}</ul>')
-        panels.append(_panel("List changes", note + listing, "list-changes"))
+        items = [_change_item(row, show_list=False) for row in stats.listed]
+        panels.append(_change_panel("List changes", "list-changes", note, items, "list change"))
     return "".join(panels)
+
+
+def _change_panel(title: str, panel_id: str, note: str, items: list[str], noun: str) -> str:
+    """A panel of changes: its counts, then its rows' items (folded when they are many)."""
+    listing = _folded(len(items), noun, f'<ul class="examples">{"".join(items)}</ul>')
+    return _panel(title, note + listing, panel_id)
 
 
 def _table(head: str, rows: Iterable[str], table_id: str) -> str:
