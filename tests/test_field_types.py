@@ -7,10 +7,9 @@ naming the field, instead of failing every row with a request each.
 from __future__ import annotations
 
 import pytest
-import requests
 
 from devtools.bulk_seed import add_pro_customers
-from sandbox import DEFAULT_API_KEY
+from tests.support.data import profile_in_iterable
 from tests.support.oracle import expected_store
 
 ROWS = 300
@@ -23,13 +22,7 @@ REFUSED = (
 
 def fix_type(sandbox, **fields) -> None:
     """What an earlier integration did: the first values of these fields fixed their types."""
-    response = requests.post(
-        sandbox.base_url + "/api/users/update",
-        json={"email": "someone.else@example.com", "dataFields": fields},
-        headers={"Api-Key": DEFAULT_API_KEY},
-        timeout=5,
-    )
-    assert response.status_code == 200, response.text
+    profile_in_iterable(sandbox.base_url, "someone.else@example.com", **fields)
 
 
 @pytest.mark.parametrize("mode", list(MODES))

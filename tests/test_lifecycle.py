@@ -16,6 +16,7 @@ import requests
 
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from sync_state import SCHEMA_VERSION
+from tests.support.data import change_email, change_plan, profile_in_iterable, shift_views
 from tests.support.job import BOTH_STORES
 
 pytestmark = BOTH_STORES
@@ -90,17 +91,9 @@ def test_three_runs_over_changing_customers(job, sandbox, mariadb, seeded_db, mo
     old_events = set(profile_of(sandbox, MOVED, old_email, identify_by)["events"])
 
     # A month of change.
-    mariadb.execute(
-        "UPDATE customers SET email = %s WHERE id = %s", (NEW_EMAIL, MOVED), database=db
-    )
-    mariadb.execute(
-        "UPDATE customers SET plan_type = 'free' WHERE id = %s", (DOWNGRADED,), database=db
-    )
-    mariadb.execute(
-        "UPDATE page_views SET viewed_at = viewed_at - INTERVAL 60 DAY WHERE customer_id = %s",
-        (INACTIVE,),
-        database=db,
-    )
+    change_email(mariadb, seeded_db, MOVED, NEW_EMAIL)
+    change_plan(mariadb, seeded_db, DOWNGRADED, "free")
+    shift_views(mariadb, seeded_db, INACTIVE, -60)
     mariadb.execute("DELETE FROM page_views WHERE customer_id = %s", (DELETED,), database=db)
     mariadb.execute("DELETE FROM customers WHERE id = %s", (DELETED,), database=db)
     mariadb.execute(
@@ -161,12 +154,7 @@ def test_an_email_taken_by_another_profile_is_a_warning_not_a_second_move(
     first = job.run()
     old = first.by_customer()[MOVED]["email"]
     taken = "taken@example.com"
-    requests.post(
-        f"{sandbox.base_url}/api/users/update",
-        headers={"Api-Key": "sandbox-key"},
-        json={"email": taken, "dataFields": {"first_name": "Someone"}},
-        timeout=5,
-    ).raise_for_status()
+    profile_in_iterable(sandbox.base_url, taken, first_name="Someone")
     mariadb.execute(
         "UPDATE customers SET email = %s WHERE id = %s", (taken, MOVED), database=seeded_db.name
     )

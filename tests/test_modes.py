@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import requests
 
 from devtools.bulk_seed import add_pro_customers
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER, SEED_QUALIFYING
+from tests.support.data import profile_in_iterable
 
 SENT = {cid: pv for cid, pv in SEED_QUALIFYING.items() if cid != SEED_MALFORMED_EMAIL_CUSTOMER}
 
@@ -98,12 +98,7 @@ def test_bulk_batch_refused_for_one_bad_row_is_split_so_only_that_row_fails(
 ):
     # Iterable has locked first_name as a number; only customer 3 still sends a string.
     mariadb.execute("UPDATE customers SET first_name = NULL WHERE id <> 3", database=seeded_db.name)
-    requests.post(
-        f"{sandbox.base_url}/api/users/update",
-        headers={"Api-Key": "sandbox-key"},
-        json={"email": "someone@example.com", "dataFields": {"first_name": 12}},
-        timeout=5,
-    )
+    profile_in_iterable(sandbox.base_url, "someone@example.com", first_name=12)
     run = job.run("--mode", "bulk")
     rows = run.by_customer()
     assert (rows[3]["status"], rows[3]["reason"]) == ("failed", "RequestFieldsTypesMismatched")

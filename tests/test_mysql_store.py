@@ -13,6 +13,7 @@ import pytest
 from devtools.bulk_seed import FIRST_CUSTOMER_ID, add_pro_customers
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
 from state_mysql import lock_name
+from tests.support.data import change_email, change_plan, shift_views
 from tests.support.job import BOTH_STORES, Job, job_environment, state_rows
 from tests.support.waiting import wait_until
 
@@ -56,17 +57,9 @@ def test_three_runs_each_from_an_empty_directory(job, sandbox, mariadb, seeded_d
     assert first.code == 0, first.stderr
     old_email = first.by_customer()[MOVED]["email"]
     inactive_email = first.by_customer()[INACTIVE]["email"]
-    mariadb.execute(
-        "UPDATE customers SET email = %s WHERE id = %s", (NEW_EMAIL, MOVED), database=db
-    )
-    mariadb.execute(
-        "UPDATE customers SET plan_type = 'free' WHERE id = %s", (DOWNGRADED,), database=db
-    )
-    mariadb.execute(
-        "UPDATE page_views SET viewed_at = viewed_at - INTERVAL 60 DAY WHERE customer_id = %s",
-        (INACTIVE,),
-        database=db,
-    )
+    change_email(mariadb, seeded_db, MOVED, NEW_EMAIL)
+    change_plan(mariadb, seeded_db, DOWNGRADED, "free")
+    shift_views(mariadb, seeded_db, INACTIVE, -60)
 
     second = in_a_fresh_directory(job, tmp_path, "second").run("--allow-mass-leave")
     assert second.code == 0, second.stderr

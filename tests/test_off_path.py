@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from sandbox import DEFAULT_API_KEY
-from tests.support.data import sql
+from tests.support.data import change_plan, profile_in_iterable, shift_views, sql
 from tests.support.job import BOTH_STORES
 
 pytestmark = BOTH_STORES
@@ -78,12 +78,7 @@ def user_updates_about(sandbox, email: str) -> int:
 
 def test_bulk_by_user_id_matches_failures_named_by_email(job, sandbox, clean_seed):
     """Bulk by userId: failures Iterable names by email are matched to their rows."""
-    requests.post(
-        f"{sandbox.base_url}/api/users/update",
-        headers=HEADERS,
-        json={"email": ALICE_EMAIL, "dataFields": {"first_name": "Someone else"}},
-        timeout=5,
-    ).raise_for_status()
+    profile_in_iterable(sandbox.base_url, ALICE_EMAIL, first_name="Someone else")
     sandbox.forget(JOSE_EMAIL)
     run = job.run("--mode", "bulk", ITERABLE_IDENTIFY_BY="userId")
     rows = run.by_customer()
@@ -158,23 +153,13 @@ def test_rows_that_cannot_be_read_keep_their_customers_in_the_segment(
 def test_a_returning_customer_is_back_in_the_segment(job, sandbox, mariadb, clean_seed):
     """A customer who went quiet and came back unchanged is in the segment again."""
     job.run()
-    sql(
-        mariadb,
-        clean_seed,
-        "UPDATE page_views SET viewed_at = viewed_at - INTERVAL 60 DAY WHERE customer_id = %s",
-        XIAOMING,
-    )
+    shift_views(mariadb, clean_seed, XIAOMING, -60)
     left = job.run().by_customer()[XIAOMING]
     assert (left["segment"], left["reason"]) == ("left", "unchanged")
-    sql(
-        mariadb,
-        clean_seed,
-        "UPDATE page_views SET viewed_at = viewed_at + INTERVAL 60 DAY WHERE customer_id = %s",
-        XIAOMING,
-    )
+    shift_views(mariadb, clean_seed, XIAOMING, 60)
     back = job.run().by_customer()[XIAOMING]
     assert (back["segment"], back["reason"]) == ("in", "unchanged")
-    sql(mariadb, clean_seed, "UPDATE customers SET plan_type = 'free' WHERE id = %s", XIAOMING)
+    change_plan(mariadb, clean_seed, XIAOMING, "free")
     downgrade = job.run().by_customer()[XIAOMING]
     assert (downgrade["segment"], downgrade["status"]) == ("left", "success")
     assert sandbox.users()["xiaoming.wang@example.com"]["plan_type"] == "free"

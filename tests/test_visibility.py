@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import re
 
-import requests
-
 from devtools.seed import SEED_MALFORMED_EMAIL_CUSTOMER
+from tests.support.data import profile_in_iterable
 
 MOVED, DOWNGRADED, INACTIVE, DELETED, FORGOTTEN, CONFLICTED, NEWCOMER = 1, 2, 3, 6, 5, 9, 50
 NEW_EMAIL = "alice.moved@example.com"
@@ -19,12 +18,7 @@ UNMASKED_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 def a_month_of_change(mariadb, sandbox, db: str) -> None:
     """An email move, an email taken by another profile, a downgrade, an inactive customer,
     a deleted one and a newcomer."""
-    requests.post(
-        f"{sandbox.base_url}/api/users/update",
-        headers={"Api-Key": "sandbox-key"},
-        json={"email": TAKEN, "dataFields": {"first_name": "Someone"}},
-        timeout=5,
-    ).raise_for_status()
+    profile_in_iterable(sandbox.base_url, TAKEN, first_name="Someone")
     statements = [
         ("UPDATE customers SET email = %s WHERE id = %s", (NEW_EMAIL, MOVED)),
         ("UPDATE customers SET email = %s WHERE id = %s", (TAKEN, CONFLICTED)),
